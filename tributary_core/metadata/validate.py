@@ -1,0 +1,417 @@
+"""Validation of metadata.json, alone and against the parquet files it describes.
+
+Every finding is a :class:`~tributary_core.errors.Problem` with the JSON path of the field at
+fault. Errors make the file unusable; warnings (e.g. dangling foreign keys, which real
+databases have) are reported and counted but do not fail validation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from tributary_core.errors import MetadataError, Problem
+from tributary_core.metadata.io import load_metadata
+from tributary_core.metadata.model import Metadata, split_ref
+from tributary_core.metadata.paths import jpath
+from tributary_core.registry import Registry, get_registry
+from tributary_core.semantic_type import SemanticType
+from tributary_core.sql import fetch_arrow, sandbox_connection
+
+__all__ = ["ValidationReport", "validate_metadata"]
+
+_DB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_IDENTIFIER = "identifier"
+_TIMESTAMP = "timestamp"
+
+
+@attrs.define
+class ValidationReport:
+    """What :func:`validate_metadata` found."""
+
+    source: str
+    metadata: Metadata | None
+    problems: list[Problem] = attrs.field(factory=list)
+    #: Row counts per table, filled when the data was checked.
+    rows: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> Metadata:
+        """The metadata if valid; else :class:`MetadataError` listing every error."""
+        if self.errors or self.metadata is None:
+            raise MetadataError(self.source, self.errors)
+        return self.metadata
+
+
+def validate_metadata(
+    metadata: Metadata | str | Path,
+    *,
+    raw_dir: str | Path | None = None,
+    registry: Registry | None = None,
+) -> ValidationReport:
+    """Check a metadata file (or loaded :class:`Metadata`) and, with ``raw_dir``, its data.
+
+    Alone: names, stypes, keys, temporal columns, task fields and that task SQL parses.
+    With ``raw_dir`` (one ``<table>.parquet`` per table): every parquet column annotated,
+    Arrow types fit their stypes, primary keys unique and non-null, foreign keys of matching
+    type (dangling values are warnings), values parse (times, booleans), and each task's SQL
+    binds in DuckDB and returns its anchor key, target and observation time.
+    """
+    registry = registry or get_registry()
+    if isinstance(metadata, Metadata):
+        report = ValidationReport(source="<metadata>", metadata=metadata)
+    else:
+        try:
+            report = ValidationReport(source=str(metadata), metadata=load_metadata(metadata))
+        except MetadataError as exc:
+            return ValidationReport(source=exc.source, metadata=None, problems=exc.problems)
+    assert report.metadata is not None
+    _StaticChecks(report.metadata, registry, report.problems).run()
+    if raw_dir is not None and report.ok:
+        _DataChecks(report.metadata, Path(raw_dir), registry, report).run()
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _StaticChecks:
+    """Rules that need only the metadata file and the installed plugins."""
+
+    def __init__(self, md: Metadata, registry: Registry, problems: list[Problem]) -> None:
+        self.md = md
+        self.registry = registry
+        self.problems = problems
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def stype(self, name: str, path: str) -> SemanticType | None:
+        cls = self.registry.semantic_types.get(name)
+        if cls is None:
+            known = ", ".join(sorted(self.registry.semantic_types))
+            self.error(path, f"unknown stype {name!r}; registered: {known}")
+            return None
+        return cls()
+
+    def run(self) -> None:
+        md = self.md
+        if not _DB_NAME.match(md.name):
+            self.error(jpath("name"), f"name {md.name!r} must start with a letter or digit and "
+                                      "contain only letters, digits, '_', '-' and '.'")
+        if not md.tables:
+            self.error(jpath("tables"), "a database needs at least one table")
+        for tname, table in md.tables.items():
+            self.check_table(tname, table)
+        for task_name, task in md.tasks.items():
+            self.check_task(task_name, task)
+
+    def check_table(self, tname: str, table: Any) -> None:
+        tpath = ("tables", tname)
+        if "/" in tname or "\\" in tname or tname.startswith(".") or not tname.strip():
+            self.error(jpath(*tpath), f"table name {tname!r} cannot be a file name")
+        if not table.columns:
+            self.error(jpath(*tpath, "columns"), "a table needs at least one column")
+        for cname, col in table.columns.items():
+            cpath = (*tpath, "columns", cname)
+            self.stype(col.stype, jpath(*cpath, "stype"))
+            if col.foreign_key is not None:
+                self.check_foreign_key(col.foreign_key, col.stype, cpath)
+        if table.primary_key is not None:
+            pk = table.columns.get(table.primary_key)
+            if pk is None:
+                self.error(jpath(*tpath, "primary_key"),
+                           f"no column {table.primary_key!r} in table {tname!r}")
+            elif pk.stype != _IDENTIFIER:
+                self.error(jpath(*tpath, "columns", table.primary_key, "stype"),
+                           f"primary key must have stype \"identifier\", not {pk.stype!r}")
+        if table.temporal_column is not None and table.temporal_from is not None:
+            self.error(jpath(*tpath, "temporal_from"),
+                       "give temporal_column or temporal_from, not both")
+        if table.temporal_column is not None:
+            tc = table.columns.get(table.temporal_column)
+            if tc is None:
+                self.error(jpath(*tpath, "temporal_column"),
+                           f"no column {table.temporal_column!r} in table {tname!r}")
+            elif tc.stype != _TIMESTAMP:
+                self.error(jpath(*tpath, "columns", table.temporal_column, "stype"),
+                           f"temporal column must have stype \"timestamp\", not {tc.stype!r}")
+        if table.temporal_from is not None:
+            self.check_temporal_from(tname, table)
+
+    def check_foreign_key(self, ref: str, stype: str, cpath: tuple[str, ...]) -> None:
+        path = jpath(*cpath, "foreign_key")
+        parts = split_ref(ref)
+        if parts is None:
+            self.error(path, f"foreign key {ref!r} must be written \"table.column\"")
+            return
+        ptable, pcol = parts
+        parent = self.md.tables.get(ptable)
+        if parent is None:
+            self.error(path, f"table {ptable!r} does not exist; tables: "
+                             f"{', '.join(self.md.tables)}")
+        elif pcol not in parent.columns:
+            self.error(path, f"table {ptable!r} has no column {pcol!r}")
+        elif parent.primary_key != pcol:
+            self.error(path, f"{ref!r} is not the primary key of table {ptable!r} "
+                             f"(primary key: {parent.primary_key or 'none'})")
+        if stype != _IDENTIFIER:
+            self.error(jpath(*cpath, "stype"),
+                       f"a foreign-key column must have stype \"identifier\", not {stype!r}")
+
+    def check_temporal_from(self, tname: str, table: Any) -> None:
+        path = jpath("tables", tname, "temporal_from")
+        seen = {tname}
+        current_name, current = tname, table
+        while current is not None and current.temporal_from is not None:
+            col = current.columns.get(current.temporal_from)
+            parts = split_ref(col.foreign_key) if col is not None and col.foreign_key else None
+            if parts is None:
+                self.error(path, f"temporal_from {current.temporal_from!r} of table "
+                                 f"{current_name!r} must be one of its foreign-key columns")
+                return
+            current_name, current = parts[0], self.md.tables.get(parts[0])
+            if current_name in seen:
+                self.error(path, f"temporal_from goes round in a cycle through {current_name!r}")
+                return
+            seen.add(current_name)
+        if current is not None and current.temporal_column is None:
+            self.error(path, f"parent table {current_name!r} has no temporal_column to take "
+                             "time from")
+
+    def check_task(self, name: str, task: Any) -> None:
+        tpath = ("tasks", name)
+        anchor = self.md.tables.get(task.anchor_table)
+        if anchor is None:
+            self.error(jpath(*tpath, "anchor_table"),
+                       f"table {task.anchor_table!r} does not exist; tables: "
+                       f"{', '.join(self.md.tables)}")
+        elif task.anchor_key not in anchor.columns:
+            self.error(jpath(*tpath, "anchor_key"),
+                       f"table {task.anchor_table!r} has no column {task.anchor_key!r}")
+        elif anchor.primary_key != task.anchor_key:
+            self.error(jpath(*tpath, "anchor_key"),
+                       f"anchor_key must be the primary key of {task.anchor_table!r} "
+                       f"(primary key: {anchor.primary_key or 'none'})")
+        stype = self.stype(task.target_stype, jpath(*tpath, "target_stype"))
+        if stype is not None and not stype.can_be_target:
+            targets = sorted(n for n, c in self.registry.semantic_types.items() if c.target_losses)
+            self.error(jpath(*tpath, "target_stype"),
+                       f"stype {task.target_stype!r} cannot be a prediction target; "
+                       f"targets: {', '.join(targets)}")
+        for i, ref in enumerate(task.hidden_columns):
+            if self.md.column(ref) is None:
+                self.error(jpath(*tpath, "hidden_columns", i),
+                           f"{ref!r} is not a \"table.column\" of this database")
+        self.check_query(task.query, jpath(*tpath, "query"))
+
+    def check_query(self, query: str, path: str) -> None:
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            self.error(path, f"SQL does not parse: {_first_line(exc)}")
+            return
+        if len(statements) != 1:
+            self.error(path, f"expected one SQL statement, found {len(statements)}")
+        elif statements[0].type != duckdb.StatementType.SELECT:
+            self.error(path, f"expected a SELECT query, found {statements[0].type.name}")
+
+
+def _key_kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    return str(t)
+
+
+def _as_key(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return col.cast(pa.int64() if _key_kind(col.type) == "integer" else pa.string())
+
+
+def _overrides(stype: SemanticType, method: str) -> bool:
+    return getattr(type(stype), method) is not getattr(SemanticType, method)
+
+
+class _DataChecks:
+    """Rules that read the parquet files (schemas first, then only the columns needed)."""
+
+    def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport):
+        self.md = md
+        self.raw = raw
+        self.registry = registry
+        self.report = report
+        self.paths: dict[str, Path] = {}
+        self.schemas: dict[str, pa.Schema] = {}
+        self._columns: dict[tuple[str, str], pa.ChunkedArray] = {}
+
+    def error(self, path: str, message: str) -> None:
+        self.report.problems.append(Problem(path, message))
+
+    def warning(self, path: str, message: str) -> None:
+        self.report.problems.append(Problem(path, message, severity="warning"))
+
+    def column(self, table: str, name: str) -> pa.ChunkedArray:
+        key = (table, name)
+        if key not in self._columns:
+            self._columns[key] = pq.read_table(self.paths[table], columns=[name]).column(0)
+        return self._columns[key]
+
+    def run(self) -> None:
+        if not self.raw.is_dir():
+            self.error("$", f"raw data directory {self.raw} does not exist")
+            return
+        self.check_files()
+        for tname, table in self.md.tables.items():
+            if tname in self.schemas:
+                self.check_columns(tname, table)
+        for tname, table in self.md.tables.items():
+            if tname in self.schemas:
+                self.check_keys(tname, table)
+        if self.md.tasks and len(self.schemas) == len(self.md.tables):
+            self.check_tasks()
+
+    def check_files(self) -> None:
+        for extra in sorted(p.name for p in self.raw.glob("*.parquet")
+                            if p.stem not in self.md.tables):
+            self.error(jpath("tables"), f"{self.raw / extra} has no table in the metadata")
+        for tname in self.md.tables:
+            path = self.raw / f"{tname}.parquet"
+            if not path.is_file():
+                self.error(jpath("tables", tname), f"{path} not found")
+                continue
+            try:
+                meta = pq.read_metadata(path)
+            except Exception as exc:  # pyarrow raises several types for a bad file
+                self.error(jpath("tables", tname), f"{path} is not a readable parquet file: "
+                                                   f"{_first_line(exc)}")
+                continue
+            self.paths[tname] = path
+            self.schemas[tname] = meta.schema.to_arrow_schema()
+            self.report.rows[tname] = meta.num_rows
+
+    def check_columns(self, tname: str, table: Any) -> None:
+        path, schema = self.paths[tname], self.schemas[tname]
+        for name in schema.names:
+            if name not in table.columns:
+                self.error(jpath("tables", tname, "columns"),
+                           f"column {name!r} of {path.name} is not annotated (give it an stype; "
+                           "\"ignored\" skips it)")
+        for cname, col in table.columns.items():
+            cpath = ("tables", tname, "columns", cname)
+            if cname not in schema.names:
+                self.error(jpath(*cpath), f"{path.name} has no column {cname!r}")
+                continue
+            stype = self.registry.semantic_type(col.stype)
+            arrow_type = schema.field(cname).type
+            reason = stype.check_arrow_type(arrow_type)
+            if reason is None and _overrides(stype, "check_column"):
+                reason = stype.check_column(self.column(tname, cname))
+            if reason is not None:
+                self.error(jpath(*cpath, "stype"),
+                           f"{path.name} column {cname!r} is not {col.stype}: {reason}")
+
+    def check_keys(self, tname: str, table: Any) -> None:
+        fname = self.paths[tname].name
+        pk = table.primary_key
+        if pk is not None and pk in self.schemas[tname].names:
+            values = self.column(tname, pk)
+            if values.null_count:
+                self.error(jpath("tables", tname, "primary_key"),
+                           f"primary key {pk!r} of {fname} has {values.null_count} null value(s)")
+            counts = pc.value_counts(values.drop_null())
+            dupes = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+            if len(dupes):
+                self.error(jpath("tables", tname, "primary_key"),
+                           f"primary key {pk!r} of {fname} is not unique: {len(dupes)} value(s) "
+                           f"repeat, e.g. {dupes[0].as_py()!r}")
+        for cname, col in table.columns.items():
+            if col.foreign_key is None or cname not in self.schemas[tname].names:
+                continue
+            ptable, pcol = split_ref(col.foreign_key)  # type: ignore[misc]  (checked statically)
+            if ptable not in self.schemas or pcol not in self.schemas[ptable].names:
+                continue
+            self.check_foreign_key(tname, cname, ptable, pcol)
+
+    def check_foreign_key(self, tname: str, cname: str, ptable: str, pcol: str) -> None:
+        path = jpath("tables", tname, "columns", cname, "foreign_key")
+        child_t = self.schemas[tname].field(cname).type
+        parent_t = self.schemas[ptable].field(pcol).type
+        if _key_kind(child_t) != _key_kind(parent_t):
+            self.error(path, f"{tname}.{cname} is {child_t} but {ptable}.{pcol} is {parent_t}: "
+                             "keys must both be integers or both strings")
+            return
+        child = _as_key(self.column(tname, cname)).drop_null()
+        parent = _as_key(self.column(ptable, pcol)).drop_null().unique()
+        dangling = pc.filter(child, pc.invert(pc.is_in(child, value_set=parent)))
+        if len(dangling):
+            distinct = pc.count_distinct(dangling).as_py()
+            self.warning(path, f"{len(dangling)} value(s) ({distinct} distinct) of {tname}.{cname} "
+                               f"have no row in {ptable}.{pcol}, e.g. {dangling[0].as_py()!r}; "
+                               "they load as missing parents")
+
+    def check_tasks(self) -> None:
+        tables = {name: pads.dataset(path) for name, path in self.paths.items()}
+        con = sandbox_connection(tables)
+        try:
+            for name, task in self.md.tasks.items():
+                self.check_task(con, name, task)
+        finally:
+            con.close()
+
+    def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any) -> None:
+        qpath = jpath("tasks", name, "query")
+        try:
+            schema = fetch_arrow(con.sql(task.query).limit(0)).schema
+        except duckdb.Error as exc:
+            self.error(qpath, f"SQL fails in DuckDB: {_first_line(exc)}")
+            return
+        columns = ", ".join(schema.names)
+        checks: list[tuple[str, str | None, Callable[[pa.DataType], str | None]]] = [
+            ("anchor_key", task.anchor_key, lambda t: self.anchor_type_problem(task, t)),
+            ("target_column", task.target_column,
+             lambda t: self.registry.semantic_type(task.target_stype).check_arrow_type(t)),
+            ("observation_time_column", task.observation_time_column,
+             lambda t: None if pa.types.is_timestamp(t) or pa.types.is_date(t)
+             else f"expected a TIMESTAMP or DATE, got {t}"),
+        ]
+        for field, col, check in checks:
+            if col is None:
+                continue
+            path = jpath("tasks", name, field)
+            if col not in schema.names:
+                self.error(path, f"the query returns no column {col!r}; it returns: {columns}")
+                continue
+            reason = check(schema.field(col).type)
+            if reason is not None:
+                self.error(path, f"query column {col!r}: {reason}")
+
+    def anchor_type_problem(self, task: Any, t: pa.DataType) -> str | None:
+        anchor_t = self.schemas[task.anchor_table].field(task.anchor_key).type
+        if _key_kind(t) != _key_kind(anchor_t):
+            return f"is {t} but {task.anchor_table}.{task.anchor_key} is {anchor_t}"
+        return None
