@@ -1,0 +1,97 @@
+"""Dispatch and atomic publishing of bundled datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tributary_core.errors import TributaryError
+
+__all__ = ["DATASETS", "FetchResult", "fetch_dataset"]
+
+MANIFEST = "_manifest.json"
+
+
+@attrs.frozen(kw_only=True)
+class FetchResult:
+    name: str
+    path: Path
+    rows: dict[str, int]
+    source: str
+    #: False when a complete copy was already there and nothing was written.
+    written: bool
+
+
+def _nycflights13(out: Path, **_: Any) -> tuple[dict[str, int], str]:
+    from tributary_core.datasets import nycflights13
+
+    return nycflights13.write(out)
+
+
+def _lahman(out: Path, **_: Any) -> tuple[dict[str, int], str]:
+    from tributary_core.datasets import lahman
+
+    return lahman.write(out)
+
+
+def _tpch(out: Path, *, scale: float = 1.0, **_: Any) -> tuple[dict[str, int], str]:
+    from tributary_core.datasets import tpch
+
+    return tpch.write(out, scale=scale)
+
+
+#: name -> writer(out_dir, **options) returning (rows per table, source description)
+DATASETS: dict[str, Callable[..., tuple[dict[str, int], str]]] = {
+    "nycflights13": _nycflights13,
+    "lahman": _lahman,
+    "tpch": _tpch,
+}
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_dataset(name: str, out: str | Path, *, force: bool = False,
+                  **options: Any) -> FetchResult:
+    """Write dataset ``name`` into ``out`` (see module docs).
+
+    A complete earlier fetch with the same options is kept as is unless ``force``; a folder
+    that exists but is not such a fetch is never overwritten without ``force``.
+    """
+    if name not in DATASETS:
+        raise TributaryError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    out = Path(out)
+    manifest = _read_manifest(out) if out.exists() else None
+    if out.exists() and not force:
+        if manifest and manifest.get("dataset") == name and manifest.get("options") == options:
+            return FetchResult(name=name, path=out, rows=manifest["rows"],
+                               source=manifest["source"], written=False)
+        raise TributaryError(f"{out} already exists and is not a complete {name} fetch with "
+                             "these options; use --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+        rows, source = DATASETS[name](tmp, **options)
+        (tmp / MANIFEST).write_text(json.dumps(
+            {"dataset": name, "options": options, "source": source, "rows": rows}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FetchResult(name=name, path=out, rows=rows, source=source, written=True)
