@@ -1,0 +1,66 @@
+"""The ``tributary`` command line. Heavy imports happen inside commands so ``--help`` is fast.
+
+User mistakes (:class:`~tributary_core.errors.TributaryError`) become one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from tributary_core.errors import TributaryError
+
+__all__ = ["cli", "main", "UserError"]
+
+
+class UserError(click.ClickException):
+    """A domain error shown as ``Error: <message>`` with exit code 2."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """A group whose commands turn :class:`TributaryError` into :class:`UserError`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TributaryError as exc:
+            raise UserError(str(exc)) from None
+
+
+def _version() -> str:
+    from tributary_core import __version__
+
+    return __version__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=_version(), prog_name="tributary")
+def cli() -> None:
+    """Tributary: a foundation model for relational databases.
+
+    Typical use: fetch a bundled database, check its metadata, preprocess, train.
+    """
+
+
+def _register() -> None:
+    from tributary_core.cli import datasets, metadata, plugins
+
+    cli.add_command(plugins.plugins)
+    cli.add_command(metadata.metadata)
+    cli.add_command(datasets.datasets)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="tributary", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

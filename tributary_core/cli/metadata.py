@@ -1,0 +1,58 @@
+"""``tributary metadata``: check a metadata.json, alone or against its parquet files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def metadata() -> None:
+    """Check and describe metadata.json files."""
+
+
+@metadata.command("validate")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--raw", "raw_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of <table>.parquet files to check the metadata against.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
+def validate(path: Path, raw_dir: Path | None, as_json: bool) -> None:
+    """Validate PATH; with --raw, also against the data.
+
+    Each problem is one line, FILE: JSON-PATH: message. Errors exit with code 2; warnings
+    (such as dangling foreign keys, which real databases have) are printed and counted only.
+    """
+    from tributary_core.metadata import validate_metadata
+
+    report = validate_metadata(path, raw_dir=raw_dir)
+    if as_json:
+        click.echo(json.dumps({
+            "file": str(path), "ok": report.ok, "rows": report.rows,
+            "problems": [{"severity": p.severity, "path": p.path, "message": p.message}
+                         for p in report.problems],
+        }, indent=2))
+    else:
+        for p in report.problems:
+            click.echo(f"{report.source}: {p.severity}: {p}", err=True)
+    if not report.ok:
+        if not as_json:
+            click.echo(f"{report.source}: {len(report.errors)} error(s), "
+                       f"{len(report.warnings)} warning(s)", err=True)
+        raise SystemExit(2)
+    if not as_json:
+        md = report.metadata
+        assert md is not None
+        n_cols = sum(len(t.columns) for t in md.tables.values())
+        against = f" against {raw_dir} ({sum(report.rows.values()):,} rows)" if raw_dir else ""
+        click.echo(f"{report.source}: valid{against}: {len(md.tables)} tables, {n_cols} columns, "
+                   f"{len(md.tasks)} tasks, {len(report.warnings)} warning(s)")
+
+
+@metadata.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of metadata.json (structure only; validate checks the rest)."""
+    from tributary_core.metadata.schema import shipped_schema
+
+    click.echo(json.dumps(shipped_schema(), indent=2))
