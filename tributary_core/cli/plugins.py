@@ -34,11 +34,12 @@ def list_plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"components": rows, "skipped": skipped}, indent=2))
         return
-    headers = ("name", "kind", "distribution", "version", "description")
-    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers[:-1]]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)) + "  DESCRIPTION")
+    headers = ("name", "kind", "distribution", "version")  # then the description, unpadded
+    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)) + "  DESCRIPTION")
     for r in rows:
-        click.echo("  ".join(r[h].ljust(w) for h, w in zip(headers, widths)) + "  " + r["description"])
+        cells = "  ".join(r[h].ljust(w) for h, w in zip(headers, widths, strict=True))
+        click.echo(f"{cells}  {r['description']}")
     for s in skipped:
         click.echo(f"not loaded: plugin {s['plugin']!r} from {s['distribution']} ({s['reason']})",
                    err=True)

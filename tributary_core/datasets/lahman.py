@@ -49,7 +49,8 @@ def _game_dates(table: pa.Table) -> pa.Array:
     """Date from gameID ``ALS193307060`` (league, yyyymmdd, game); else 15 July of the year;
     null where both are missing (one row of the 2021 release has neither)."""
     out: list[dt.date | None] = []
-    for game, year in zip(table.column("gameID").to_pylist(), table.column("yearID").to_pylist()):
+    games, years = table.column("gameID").to_pylist(), table.column("yearID").to_pylist()
+    for game, year in zip(games, years, strict=True):
         try:
             out.append(dt.date(int(game[3:7]), int(game[7:9]), int(game[9:11])))
         except (TypeError, ValueError):

