@@ -1,24 +1,28 @@
 """The semantic-type interface: how one kind of column is checked, encoded and embedded.
 
 A semantic type ("stype") is what a user writes as ``"stype"`` for a column in metadata.json.
-Built-in types live in ``tributary_plugins.semantic_types``; third-party packages add more
-through the ``tributary_semantic_types`` hook. The core only ever talks to this class.
+Built-in types live in the ``tributary_plugins.semantic_types`` package; third-party packages
+add more through the ``tributary_semantic_types`` hook. The core only ever talks to this class.
 
 The life of a column, and the method that serves each step:
 
-1. ``check_arrow_type`` and ``check_column``: is the parquet column usable at all?
+1. ``check_arrow_type`` / ``check_column``: is the parquet column usable at all?
    (``tributary metadata validate --raw``)
-2. ``fit``: column statistics over the non-null values, optionally up to a cut-off time.
-3. ``encode``: Arrow column + statistics -> named numpy arrays plus a validity mask (the store).
-4. ``value_encoder``: the torch module turning a batch of encoded values into ``d_model`` vectors.
+2. ``prepare``: Arrow column -> :class:`Prepared` numpy values + validity (done once).
+3. ``fit``: JSON-able statistics over the valid values, optionally only the rows of a time
+   window; ``combine`` merges the statistics of every column of this type in a database when a
+   type normalizes database-wide (timestamps do).
+4. ``vocabulary``: the strings to embed for the column's distinct values (categorical, text).
+5. ``encode``: prepared values + statistics (+ vocabulary ids) -> :class:`EncodedColumn`, the
+   arrays the store keeps. ``decode`` turns one stored cell back into a readable value.
+6. ``value_encoder``: the torch module turning a batch of encoded values into vectors (model).
 
-Steps 2-4 are filled by the preprocessing and model layers; a type that cannot be a prediction
-target leaves ``target_losses`` empty.
+A type that cannot be a prediction target leaves ``target_losses`` empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -27,14 +31,38 @@ import pyarrow as pa
 if TYPE_CHECKING:  # torch is heavy; only the model layer imports it for real
     import torch
 
-__all__ = ["SemanticType", "EncodedColumn"]
+__all__ = ["SemanticType", "EncodedColumn", "Prepared", "Vocabulary"]
+
+
+class Prepared:
+    """A column read out of Arrow once: ``values`` (any numpy array, one row per cell, or None
+    for types that keep no value) and ``valid`` (bool, False for null or unusable cells).
+
+    ``extra`` holds whatever else a type needs between ``prepare`` and ``encode`` (the distinct
+    values of a categorical column, say). ``n_invalid`` counts non-null cells that could not be
+    read (unparseable times, ±inf numbers) for the preprocessing report.
+    """
+
+    __slots__ = ("values", "valid", "extra", "n_invalid")
+
+    def __init__(self, values: np.ndarray | None, valid: np.ndarray, *,
+                 extra: Mapping[str, Any] | None = None, n_invalid: int = 0) -> None:
+        assert valid.dtype == np.bool_ and valid.ndim == 1, "valid must be a 1-d bool array"
+        assert values is None or len(values) == len(valid), "values and valid differ in length"
+        self.values = values
+        self.valid = valid
+        self.extra = dict(extra or {})
+        self.n_invalid = n_invalid
+
+    def __len__(self) -> int:
+        return len(self.valid)
 
 
 class EncodedColumn:
     """A column encoded for the store: named arrays of one row each plus a validity mask.
 
     ``arrays`` maps a field name (e.g. ``"value"``) to an array whose first axis is the row;
-    ``valid`` is a boolean array, False where the cell is null (or unparseable).
+    bool arrays are stored as bitmaps. ``valid`` is False where the cell is null.
     """
 
     __slots__ = ("arrays", "valid")
@@ -45,6 +73,36 @@ class EncodedColumn:
             assert value.shape[0] == n, f"field {key!r} has {value.shape[0]} rows, validity {n}"
         self.arrays = dict(arrays)
         self.valid = valid
+
+
+class Vocabulary:
+    """The database's shared table of embedded strings (categorical values and text values).
+
+    ``add`` returns the ids of ``texts``, adding the new ones; equal texts share one id, so
+    ``"carrier is AA"`` from two columns is embedded once. ``values`` keeps, per id, the raw value
+    the text was made from, for decoding.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self.texts: list[str] = []
+        self.values: list[str] = []
+
+    def add(self, texts: Sequence[str], values: Sequence[str] | None = None) -> np.ndarray:
+        values = texts if values is None else values
+        out = np.empty(len(texts), dtype=np.uint32)
+        ids = self._ids
+        for i, text in enumerate(texts):
+            found = ids.get(text)
+            if found is None:
+                found = ids[text] = len(self.texts)
+                self.texts.append(text)
+                self.values.append(values[i])
+            out[i] = found
+        return out
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
 
 class SemanticType:
@@ -63,6 +121,8 @@ class SemanticType:
     target_losses: ClassVar[tuple[str, ...]] = ()
     is_ignored: ClassVar[bool] = False
 
+    # -- checking (metadata validate) ------------------------------------------------------
+
     def check_arrow_type(self, arrow_type: pa.DataType) -> str | None:
         """Return None if a parquet column of ``arrow_type`` can hold this type, else the reason.
 
@@ -79,14 +139,40 @@ class SemanticType:
         """
         return None
 
-    def fit(self, column: pa.ChunkedArray, *, time_us: np.ndarray | None = None,
-            cutoff_us: int | None = None) -> dict[str, Any]:
-        """Column statistics over non-null values (rows with ``time_us <= cutoff_us`` if given)."""
-        raise NotImplementedError(f"semantic type {self.name!r} does not implement fit()")
+    # -- encoding (preprocess) -------------------------------------------------------------
 
-    def encode(self, column: pa.ChunkedArray, stats: Mapping[str, Any]) -> EncodedColumn:
-        """Encode ``column`` using statistics from :meth:`fit`; never modifies its input."""
+    def prepare(self, column: pa.ChunkedArray) -> Prepared:
+        """Read ``column`` out of Arrow into numpy. Never modifies its input."""
+        raise NotImplementedError(f"semantic type {self.name!r} does not implement prepare()")
+
+    def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """JSON-able statistics over the valid cells, only those where ``rows`` is True if given
+        (the rows inside the statistics time window)."""
+        return {}
+
+    def combine(self, stats: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Database-wide statistics from every column of this type, or None (the default) when
+        each column is normalized on its own. The result reaches :meth:`encode` as
+        ``stats["database"]``."""
+        return None
+
+    def vocabulary(self, prepared: Prepared, column_name: str) -> tuple[list[str], list[str]] | None:
+        """``(texts, values)`` to embed, one per distinct value in ``prepared.extra`` order, or
+        None for types that embed nothing. ``texts[i]`` is embedded; ``values[i]`` is shown."""
+        return None
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any],
+               vocab_ids: np.ndarray | None = None) -> EncodedColumn:
+        """Encode using statistics from :meth:`fit` (and the ids :class:`Vocabulary` gave to
+        :meth:`vocabulary`'s texts). Never modifies ``prepared``."""
         raise NotImplementedError(f"semantic type {self.name!r} does not implement encode()")
+
+    def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
+               vocab_values: Sequence[str]) -> Any:
+        """One stored cell (field name -> that row's value) back to a readable Python value."""
+        raise NotImplementedError(f"semantic type {self.name!r} does not implement decode()")
+
+    # -- model -----------------------------------------------------------------------------
 
     def value_encoder(self, d_model: int) -> torch.nn.Module:
         """The module mapping this type's encoded values to ``(..., d_model)`` vectors."""

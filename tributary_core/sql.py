@@ -30,11 +30,14 @@ def fetch_arrow(relation: Any) -> pa.Table:
 
 def sandbox_connection(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     """An in-memory connection where each of ``tables`` (name -> Arrow table or dataset) is a
-    relation of that name, time zone UTC, and no other data can be reached."""
+    relation of that name, also reachable as ``'<name>.parquet'`` (a view, not the file), time
+    zone UTC, and no other data can be reached."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     for name, data in tables.items():
         con.register(name, data)
+        con.execute(f"CREATE VIEW {quote_identifier(name + '.parquet')} AS "
+                    f"SELECT * FROM {quote_identifier(name)}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

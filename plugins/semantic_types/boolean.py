@@ -1,17 +1,52 @@
-"""``boolean``: true/false, from Arrow booleans, 0/1 integers or yes/no-like strings."""
+"""``boolean``: true/false, from Arrow booleans, 0/1 integers or yes/no-like strings.
+
+Stored as a bit plus validity. Statistics: the count of valid cells and the share that is true.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tributary_core.semantic_type import SemanticType
+from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
-from ._arrow import base_type, is_stringish
+from ._arrow import base_type, is_stringish, plain, validity
 
 #: Strings read as booleans (compared case-insensitively, surrounding spaces ignored).
 TRUE_STRINGS = ("true", "t", "yes", "y", "1")
 FALSE_STRINGS = ("false", "f", "no", "n", "0")
+
+
+def to_bool(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(value, valid, n_invalid)``: cells that are not a boolean are invalid (and counted)."""
+    arr = plain(column)
+    t = arr.type
+    if pa.types.is_null(t):
+        return np.zeros(len(arr), np.bool_), np.zeros(len(arr), np.bool_), 0
+    present = validity(arr)
+    if pa.types.is_boolean(t):
+        truth = arr
+    elif pa.types.is_integer(t):
+        truth = pc.equal(arr, pa.scalar(1, t))
+        known = pc.is_in(arr, pa.array([0, 1], t))
+    elif is_stringish(t):
+        normalized = pc.utf8_lower(pc.utf8_trim_whitespace(arr.cast(pa.string())))
+        truth = pc.is_in(normalized, pa.array(TRUE_STRINGS))
+        known = pc.is_in(normalized, pa.array(TRUE_STRINGS + FALSE_STRINGS))
+    else:
+        raise TypeError(f"expected booleans, 0/1 integers or yes/no strings, got {t}")
+    value = np.asarray(truth.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
+    valid = present
+    n_invalid = 0
+    if not pa.types.is_boolean(t):
+        ok = np.asarray(known.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
+        n_invalid = int((present & ~ok).sum())
+        valid = present & ok
+    return value & valid, valid, n_invalid
 
 
 class Boolean(SemanticType):
@@ -39,3 +74,21 @@ class Boolean(SemanticType):
         if len(bad):
             return f"{len(bad)} value(s) are not a boolean, e.g. {bad[0].as_py()!r}"
         return None
+
+    def prepare(self, column: pa.ChunkedArray) -> Prepared:
+        value, valid, n_invalid = to_bool(column)
+        return Prepared(value, valid, n_invalid=n_invalid)
+
+    def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
+        mask = prepared.valid if rows is None else prepared.valid & rows
+        count = int(mask.sum())
+        n_true = int((prepared.values & mask).sum())
+        return {"count": count, "p_true": n_true / count if count else 0.0}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any],
+               vocab_ids: np.ndarray | None = None) -> EncodedColumn:
+        return EncodedColumn({"value": prepared.values.copy()}, prepared.valid.copy())
+
+    def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
+               vocab_values: Sequence[str]) -> Any:
+        return bool(cell["value"])

@@ -1,12 +1,17 @@
-"""``identifier``: keys and other opaque ids. Only presence is encoded, never the value."""
+"""``identifier``: keys and other opaque ids. Only presence is encoded, never the value: the
+relations a key makes are in the graph, and its raw value means nothing to the model."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
 
-from tributary_core.semantic_type import SemanticType
+from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
-from ._arrow import base_type, is_number, is_stringish
+from ._arrow import base_type, is_number, is_stringish, plain, validity
 
 
 class Identifier(SemanticType):
@@ -18,3 +23,18 @@ class Identifier(SemanticType):
         if is_number(t) or is_stringish(t) or pa.types.is_binary(t) or pa.types.is_null(t):
             return None
         return f"expected an integer or string key, got {arrow_type}"
+
+    def prepare(self, column: pa.ChunkedArray) -> Prepared:
+        return Prepared(None, validity(plain(column)))
+
+    def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
+        mask = prepared.valid if rows is None else prepared.valid & rows
+        return {"count": int(mask.sum())}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any],
+               vocab_ids: np.ndarray | None = None) -> EncodedColumn:
+        return EncodedColumn({}, prepared.valid.copy())
+
+    def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
+               vocab_values: Sequence[str]) -> Any:
+        return "(present)"

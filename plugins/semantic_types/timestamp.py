@@ -1,15 +1,100 @@
 """``timestamp``: points in time, from Arrow timestamps (any unit and zone), dates or ISO strings.
 
-Stored as 14 cyclic features (sin/cos of second-of-minute ... day-of-year) plus the epoch
-z-scored over all timestamps of the database.
+Each cell becomes 15 float32 (DESIGN §3), all in UTC:
+
+====  ==========================================================================
+0-1   sin, cos of 2π·second-of-minute / 60
+2-3   sin, cos of 2π·minute-of-hour / 60
+4-5   sin, cos of 2π·hour-of-day / 24
+6-7   sin, cos of 2π·day-of-week / 7       (Monday = 0)
+8-9   sin, cos of 2π·(day-of-month − 1) / 31
+10-11 sin, cos of 2π·(month − 1) / 12
+12-13 sin, cos of 2π·(day-of-year − 1) / 366
+14    (epoch µs − mean) / std, mean and std over *every* timestamp cell of the database
+====  ==========================================================================
+
+The cyclic parts use whole seconds (sub-second digits are kept only in the epoch part). The
+database-wide statistics come from :meth:`Timestamp.combine`, so two timestamp columns of one
+database share a scale and the model can compare them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
 import pyarrow as pa
 
-from tributary_core.semantic_type import SemanticType
+from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 from tributary_core.timeconv import is_time_like, to_epoch_us
+
+from .numerical import moments, n_threads
+
+N_FEATURES = 15
+#: Periods of the seven cyclic features, in the order of the table above.
+PERIODS = np.array([60, 60, 24, 7, 31, 12, 366], dtype=np.int64)
+US_PER_S = 1_000_000
+
+
+def _tables() -> np.ndarray:
+    """``(7, 366, 2)`` float32: sin and cos of 2π·k/period for every k < period."""
+    out = np.zeros((7, 366, 2), dtype=np.float32)
+    for f, period in enumerate(PERIODS):
+        k = np.arange(period)
+        out[f, :period, 0] = np.sin(2 * np.pi * k / period)
+        out[f, :period, 1] = np.cos(2 * np.pi * k / period)
+    return out
+
+
+TABLES = _tables()
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def civil_fields(days: int) -> tuple[int, int, int]:
+    """``(month 1-12, day-of-month 1-31, day-of-year 1-366)`` of ``days`` since 1970-01-01
+    (proleptic Gregorian; H. Hinnant's civil_from_days)."""
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy_mar = doe - (365 * yoe + yoe // 4 - yoe // 100)  # day of the year starting 1 March
+    mp = (5 * doy_mar + 2) // 153
+    d = doy_mar - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    leap = 1 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 0
+    before = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+    doy = before[m - 1] + d + (leap if m > 2 else 0)
+    return m, d, doy
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def encode_times(us: np.ndarray, valid: np.ndarray, mean: float, std: float,
+                 tables: np.ndarray, n_threads: int, out: np.ndarray) -> None:
+    """Fill ``out`` (n, 15) with the features of the table above; zeros where not valid."""
+    n = us.shape[0]
+    inv = 1.0 / std
+    step = (n + n_threads - 1) // n_threads
+    for t in numba.prange(n_threads):
+        for i in range(t * step, min(n, (t + 1) * step)):
+            if not valid[i]:
+                for j in range(N_FEATURES):
+                    out[i, j] = 0.0
+                continue
+            x = us[i]
+            s = x // US_PER_S  # floor division: correct before 1970 too
+            days = s // 86400
+            sec_of_day = s - days * 86400
+            m, d, doy = civil_fields(days)
+            idx = (sec_of_day % 60, (sec_of_day // 60) % 60, sec_of_day // 3600,
+                   (days + 3) % 7, d - 1, m - 1, doy - 1)
+            for f in range(7):
+                out[i, 2 * f] = tables[f, idx[f], 0]
+                out[i, 2 * f + 1] = tables[f, idx[f], 1]
+            out[i, 14] = np.float32((x - mean) * inv)
 
 
 class Timestamp(SemanticType):
@@ -28,3 +113,46 @@ class Timestamp(SemanticType):
             return (f"{result.n_unparsed} value(s) are not a time, e.g. "
                     f"{result.example_unparsed!r}")
         return None
+
+    def prepare(self, column: pa.ChunkedArray) -> Prepared:
+        result = to_epoch_us(column)
+        return Prepared(result.values, result.valid, n_invalid=result.n_unparsed)
+
+    def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
+        use_rows = rows is not None
+        values = prepared.values.astype(np.float64)
+        count, mean, m2 = moments(values, prepared.valid,
+                                  rows if use_rows else prepared.valid, use_rows)
+        return {"count": int(count), "mean": float(mean), "m2": float(m2)}
+
+    def combine(self, stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Pooled mean and std of all timestamp cells (Chan et al.'s parallel update)."""
+        count, mean, m2 = 0, 0.0, 0.0
+        for s in stats:
+            n_b = s["count"]
+            if n_b == 0:
+                continue
+            delta = s["mean"] - mean
+            total = count + n_b
+            mean += delta * n_b / total
+            m2 += s["m2"] + delta * delta * count * n_b / total
+            count = total
+        std = float(np.sqrt(m2 / count)) if count else 0.0
+        return {"count": count, "mean": mean, "std": std if std > 0 else 1.0}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any],
+               vocab_ids: np.ndarray | None = None) -> EncodedColumn:
+        shared = stats.get("database") or self.combine([stats])
+        out = np.empty((len(prepared), N_FEATURES), dtype=np.float32)
+        encode_times(prepared.values, prepared.valid, float(shared["mean"]), float(shared["std"]),
+                     TABLES, n_threads(), out)
+        return EncodedColumn({"value": out}, prepared.valid.copy())
+
+    def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
+               vocab_values: Sequence[str]) -> Any:
+        shared = stats.get("database") or self.combine([stats])
+        us = float(cell["value"][14]) * shared["std"] + shared["mean"]
+        # f32 keeps ~7 digits of the z-score: the decoded time is approximate (minutes over a
+        # span of decades); the cyclic features carry the exact second, minute and hour.
+        return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+                + dt.timedelta(microseconds=round(us))).isoformat()

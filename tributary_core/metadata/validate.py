@@ -20,6 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tributary_core.errors import MetadataError, Problem
+from tributary_core.keys import as_key, key_kind
 from tributary_core.metadata.io import load_metadata
 from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
@@ -239,20 +240,6 @@ class _StaticChecks:
             self.error(path, f"expected a SELECT query, found {statements[0].type.name}")
 
 
-def _key_kind(t: pa.DataType) -> str:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    if pa.types.is_integer(t):
-        return "integer"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return "string"
-    return str(t)
-
-
-def _as_key(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    return col.cast(pa.int64() if _key_kind(col.type) == "integer" else pa.string())
-
-
 def _overrides(stype: SemanticType, method: str) -> bool:
     return getattr(type(stype), method) is not getattr(SemanticType, method)
 
@@ -361,12 +348,12 @@ class _DataChecks:
         path = jpath("tables", tname, "columns", cname, "foreign_key")
         child_t = self.schemas[tname].field(cname).type
         parent_t = self.schemas[ptable].field(pcol).type
-        if _key_kind(child_t) != _key_kind(parent_t):
+        if key_kind(child_t) != key_kind(parent_t):
             self.error(path, f"{tname}.{cname} is {child_t} but {ptable}.{pcol} is {parent_t}: "
                              "keys must both be integers or both strings")
             return
-        child = _as_key(self.column(tname, cname)).drop_null()
-        parent = _as_key(self.column(ptable, pcol)).drop_null().unique()
+        child = as_key(self.column(tname, cname)).drop_null()
+        parent = as_key(self.column(ptable, pcol)).drop_null().unique()
         dangling = pc.filter(child, pc.invert(pc.is_in(child, value_set=parent)))
         if len(dangling):
             distinct = pc.count_distinct(dangling).as_py()
@@ -412,6 +399,6 @@ class _DataChecks:
 
     def anchor_type_problem(self, task: Any, t: pa.DataType) -> str | None:
         anchor_t = self.schemas[task.anchor_table].field(task.anchor_key).type
-        if _key_kind(t) != _key_kind(anchor_t):
+        if key_kind(t) != key_kind(anchor_t):
             return f"is {t} but {task.anchor_table}.{task.anchor_key} is {anchor_t}"
         return None

@@ -1,0 +1,54 @@
+"""Shared by the two embedded types: distinct values -> vocabulary ids -> per-cell u32 index."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tributary_core.semantic_type import EncodedColumn, Prepared
+
+from ._arrow import distinct, plain, validity
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_ids(codes: np.ndarray, valid: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = ids[codes[i]]`` where valid, else 0."""
+    for i in range(codes.shape[0]):
+        out[i] = ids[codes[i]] if valid[i] else np.uint32(0)
+
+
+def prepare_distinct(column: pa.ChunkedArray, *, max_chars: int | None = None) -> Prepared:
+    """Distinct values as strings (``extra["uniques"]``), per-cell codes as ``values``."""
+    arr = plain(column)
+    if pa.types.is_null(arr.type):
+        n = len(arr)
+        return Prepared(np.zeros(n, np.int64), np.zeros(n, np.bool_), extra={"uniques": []})
+    valid = validity(arr)
+    uniques, codes = distinct(arr)
+    strings = uniques if pa.types.is_string(uniques.type) else pc.cast(uniques, pa.string())
+    if max_chars is not None:
+        strings = pc.utf8_slice_codeunits(strings, 0, max_chars)
+    return Prepared(codes, valid, extra={"uniques": strings.to_pylist()})
+
+
+def fit_distinct(prepared: Prepared, rows: np.ndarray | None) -> dict[str, Any]:
+    mask = prepared.valid if rows is None else prepared.valid & rows
+    return {"count": int(mask.sum()), "n_distinct": len(np.unique(prepared.values[mask]))}
+
+
+def encode_ids(prepared: Prepared, vocab_ids: np.ndarray | None) -> EncodedColumn:
+    if vocab_ids is None:
+        raise ValueError("an embedded type needs the vocabulary ids of its distinct values")
+    out = np.empty(len(prepared), dtype=np.uint32)
+    ids = vocab_ids if len(vocab_ids) else np.zeros(1, np.uint32)
+    gather_ids(prepared.values, prepared.valid, ids, out)
+    return EncodedColumn({"index": out}, prepared.valid.copy())
+
+
+def decode_id(cell: Mapping[str, Any], vocab_values: Sequence[str]) -> str:
+    return vocab_values[int(cell["index"])]

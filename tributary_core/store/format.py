@@ -1,0 +1,209 @@
+"""The binary file format of every ``*.bin`` file in a store.
+
+A file is a fixed 32-byte preamble, a JSON header, and 64-byte-aligned sections of raw
+little-endian arrays, so any section can be mapped with ``numpy.memmap`` without a copy::
+
+    offset  size  field
+    0       8     magic b"TRIBSTOR"
+    8       4     format version (u32, little-endian)
+    12      4     header length H in bytes (u32)
+    16      4     CRC-32 of the header bytes (u32)
+    20      12    zero
+    32      H     header: UTF-8 JSON {"kind": ..., "sections": [...], "meta": {...}}
+    ...           zero padding to a multiple of 64, then the sections
+
+Each section in the header is ``{"name", "dtype", "shape", "offset", "nbytes", "crc32"}``:
+``dtype`` is a numpy type string (``"<f4"``, ``"<u4"``, ``"<i8"``, ``"|u1"``) or ``"bits"``, a
+bitmap of ``shape[0]`` booleans packed little-endian (bit i of byte i // 8, numpy's
+``packbits(bitorder="little")``); ``crc32`` is the CRC-32 (zlib) of the section's bytes. The file
+ends where its last section ends. See docs/format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tributary_core.errors import TributaryError
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "StoreFileError", "write_file", "StoreFile", "pack_bits",
+           "unpack_bits"]
+
+MAGIC = b"TRIBSTOR"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct("<8sIII12x")
+ALIGN = 64
+BITS = "bits"
+_CRC_BLOCK = 1 << 24
+
+
+class StoreFileError(TributaryError):
+    """A store file that is missing, truncated, corrupted or of another format version."""
+
+
+def pack_bits(mask: np.ndarray) -> np.ndarray:
+    """Bool array -> little-endian bitmap (``ceil(n / 8)`` bytes)."""
+    return np.packbits(np.ascontiguousarray(mask, dtype=np.bool_), bitorder="little")
+
+
+def unpack_bits(bits: np.ndarray, n: int) -> np.ndarray:
+    """Bitmap of ``n`` booleans -> bool array."""
+    return np.unpackbits(np.asarray(bits), count=n, bitorder="little").view(np.bool_)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _crc(data: memoryview | bytes) -> int:
+    crc = 0
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), _CRC_BLOCK):
+        crc = zlib.crc32(view[start : start + _CRC_BLOCK], crc)
+    return crc
+
+
+def _as_section(array: np.ndarray) -> tuple[str, list[int], np.ndarray]:
+    """``(dtype string, shape, contiguous payload)`` of an array to store."""
+    if array.dtype == np.bool_:
+        if array.ndim != 1:
+            raise ValueError("only 1-d bool arrays are stored as bitmaps")
+        return BITS, [int(array.shape[0])], pack_bits(array)
+    payload = np.ascontiguousarray(array)
+    if payload.dtype.byteorder == ">" or (payload.dtype.byteorder == "=" and not _LITTLE):
+        payload = payload.astype(payload.dtype.newbyteorder("<"))
+    if payload.dtype.hasobject:
+        raise ValueError(f"cannot store an object array ({payload.dtype})")
+    return payload.dtype.str, [int(s) for s in payload.shape], payload
+
+
+_LITTLE = np.little_endian
+
+
+def write_file(path: str | Path, kind: str, sections: Mapping[str, np.ndarray],
+               meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``sections`` (name -> array) to ``path``; returns ``{"bytes", "crc32"}`` of the file's
+    header, which the store's metadata.json records per file."""
+    prepared = [(name, *_as_section(arr)) for name, arr in sections.items()]
+    entries = []
+    header = b""
+    # The header holds the offsets and the offsets depend on the header's length: grow the
+    # reserved space until the header fits in it.
+    reserve = 4096
+    while True:
+        offset = _align(PREAMBLE.size + reserve)
+        entries = []
+        for name, dtype, shape, payload in prepared:
+            entries.append({"name": name, "dtype": dtype, "shape": shape, "offset": offset,
+                            "nbytes": int(payload.nbytes), "crc32": _crc(payload)})
+            offset = _align(offset + payload.nbytes)
+        header = json.dumps({"kind": kind, "sections": entries, "meta": dict(meta or {})},
+                            separators=(",", ":")).encode()
+        if len(header) <= reserve:
+            break
+        reserve = _align(len(header) + 1024)
+    end = entries[-1]["offset"] + entries[-1]["nbytes"] if entries else PREAMBLE.size + len(header)
+    header_crc = zlib.crc32(header)
+    with open(path, "wb") as f:
+        f.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), header_crc))
+        f.write(header)
+        for entry, (_, _, _, payload) in zip(entries, prepared, strict=True):
+            f.seek(entry["offset"])
+            f.write(memoryview(payload).cast("B"))
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": end, "crc32": header_crc}
+
+
+class StoreFile:
+    """A store file opened for reading: header checked, sections mapped on demand.
+
+    ``verify()`` reads every section once and checks its CRC-32; opening checks the preamble,
+    the header's CRC, the format version and that the file is as long as its sections say.
+    """
+
+    def __init__(self, path: str | Path, *, expect_kind: str | None = None) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                preamble = f.read(PREAMBLE.size)
+                if len(preamble) < PREAMBLE.size:
+                    raise self._error(f"truncated: {size} bytes, shorter than the preamble")
+                magic, version, hlen, hcrc = PREAMBLE.unpack(preamble)
+                if magic != MAGIC:
+                    raise self._error("not a Tributary store file (bad magic)")
+                if version != FORMAT_VERSION:
+                    raise self._error(f"format version {version}; this Tributary reads version "
+                                      f"{FORMAT_VERSION}: preprocess the database again")
+                header = f.read(hlen)
+        except FileNotFoundError:
+            raise self._error("missing") from None
+        except OSError as exc:
+            raise self._error(f"cannot be read: {exc.strerror}") from None
+        if len(header) < hlen:
+            raise self._error(f"truncated: {size} bytes, the header alone needs {PREAMBLE.size + hlen}")
+        if zlib.crc32(header) != hcrc:
+            raise self._error("corrupted: header checksum mismatch")
+        info = json.loads(header)
+        if expect_kind is not None and info["kind"] != expect_kind:
+            raise self._error(f"holds {info['kind']!r}, expected {expect_kind!r}")
+        self.kind: str = info["kind"]
+        self.meta: dict[str, Any] = info["meta"]
+        self.header_crc = hcrc
+        self.sections: dict[str, dict[str, Any]] = {s["name"]: s for s in info["sections"]}
+        end = max((s["offset"] + s["nbytes"] for s in self.sections.values()),
+                  default=PREAMBLE.size + hlen)
+        if size != end:
+            what = "truncated" if size < end else "has trailing bytes"
+            raise self._error(f"{what}: {size} bytes, its sections end at {end}")
+        self.size = size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _error(self, message: str) -> StoreFileError:
+        return StoreFileError(f"{self.path}: {message}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sections
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sections)
+
+    def raw(self, name: str) -> np.ndarray:
+        """Section ``name`` as a read-only memory map (bitmaps as their packed bytes)."""
+        if name not in self._cache:
+            try:
+                s = self.sections[name]
+            except KeyError:
+                raise self._error(f"has no section {name!r}") from None
+            if s["dtype"] == BITS:
+                dtype, shape = np.dtype(np.uint8), (s["nbytes"],)
+            else:
+                dtype, shape = np.dtype(s["dtype"]), tuple(s["shape"])
+            if s["nbytes"] == 0:
+                self._cache[name] = np.zeros(shape, dtype=dtype)
+            else:
+                self._cache[name] = np.memmap(self.path, dtype=dtype, mode="r",
+                                              offset=s["offset"], shape=shape)
+        return self._cache[name]
+
+    def array(self, name: str) -> np.ndarray:
+        """Section ``name``: a memory map, or for a bitmap its unpacked bool array (a copy)."""
+        s = self.sections.get(name)
+        if s is not None and s["dtype"] == BITS:
+            return unpack_bits(self.raw(name), s["shape"][0])
+        return self.raw(name)
+
+    def verify(self) -> None:
+        """Check every section's CRC-32, reading the whole file once."""
+        for name, s in self.sections.items():
+            if s["nbytes"] and _crc(memoryview(self.raw(name)).cast("B")) != s["crc32"]:
+                raise self._error(f"corrupted: checksum mismatch in section {name!r}")
