@@ -125,4 +125,7 @@ class Numerical(SemanticType):
 
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
-        return float(cell["value"]) * stats["std"] + stats["mean"]
+        # An f32 z-score resolves about 1e-6 of a standard deviation; show no finer digits.
+        value = float(cell["value"]) * stats["std"] + stats["mean"]
+        digits = int(np.clip(-np.floor(np.log10(stats["std"] * 1e-6)), 0, 12))
+        return float(f"{round(value, digits):.7g}")

@@ -150,9 +150,18 @@ class Timestamp(SemanticType):
 
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
+        """The time to the second: the f32 epoch feature places the day (its error is far below
+        12 hours for any real span), the cyclic features give the exact second of that day."""
         shared = stats.get("database") or self.combine([stats])
-        us = float(cell["value"][14]) * shared["std"] + shared["mean"]
-        # f32 keeps ~7 digits of the z-score: the decoded time is approximate (minutes over a
-        # span of decades); the cyclic features carry the exact second, minute and hour.
+        v = np.asarray(cell["value"], dtype=np.float64)
+        approx_s = (v[14] * shared["std"] + shared["mean"]) / US_PER_S
+
+        def phase(f: int) -> int:
+            period = int(PERIODS[f])
+            turn = np.arctan2(v[2 * f], v[2 * f + 1]) / (2 * np.pi)
+            return int(round(turn * period)) % period
+
+        sec_of_day = phase(2) * 3600 + phase(1) * 60 + phase(0)
+        day = int(np.floor((approx_s - sec_of_day) / 86400 + 0.5))
         return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-                + dt.timedelta(microseconds=round(us))).isoformat()
+                + dt.timedelta(seconds=day * 86400 + sec_of_day)).isoformat()

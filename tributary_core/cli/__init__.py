@@ -48,11 +48,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tributary_core.cli import datasets, metadata, plugins
+    from tributary_core.cli import datasets, inspect, metadata, plugins, run
 
     cli.add_command(plugins.plugins)
     cli.add_command(metadata.metadata)
     cli.add_command(datasets.datasets)
+    cli.add_command(run.run)
+    cli.add_command(inspect.inspect)
 
 
 _register()

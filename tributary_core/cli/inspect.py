@@ -1,0 +1,120 @@
+"""``tributary inspect``: what a preprocessed store holds, and rows decoded back to values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command("inspect")
+@click.argument("processed", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--table", help="Show this table's columns and statistics.")
+@click.option("--row", type=click.IntRange(min=0), help="With --table: decode this row.")
+@click.option("--task", help="Show this task (seeds, targets, observation times).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option("--no-verify", is_flag=True, help="Skip the checksum pass over the store.")
+def inspect(processed: Path, table: str | None, row: int | None, task: str | None,
+            as_json: bool, no_verify: bool) -> None:
+    """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks."""
+    import numpy as np
+
+    from tributary_core.errors import TributaryError
+    from tributary_core.store import open_store
+
+    store = open_store(processed, verify=not no_verify)
+    if row is not None and table is None:
+        raise TributaryError("--row needs --table")
+    if table is not None and table not in store.tables:
+        raise TributaryError(f"{processed}: no table {table!r}; tables: {', '.join(store.tables)}")
+    if task is not None and task not in store.tasks:
+        raise TributaryError(f"{processed}: no task {task!r}; tasks: {', '.join(store.tasks)}")
+
+    if table is not None and row is not None:
+        values = store.decode_row(table, row)
+        if as_json:
+            click.echo(json.dumps({"table": table, "row": row, "values": values}, indent=2))
+        else:
+            click.echo(f"{table} row {row}")
+            width = max(len(c) for c in values)
+            for cname, value in values.items():
+                click.echo(f"  {cname:<{width}}  {'null' if value is None else value}")
+        return
+
+    if table is not None:
+        t = store.tables[table]
+        info = {"table": table, "rows": t.rows, "timed": t.meta["timed"],
+                "columns": {c: {"stype": m["stype"], "stats": m["stats"],
+                                "null": int(t.rows - t.valid(c).sum()),
+                                "invalid": m["n_invalid"]} for c, m in t.columns.items()}}
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+            return
+        click.echo(f"{table}: {t.rows:,} rows{' (timed)' if t.meta['timed'] else ''}")
+        for cname, c in info["columns"].items():
+            stats = {k: v for k, v in c["stats"].items() if k != "database"}
+            click.echo(f"  {cname:<24} {c['stype']:<12} null {c['null']:>9,}  {_fmt(stats)}")
+        return
+
+    if task is not None:
+        tk = store.tasks[task]
+        obs = tk.observation_time
+        finite = obs[obs != np.iinfo(np.int64).max]
+        info = {"task": task, "seeds": len(tk), "target_stype": tk.meta["target_stype"],
+                "target_column": tk.meta["target_column"],
+                "null_targets": int((~tk.target_valid).sum()),
+                "unmatched_anchor_keys": tk.meta["unmatched_anchor_keys"],
+                "observation_time": (None if not len(finite) else
+                                     {"min_us": int(finite.min()), "max_us": int(finite.max())}),
+                "stats": tk.meta["stats"], "hidden_columns": tk.meta["hidden_columns"]}
+        if tk.candidates is not None:
+            info["candidates"] = [store.vocab_values[i] for i in tk.candidates[:50]]
+        click.echo(json.dumps(info, indent=2))
+        return
+
+    summary = _summary(store)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    e = store.embedder
+    click.echo(f"{store.name}: {processed} (format {store.meta['format_version']}, embedder "
+               f"{e.backend}/{e.model} D={e.dimension}, vocabulary {store.meta['vocab_size']:,})")
+    click.echo("tables")
+    for name, t in summary["tables"].items():
+        click.echo(f"  {name:<20} {t['rows']:>12,} rows  {t['columns']:>3} columns"
+                   f"{'  timed' if t['timed'] else ''}")
+    click.echo("foreign keys (children per parent: mean / max; parents with none)")
+    for fk in summary["foreign_keys"]:
+        click.echo(f"  {fk['child']:<28} -> {fk['parent']:<18} {fk['edges']:>10,} edges  "
+                   f"{fk['mean_degree']:.1f} / {fk['max_degree']:,}; {fk['childless']:,} childless; "
+                   f"{fk['dangling']:,} dangling")
+    click.echo("tasks")
+    for name, tk in summary["tasks"].items():
+        click.echo(f"  {name:<32} {tk['target_stype']:<12} {tk['seeds']:>10,} seeds")
+
+
+def _fmt(stats: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
+
+
+def _summary(store: Any) -> dict[str, Any]:
+    import numpy as np
+
+    fks = []
+    for fk in store.foreign_keys:
+        degree = np.diff(fk.indptr)
+        fks.append({"child": f"{fk.child_table}.{fk.column}", "parent": fk.parent_table,
+                    "edges": int(len(fk.children)),
+                    "mean_degree": float(degree.mean()) if len(degree) else 0.0,
+                    "max_degree": int(degree.max()) if len(degree) else 0,
+                    "childless": int((degree == 0).sum()), "dangling": fk.meta["dangling"]})
+    return {
+        "name": store.name, "embedder": store.meta["embedder"], "vocab_size": store.meta["vocab_size"],
+        "tables": {n: {"rows": t.rows, "columns": len(t.columns), "timed": t.meta["timed"]}
+                   for n, t in store.tables.items()},
+        "foreign_keys": fks,
+        "tasks": {n: {"seeds": len(t), "target_stype": t.meta["target_stype"]}
+                  for n, t in store.tasks.items()},
+    }

@@ -1,0 +1,507 @@
+"""Raw database (parquet + metadata.json) -> the store of DESIGN §3.
+
+Stages, each timed and reported:
+
+1. ``validate``: the metadata against the data (``tributary metadata validate --raw``).
+2. ``keys``: primary keys and row times of every table (``temporal_from`` followed through its
+   foreign keys), and the database-wide timestamp statistics.
+3. ``encode``: every table, one at a time: each column through its semantic type, foreign keys
+   matched to parent rows; ``tables/<table>.bin``.
+4. ``graph``: a CSR both ways per foreign-key column; ``graph.bin``.
+5. ``tasks``: each task's SQL in a sandboxed DuckDB, anchors matched to rows, observation times
+   resolved, targets encoded; ``tasks/<task>.bin``.
+6. ``embed``: column names and the shared vocabulary through the embedder; the two
+   ``*_embeddings.bin`` files.
+
+Everything is written into a temporary folder beside the output and renamed into place at the
+end, so a crash never leaves a half store that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from tributary_core.embedder import Embedder
+from tributary_core.errors import TributaryError
+from tributary_core.keys import match_keys
+from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
+from tributary_core.metadata.model import split_ref
+from tributary_core.preprocess.graph import NO_TIME, build_csr, time_order
+from tributary_core.registry import Registry, get_registry
+from tributary_core.semantic_type import SemanticType, Vocabulary
+from tributary_core.sql import fetch_arrow, sandbox_connection
+from tributary_core.store.format import FORMAT_VERSION, write_file
+from tributary_core.timeconv import to_epoch_us
+
+__all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
+
+#: Observation time of a seed with no cut-off: every row is visible.
+NO_CUTOFF = np.iinfo(np.int64).max
+#: ``progress(stage, done, total)``: called as work advances; ``total`` may be 0 if unknown.
+Progress = Callable[[str, int, int], None]
+
+
+@attrs.define
+class PreprocessResult:
+    """What :func:`preprocess` wrote and what it found."""
+
+    path: Path
+    rows: dict[str, int] = attrs.field(factory=dict)
+    cells: int = 0
+    edges: int = 0
+    dangling: dict[str, int] = attrs.field(factory=dict)  # "table.column" -> values with no parent
+    null_keys: dict[str, int] = attrs.field(factory=dict)
+    vocab_size: int = 0
+    tasks: dict[str, dict[str, int]] = attrs.field(factory=dict)  # seeds, unmatched, null targets
+    seconds: dict[str, float] = attrs.field(factory=dict)
+    store_bytes: int = 0
+    warnings: list[str] = attrs.field(factory=list)
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def preprocess(
+    metadata: Metadata | str | Path,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    embedder: Embedder,
+    force: bool = False,
+    stats_cutoff_us: int | None = None,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> PreprocessResult:
+    """Preprocess the database described by ``metadata`` with parquet files in ``raw_dir``.
+
+    Args:
+        embedder: embeds column names and vocabulary (its identity is recorded in the store).
+        force: replace an existing store at ``out_dir``; without it an existing one is an error.
+        stats_cutoff_us: fit normalization statistics only on rows whose time is at or before
+            this (epoch µs); untimed rows always count. None: all rows.
+        progress: called as each stage advances (the CLI draws bars from it).
+    """
+    registry = registry or get_registry()
+    progress = progress or _noop
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if out_dir.exists() and not force:
+        raise TributaryError(f"{out_dir} already exists; use --force to replace it")
+    clock = _Clock()
+    with clock("validate"):
+        progress("validate", 0, 1)
+        report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry)
+        md = report.raise_for_errors()
+        progress("validate", 1, 1)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock)
+        result = builder.run()
+        result.warnings = [str(p) for p in report.warnings]
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.path = out_dir
+    return result
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an old ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> _Clock:
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + (
+            time.perf_counter() - self._start)
+
+
+def _read(path: Path, columns: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=columns)
+
+
+class _Builder:
+    def __init__(self, md: Metadata, raw: Path, out: Path, registry: Registry, embedder: Embedder,
+                 cutoff: int | None, progress: Progress, clock: _Clock) -> None:
+        self.md, self.raw, self.out = md, raw, out
+        self.registry, self.embedder = registry, embedder
+        self.cutoff, self.progress, self.clock = cutoff, progress, clock
+        self.paths = {t: raw / f"{t}.parquet" for t in md.tables}
+        self.stypes: dict[str, SemanticType] = {}
+        self.keys: dict[str, pa.Array] = {}  # table -> primary-key column
+        self.times: dict[str, np.ndarray] = {}  # timed table -> int64 row times (NO_TIME = none)
+        self.n_rows: dict[str, int] = {}
+        self.parents: dict[tuple[str, str], np.ndarray] = {}  # (table, fk column) -> parent rows
+        self.vocab = Vocabulary()
+        self.columns: list[dict[str, Any]] = []  # the column-embedding table
+        self.db_stats: dict[str, dict[str, Any]] = {}  # stype name -> combined statistics
+        self.files: dict[str, dict[str, Any]] = {}
+        self.result = PreprocessResult(path=out)
+
+    def stype(self, name: str) -> SemanticType:
+        if name not in self.stypes:
+            self.stypes[name] = self.registry.semantic_type(name)
+        return self.stypes[name]
+
+    def write(self, rel: str, kind: str, sections: dict[str, np.ndarray],
+              meta: dict[str, Any] | None = None) -> None:
+        path = self.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.files[rel] = write_file(path, kind, sections, meta)
+
+    def rows_mask(self, table: str) -> np.ndarray | None:
+        """Rows inside the statistics window (None: all rows)."""
+        if self.cutoff is None or table not in self.times:
+            return None
+        t = self.times[table]
+        return (t <= self.cutoff) | (t == NO_TIME)
+
+    # -- stage 2 ---------------------------------------------------------------------------
+
+    def load_keys_and_times(self) -> None:
+        md = self.md
+        for i, (tname, table) in enumerate(md.tables.items()):
+            self.progress("keys", i, len(md.tables))
+            self.n_rows[tname] = pq.ParquetFile(self.paths[tname]).metadata.num_rows
+            if table.primary_key:
+                self.keys[tname] = _read(self.paths[tname], [table.primary_key]).column(0).combine_chunks()
+            if table.temporal_column:
+                conv = to_epoch_us(_read(self.paths[tname], [table.temporal_column]).column(0))
+                self.times[tname] = np.where(conv.valid, conv.values, NO_TIME)
+        resolving: set[str] = set()
+
+        def time_of(tname: str) -> np.ndarray | None:
+            table = md.tables[tname]
+            if tname in self.times or not table.temporal_from:
+                return self.times.get(tname)
+            resolving.add(tname)  # validation refuses cycles; this only guards recursion
+            fk = table.columns[table.temporal_from].foreign_key
+            ptable, _ = split_ref(fk)  # type: ignore[misc]
+            ptime = time_of(ptable)
+            rows = self.parent_rows(tname, table.temporal_from)
+            assert ptime is not None
+            self.times[tname] = np.where(rows >= 0, ptime[np.maximum(rows, 0)], NO_TIME)
+            return self.times[tname]
+
+        for tname in md.tables:
+            time_of(tname)
+        # Database-wide statistics for types that ask for them (timestamps).
+        per_type: dict[str, list[dict[str, Any]]] = {}
+        for tname, table in md.tables.items():
+            cols = [c for c, col in table.columns.items()
+                    if self.stype(col.stype).combine([]) is not None]
+            if not cols:
+                continue
+            data = _read(self.paths[tname], cols)
+            for cname in cols:
+                stype = self.stype(table.columns[cname].stype)
+                prepared = stype.prepare(data.column(cname))
+                per_type.setdefault(stype.name, []).append(
+                    stype.fit(prepared, rows=self.rows_mask(tname)))
+        for name, stats in per_type.items():
+            combined = self.stype(name).combine(stats)
+            if combined is not None:
+                self.db_stats[name] = combined
+        self.progress("keys", len(md.tables), len(md.tables))
+
+    def parent_rows(self, tname: str, cname: str) -> np.ndarray:
+        key = (tname, cname)
+        if key not in self.parents:
+            fk = self.md.tables[tname].columns[cname].foreign_key
+            ptable, _ = split_ref(fk)  # type: ignore[misc]
+            values = _read(self.paths[tname], [cname]).column(0)
+            match = match_keys(values, self.keys[ptable])
+            self.parents[key] = match.rows
+            ref = f"{tname}.{cname}"
+            self.result.dangling[ref] = match.n_dangling
+            self.result.null_keys[ref] = match.n_null
+        return self.parents[key]
+
+    # -- stage 3 ---------------------------------------------------------------------------
+
+    def encode_tables(self) -> dict[str, Any]:
+        tables_meta: dict[str, Any] = {}
+        total = len(self.md.tables)
+        for i, (tname, table) in enumerate(self.md.tables.items()):
+            self.progress("encode", i, total)
+            names = [c for c, col in table.columns.items() if not self.stype(col.stype).is_ignored]
+            data = _read(self.paths[tname], names)
+            mask = self.rows_mask(tname)
+            sections: dict[str, np.ndarray] = {}
+            cols_meta: dict[str, Any] = {}
+            for j, cname in enumerate(names):
+                col = table.columns[cname]
+                stype = self.stype(col.stype)
+                prepared = stype.prepare(data.column(cname))
+                stats = stype.fit(prepared, rows=mask)
+                if stype.name in self.db_stats:
+                    stats["database"] = self.db_stats[stype.name]
+                ids = None
+                vocab = stype.vocabulary(prepared, cname)
+                if vocab is not None:
+                    ids = self.vocab.add(*vocab)
+                encoded = stype.encode(prepared, stats, ids)
+                prefix = f"c{j}"
+                fields = {}
+                for field, arr in encoded.arrays.items():
+                    sections[f"{prefix}.{field}"] = arr
+                    fields[field] = f"{prefix}.{field}"
+                sections[f"{prefix}.valid"] = encoded.valid
+                column_id = len(self.columns)
+                text = f"{cname} : {col.description}" if col.description else cname
+                self.columns.append({"table": tname, "column": cname, "text": text})
+                cols_meta[cname] = {"stype": stype.name, "column_id": column_id, "stats": stats,
+                                    "fields": fields, "valid": f"{prefix}.valid",
+                                    "n_invalid": prepared.n_invalid}
+                if col.foreign_key:
+                    self.parent_rows(tname, cname)
+                self.result.cells += int(encoded.valid.sum())
+                del prepared, encoded
+            if tname in self.times:
+                sections["time"] = self.times[tname]
+            del data
+            rel = f"tables/{tname}.bin"
+            self.write(rel, "table", sections, {"table": tname, "rows": self.n_rows[tname]})
+            tables_meta[tname] = {
+                "rows": self.n_rows[tname], "file": rel, "primary_key": table.primary_key,
+                "timed": tname in self.times, "time": "time" if tname in self.times else None,
+                "temporal_column": table.temporal_column, "temporal_from": table.temporal_from,
+                "columns": cols_meta,
+            }
+            self.result.rows[tname] = self.n_rows[tname]
+        self.progress("encode", total, total)
+        return tables_meta
+
+    # -- stage 4 ---------------------------------------------------------------------------
+
+    def build_graph(self) -> list[dict[str, Any]]:
+        fks = [(t, c, col.foreign_key) for t, table in self.md.tables.items()
+               for c, col in table.columns.items() if col.foreign_key]
+        sections: dict[str, np.ndarray] = {}
+        out = []
+        orders: dict[str, np.ndarray] = {}
+        for i, (tname, cname, ref) in enumerate(fks):
+            self.progress("graph", i, len(fks))
+            ptable, pcol = split_ref(ref)  # type: ignore[misc]
+            parent = self.parent_rows(tname, cname)
+            n = self.n_rows[tname]
+            if tname not in orders:
+                orders[tname] = time_order(self.times.get(tname), n)
+            child_time = self.times.get(tname)
+            if child_time is None:
+                child_time = np.full(n, NO_TIME, dtype=np.int64)
+            indptr, children, times = build_csr(parent, orders[tname], child_time,
+                                                self.n_rows[ptable])
+            sections[f"fk{i}.parent"] = parent
+            sections[f"fk{i}.indptr"] = indptr
+            sections[f"fk{i}.children"] = children
+            sections[f"fk{i}.child_time"] = times
+            ref_name = f"{tname}.{cname}"
+            out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
+                        "parent_column": pcol, "edges": int(len(children)),
+                        "dangling": self.result.dangling[ref_name],
+                        "null": self.result.null_keys[ref_name],
+                        "sections": {k: f"fk{i}.{k}" for k in
+                                     ("parent", "indptr", "children", "child_time")}})
+            self.result.edges += int(len(children))
+        self.progress("graph", len(fks), len(fks))
+        self.write("graph.bin", "graph", sections, {"foreign_keys": len(fks)})
+        return out
+
+    # -- stage 5 ---------------------------------------------------------------------------
+
+    def materialize_tasks(self, tables_meta: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not self.md.tasks:
+            return out
+        datasets = {name: pads.dataset(path) for name, path in self.paths.items()}
+        con = sandbox_connection(datasets)
+        try:
+            for i, (name, task) in enumerate(self.md.tasks.items()):
+                self.progress("tasks", i, len(self.md.tasks))
+                out[name] = self.materialize_task(con, name, task, tables_meta)
+        finally:
+            con.close()
+        self.progress("tasks", len(self.md.tasks), len(self.md.tasks))
+        return out
+
+    def materialize_task(self, con: Any, name: str, task: Any,
+                         tables_meta: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = fetch_arrow(con.sql(task.query))
+        except Exception as exc:  # duckdb.Error: validation ran it already, but data can differ
+            raise TributaryError(f"task {name!r}: SQL fails in DuckDB: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        match = match_keys(result.column(task.anchor_key), self.keys[task.anchor_table])
+        keep = match.rows >= 0
+        anchor = match.rows[keep]
+        if task.observation_time_column:
+            conv = to_epoch_us(result.column(task.observation_time_column))
+            obs = np.where(conv.valid, conv.values, NO_CUTOFF)[keep]
+            n_null_obs = int((~conv.valid & keep).sum())
+        elif task.anchor_table in self.times:
+            obs = self.times[task.anchor_table][anchor]
+            obs = np.where(obs == NO_TIME, NO_CUTOFF, obs)
+            n_null_obs = 0
+        else:
+            obs = np.full(len(anchor), NO_CUTOFF, dtype=np.int64)
+            n_null_obs = 0
+        stype = self.stype(task.target_stype)
+        target = result.column(task.target_column).filter(pa.array(keep))
+        prepared = stype.prepare(target)
+        stats = stype.fit(prepared)
+        if stype.name in self.db_stats:
+            stats["database"] = self.db_stats[stype.name]
+        ids = None
+        vocab = stype.vocabulary(prepared, task.target_column)
+        if vocab is not None:
+            ids = self.vocab.add(*vocab)
+        encoded = stype.encode(prepared, stats, ids)
+        sections: dict[str, np.ndarray] = {
+            "anchor_row": anchor.astype(np.int32),
+            "observation_time": obs.astype(np.int64),
+            "target_valid": encoded.valid,
+        }
+        fields = {}
+        for field, arr in encoded.arrays.items():
+            sections[f"target.{field}"] = arr
+            fields[field] = f"target.{field}"
+        if ids is not None:
+            sections["candidates"] = np.unique(ids).astype(np.uint32)
+        anchor_cols = tables_meta[task.anchor_table]["columns"]
+        on_anchor = task.target_column in anchor_cols
+        if on_anchor:
+            column_id = anchor_cols[task.target_column]["column_id"]
+        else:
+            column_id = len(self.columns)
+            self.columns.append({"table": task.anchor_table, "column": task.target_column,
+                                 "text": task.target_column, "task": name})
+        rel = f"tasks/{name}.bin"
+        self.write(rel, "task", sections, {"task": name, "seeds": int(len(anchor))})
+        n_null_target = int((~encoded.valid).sum())
+        self.result.tasks[name] = {"seeds": int(len(anchor)), "unmatched": int((~keep).sum()),
+                                   "null_targets": n_null_target,
+                                   "null_observation_times": n_null_obs}
+        return {
+            "file": rel, "anchor_table": task.anchor_table, "anchor_key": task.anchor_key,
+            "target_column": task.target_column, "target_stype": stype.name,
+            "target_column_id": column_id, "target_is_anchor_column": on_anchor,
+            "observation_time_column": task.observation_time_column,
+            "hidden_columns": list(task.hidden_columns), "stats": stats, "fields": fields,
+            "valid": "target_valid", "seeds": int(len(anchor)),
+            "unmatched_anchor_keys": int((~keep).sum()),
+            "candidates": "candidates" if ids is not None else None,
+        }
+
+    # -- stage 6 ---------------------------------------------------------------------------
+
+    def embed(self) -> None:
+        texts = [c["text"] for c in self.columns]
+        vocab_texts = self.vocab.texts
+        total = len(texts) + len(vocab_texts)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            self.progress("embed", done[0], total)
+
+        self.progress("embed", 0, total)
+        column_vectors = self.embedder.embed(texts, progress=tick).astype(np.float16)
+        vocab_vectors = self.embedder.embed(vocab_texts, progress=tick).astype(np.float16)
+        self.write("column_embeddings.bin", "column_embeddings", {"embeddings": column_vectors})
+        text_off, text_utf8 = _strings(vocab_texts)
+        value_off, value_utf8 = _strings(self.vocab.values)
+        self.write("vocab_embeddings.bin", "vocab_embeddings", {
+            "embeddings": vocab_vectors, "text_offsets": text_off, "text_utf8": text_utf8,
+            "value_offsets": value_off, "value_utf8": value_utf8})
+
+    # -- all -------------------------------------------------------------------------------
+
+    def run(self) -> PreprocessResult:
+        clock = self.clock
+        with clock("keys"):
+            self.load_keys_and_times()
+        with clock("encode"):
+            tables_meta = self.encode_tables()
+        with clock("graph"):
+            fks = self.build_graph()
+        with clock("tasks"):
+            tasks_meta = self.materialize_tasks(tables_meta)
+        with clock("embed"):
+            self.embed()
+        from tributary_core import __version__
+
+        window = None
+        if self.cutoff is not None:
+            window = {"to_us": int(self.cutoff)}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tributary_version": __version__,
+            "name": self.md.name,
+            "embedder": attrs.asdict(self.embedder.identity),
+            "stats_window": window,
+            "tables": tables_meta,
+            "foreign_keys": fks,
+            "tasks": tasks_meta,
+            "columns": self.columns,
+            "vocab_size": len(self.vocab),
+            "database_stats": self.db_stats,
+            "source_metadata": dump_metadata(self.md),
+            "files": self.files,
+        }
+        (self.out / "metadata.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        self.result.vocab_size = len(self.vocab)
+        self.result.seconds = dict(clock.seconds)
+        self.result.store_bytes = sum(f["bytes"] for f in self.files.values())
+        return self.result
+
+
+def _strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as (offsets int64 (n + 1,), UTF-8 bytes u8)."""
+    encoded = [v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
