@@ -84,3 +84,43 @@ def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch):
 def test_unknown_dataset(tmp_path):
     with pytest.raises(TributaryError, match="unknown dataset 'imdb'; available: nycflights13"):
         fetch_dataset("imdb", tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def processed(fetched, tmp_path_factory):
+    from tributary_core import get_registry
+    from tributary_core.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("processed")
+    embedder = get_registry().create_embedder("hashing", dimension=32)
+    return {name: preprocess(REPO / "data" / "metadata" / f"{name}.json", fetched[name].path,
+                             root / name, embedder=embedder)
+            for name in fetched}
+
+
+@pytest.mark.parametrize("name", ["nycflights13", "lahman", "tpch"])
+def test_bundled_databases_preprocess_and_decode(processed, fetched, name):
+    from tributary_core.store import open_store
+
+    result = processed[name]
+    store = open_store(result.path)
+    assert result.rows == fetched[name].rows
+    assert all(info["seeds"] > 0 for info in result.tasks.values())
+    for table, t in store.tables.items():
+        row = store.decode_row(table, t.rows - 1)
+        assert set(row) == set(t.columns)
+
+
+def test_nycflights13_store_contents(processed):
+    from tributary_core.store import open_store
+
+    result = processed["nycflights13"]
+    assert result.dangling["flights.tailnum"] == 50_094 and result.dangling["flights.dest"] == 7_602
+    store = open_store(result.path)
+    first = store.decode_row("flights", 0)
+    assert first["time_hour"] == "2013-01-01T10:00:00+00:00"  # parsed from the ISO string
+    assert first["dep_delay"] == 2.0 and first["carrier"].startswith("-> airlines row")
+    delayed = store.tasks["flight_delayed"]
+    # Anchor rows' observation time is their scheduled hour.
+    times = store.tables["flights"].time
+    assert (delayed.observation_time == times[delayed.anchor_row]).all()

@@ -1,0 +1,128 @@
+"""Contract checks over every built-in semantic type: shapes, determinism, inputs untouched,
+empty / single-row / all-null columns, and decode(encode(x)) == x."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tributary_core import get_registry
+from tributary_core.semantic_type import Vocabulary
+
+UTC = dt.timezone.utc
+SAMPLES = {
+    "identifier": pa.array(["a", None, "c"]),
+    "numerical": pa.array([1.5, None, -3.25]),
+    "timestamp": pa.array([dt.datetime(2020, 2, 29, 23, 59, 58, tzinfo=UTC), None,
+                           dt.datetime(1969, 7, 20, 20, 17, 40, tzinfo=UTC)],
+                          pa.timestamp("ms", tz="UTC")),
+    "boolean": pa.array([True, None, False]),
+    "categorical": pa.array(["x", None, "y"]),
+    "text": pa.array(["hello world", None, "x" * 600]),
+}
+EXPECTED = {
+    "identifier": ["(present)", None, "(present)"],
+    "numerical": [1.5, None, -3.25],
+    "timestamp": ["2020-02-29T23:59:58+00:00", None, "1969-07-20T20:17:40+00:00"],
+    "boolean": [True, None, False],
+    "categorical": ["x", None, "y"],
+    "text": ["hello world", None, "x" * 512],  # long text is cut
+}
+FIELDS = {"identifier": {}, "numerical": {"value": ((), np.float32)},
+          "timestamp": {"value": ((15,), np.float32)}, "boolean": {"value": ((), np.bool_)},
+          "categorical": {"index": ((), np.uint32)}, "text": {"index": ((), np.uint32)}}
+
+
+def run(name: str, arr: pa.Array):
+    stype = get_registry().semantic_type(name)
+    column = pa.chunked_array([arr], type=arr.type)
+    prepared = stype.prepare(column)
+    stats = stype.fit(prepared)
+    combined = stype.combine([stats])
+    if combined is not None:
+        stats["database"] = combined
+    vocab = Vocabulary()
+    texts = stype.vocabulary(prepared, "col")
+    ids = vocab.add(*texts) if texts is not None else None
+    return stype, stats, vocab, stype.encode(prepared, stats, ids)
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_roundtrip_shapes_and_purity(name):
+    arr = SAMPLES[name]
+    snapshot = arr.to_pylist()
+    stype, stats, vocab, enc = run(name, arr)
+    assert arr.to_pylist() == snapshot
+    assert set(enc.arrays) == set(FIELDS[name])
+    for field, (shape, dtype) in FIELDS[name].items():
+        assert enc.arrays[field].shape == (3, *shape) and enc.arrays[field].dtype == dtype
+    assert enc.valid.tolist() == [True, False, True]
+    decoded = [stype.decode({f: a[i] for f, a in enc.arrays.items()}, stats, vocab.values)
+               if enc.valid[i] else None for i in range(3)]
+    assert decoded == EXPECTED[name]
+    again = run(name, arr)[3]
+    for field in enc.arrays:
+        np.testing.assert_array_equal(enc.arrays[field], again.arrays[field])
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+@pytest.mark.parametrize("arr", [
+    pytest.param(lambda t: pa.array([], t), id="empty"),
+    pytest.param(lambda t: pa.array([None, None], t), id="all-null"),
+    pytest.param(lambda t: pa.array([None, None], pa.null()), id="null-type"),
+])
+def test_degenerate_columns(name, arr):
+    column = arr(SAMPLES[name].type)
+    _, stats, _, enc = run(name, column)
+    assert not enc.valid.any() and len(enc.valid) == len(column)
+    for value in stats.values():
+        assert value is None or isinstance(value, (int, float, str, dict))
+
+
+def test_single_row_numerical_has_unit_std():
+    _, stats, _, enc = run("numerical", pa.array([7.0]))
+    assert stats == {"count": 1, "mean": 7.0, "std": 1.0}
+    assert enc.arrays["value"].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("arr", [
+    pa.array(["2020-02-29 23:59:58", None, "1969-07-20T20:17:40Z"]),
+    pa.array([dt.datetime(2020, 2, 29, 23, 59, 58), None, dt.datetime(1969, 7, 20, 20, 17, 40)],
+             pa.timestamp("ns")),
+    # The same instants held in another zone: features are always taken in UTC.
+    SAMPLES["timestamp"].cast(pa.timestamp("s", tz="+01:00")),
+    pa.array(["2020-03-01T00:59:58+01:00", None, "1969-07-20 15:17:40-05:00"]),
+], ids=["iso-strings", "ns-naive", "s-offset-zone", "iso-offsets"])
+def test_timestamp_sources_agree(arr):
+    expected = run("timestamp", SAMPLES["timestamp"])[3].arrays["value"]
+    got = run("timestamp", arr)[3].arrays["value"]
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", [pa.date32(), pa.date64()])
+def test_dates(kind):
+    stype, stats, vocab, enc = run("timestamp", pa.array([dt.date(2024, 2, 29)], kind))
+    assert stype.decode({"value": enc.arrays["value"][0]}, stats, vocab.values) == \
+        "2024-02-29T00:00:00+00:00"
+
+
+def test_boolean_sources():
+    for arr in (pa.array([1, 0, None, 2], pa.int8()), pa.array(["Y", " no ", None, "maybe"])):
+        _, _, _, enc = run("boolean", arr)
+        assert enc.arrays["value"].tolist() == [True, False, False, False]
+        assert enc.valid.tolist() == [True, True, False, False]
+
+
+def test_categorical_numbers_and_shared_vocabulary():
+    stype = get_registry().semantic_type("categorical")
+    vocab = Vocabulary()
+    a = stype.prepare(pa.chunked_array([pa.array([3, 1, 3])]))
+    b = stype.prepare(pa.chunked_array([pa.array(["3", "9"])]))
+    ids_a = vocab.add(*stype.vocabulary(a, "rank"))
+    ids_b = vocab.add(*stype.vocabulary(b, "rank"))
+    assert vocab.texts == ["rank is 3", "rank is 1", "rank is 9"]
+    assert stype.encode(a, {}, ids_a).arrays["index"].tolist() == [0, 1, 0]
+    assert stype.encode(b, {}, ids_b).arrays["index"].tolist() == [0, 2]
