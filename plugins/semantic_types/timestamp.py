@@ -71,14 +71,48 @@ def civil_fields(days: int) -> tuple[int, int, int]:
     return m, d, doy
 
 
+#: Largest span of days for which per-day features are tabulated once per call (~2,900 years).
+MAX_DAY_TABLE = 1 << 20
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _day_features(days: int, tables: np.ndarray, row: np.ndarray) -> None:
+    """The 8 day-level features (day-of-week ... day-of-year) of ``days`` into ``row``."""
+    m, d, doy = civil_fields(days)
+    idx = ((days + 3) % 7, d - 1, m - 1, doy - 1)
+    for f in range(4):
+        row[2 * f] = tables[3 + f, idx[f], 0]
+        row[2 * f + 1] = tables[3 + f, idx[f], 1]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def encode_times(us: np.ndarray, valid: np.ndarray, mean: float, std: float,
                  tables: np.ndarray, n_threads: int, out: np.ndarray) -> None:
-    """Fill ``out`` (n, 15) with the features of the table above; zeros where not valid."""
+    """Fill ``out`` (n, 15) with the features of the table above; zeros where not valid.
+
+    The day-level features are computed once per distinct day when the column spans fewer than
+    :data:`MAX_DAY_TABLE` days (always, in practice), else per cell."""
     n = us.shape[0]
     inv = 1.0 / std
+    lo_day, hi_day = np.int64(0), np.int64(-1)
+    first = True
+    for i in range(n):
+        if valid[i]:
+            day = (us[i] // US_PER_S) // 86400
+            if first or day < lo_day:
+                lo_day = day
+            if first or day > hi_day:
+                hi_day = day
+            first = False
+    n_days = hi_day - lo_day + 1
+    tabulate = 0 < n_days <= MAX_DAY_TABLE
+    day_table = np.zeros((n_days if tabulate else 1, 8), dtype=np.float32)
+    if tabulate:
+        for k in range(n_days):
+            _day_features(lo_day + k, tables, day_table[k])
     step = (n + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
+        row = np.empty(8, dtype=np.float32)
         for i in range(t * step, min(n, (t + 1) * step)):
             if not valid[i]:
                 for j in range(N_FEATURES):
@@ -88,12 +122,20 @@ def encode_times(us: np.ndarray, valid: np.ndarray, mean: float, std: float,
             s = x // US_PER_S  # floor division: correct before 1970 too
             days = s // 86400
             sec_of_day = s - days * 86400
-            m, d, doy = civil_fields(days)
-            idx = (sec_of_day % 60, (sec_of_day // 60) % 60, sec_of_day // 3600,
-                   (days + 3) % 7, d - 1, m - 1, doy - 1)
-            for f in range(7):
-                out[i, 2 * f] = tables[f, idx[f], 0]
-                out[i, 2 * f + 1] = tables[f, idx[f], 1]
+            out[i, 0] = tables[0, sec_of_day % 60, 0]
+            out[i, 1] = tables[0, sec_of_day % 60, 1]
+            out[i, 2] = tables[1, (sec_of_day // 60) % 60, 0]
+            out[i, 3] = tables[1, (sec_of_day // 60) % 60, 1]
+            out[i, 4] = tables[2, sec_of_day // 3600, 0]
+            out[i, 5] = tables[2, sec_of_day // 3600, 1]
+            if tabulate:
+                src = day_table[days - lo_day]
+                for j in range(8):
+                    out[i, 6 + j] = src[j]
+            else:
+                _day_features(days, tables, row)
+                for j in range(8):
+                    out[i, 6 + j] = row[j]
             out[i, 14] = np.float32((x - mean) * inv)
 
 

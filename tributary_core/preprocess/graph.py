@@ -15,19 +15,26 @@ import numpy as np
 NO_TIME = np.iinfo(np.int64).min
 
 
+#: Segments up to this long are sorted by insertion sort; longer ones by a stable merge sort.
+_SHORT = 32
+
+
 @numba.njit(cache=True, nogil=True)
-def build_csr(parent: np.ndarray, order: np.ndarray, child_time: np.ndarray, n_parent: int):
-    """Counting sort of child rows by parent, stable in ``order`` (child rows by time).
+def build_csr(parent: np.ndarray, child_time: np.ndarray, n_parent: int):
+    """Counting sort of child rows by parent, then each parent's children sorted by time.
 
     Args:
         parent: int32 (n_child,), the parent row of each child row, -1 for none.
-        order: int64 (n_child,), a permutation of child rows in time order.
-        child_time: int64 (n_child,), each child row's time.
+        child_time: int64 (n_child,), each child row's time (``NO_TIME`` for none).
         n_parent: rows in the parent table.
 
     Returns:
         ``(indptr int64 (n_parent + 1,), children int32 (E,), times int64 (E,))`` where E is the
-        number of children with a parent.
+        number of children with a parent; within a parent, children are ordered by time and
+        ties by row number.
+
+    Children are placed in row order (reads of ``parent`` and ``child_time`` are sequential),
+    and a parent's slice is sorted only if it is not already in time order.
     """
     counts = np.zeros(n_parent + 1, dtype=np.int64)
     for i in range(parent.shape[0]):
@@ -41,19 +48,36 @@ def build_csr(parent: np.ndarray, order: np.ndarray, child_time: np.ndarray, n_p
     children = np.empty(n_edges, dtype=np.int32)
     times = np.empty(n_edges, dtype=np.int64)
     fill = counts  # reused as the write cursor of each parent
-    for k in range(order.shape[0]):
-        c = order[k]
+    for c in range(parent.shape[0]):
         p = parent[c]
         if p >= 0:
             j = fill[p]
             children[j] = c
             times[j] = child_time[c]
             fill[p] = j + 1
+    for p in range(n_parent):
+        lo, hi = indptr[p], indptr[p + 1]
+        ordered = True
+        for j in range(lo + 1, hi):
+            if times[j] < times[j - 1]:
+                ordered = False
+                break
+        if ordered:
+            continue
+        if hi - lo <= _SHORT:
+            for j in range(lo + 1, hi):  # stable insertion sort on (time), rows already ascending
+                t, c = times[j], children[j]
+                k = j - 1
+                while k >= lo and times[k] > t:
+                    times[k + 1] = times[k]
+                    children[k + 1] = children[k]
+                    k -= 1
+                times[k + 1] = t
+                children[k + 1] = c
+        else:
+            perm = np.argsort(times[lo:hi], kind="mergesort")  # stable: ties keep row order
+            seg_t = times[lo:hi][perm]
+            seg_c = children[lo:hi][perm]
+            times[lo:hi] = seg_t
+            children[lo:hi] = seg_c
     return indptr, children, times
-
-
-def time_order(time: np.ndarray | None, n: int) -> np.ndarray:
-    """Row numbers sorted by time (stable); identity for untimed or already sorted tables."""
-    if time is None or n == 0 or bool(np.all(time[1:] >= time[:-1])):
-        return np.arange(n, dtype=np.int64)
-    return np.argsort(time, kind="stable").astype(np.int64, copy=False)

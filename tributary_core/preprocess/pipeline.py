@@ -39,7 +39,7 @@ from tributary_core.errors import TributaryError
 from tributary_core.keys import match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
-from tributary_core.preprocess.graph import NO_TIME, build_csr, time_order
+from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType, Vocabulary
 from tributary_core.sql import fetch_arrow, sandbox_connection
@@ -313,19 +313,15 @@ class _Builder:
                for c, col in table.columns.items() if col.foreign_key]
         sections: dict[str, np.ndarray] = {}
         out = []
-        orders: dict[str, np.ndarray] = {}
         for i, (tname, cname, ref) in enumerate(fks):
             self.progress("graph", i, len(fks))
             ptable, pcol = split_ref(ref)  # type: ignore[misc]
             parent = self.parent_rows(tname, cname)
             n = self.n_rows[tname]
-            if tname not in orders:
-                orders[tname] = time_order(self.times.get(tname), n)
             child_time = self.times.get(tname)
             if child_time is None:
                 child_time = np.full(n, NO_TIME, dtype=np.int64)
-            indptr, children, times = build_csr(parent, orders[tname], child_time,
-                                                self.n_rows[ptable])
+            indptr, children, times = build_csr(parent, child_time, self.n_rows[ptable])
             sections[f"fk{i}.parent"] = parent
             sections[f"fk{i}.indptr"] = indptr
             sections[f"fk{i}.children"] = children

@@ -1,0 +1,156 @@
+"""Preprocessing speed on TPC-H (issue 3's figures). Prints medians of several runs, measured in
+one process run so the ratios compare like with like.
+
+    python benchmarks/preprocess.py --scale 1 [--repeats 3] [--raw DIR]
+
+Figures:
+- read: pyarrow reads every stored (non-ignored) column of every table into numpy;
+- preprocess: the whole pipeline minus the embedding stage (embedding is timed apart), in a
+  fresh subprocess per run, with that subprocess's peak RSS;
+- kernels on lineitem: CSR build (edges/s, one core), numerical z-score and timestamp
+  encoding (values/s, all Numba threads and one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+METADATA = REPO / "data" / "metadata" / "tpch.json"
+
+CHILD = """
+import json, resource, sys, time
+from tributary_core import get_registry
+from tributary_core.preprocess import preprocess
+emb = get_registry().create_embedder("hashing")
+start = time.perf_counter()
+r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True)
+total = time.perf_counter() - start
+print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,
+                  "rows": sum(r.rows.values()), "edges": r.edges,
+                  "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def read_numpy(raw: Path) -> None:
+    """Every stored column into numpy: numbers (decimals cast to float64, as any user would)
+    and dates natively, strings as object arrays."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    md = json.loads(METADATA.read_text())
+    for name, table in md["tables"].items():
+        cols = [c for c, col in table["columns"].items() if col["stype"] != "ignored"]
+        data = pq.read_table(raw / f"{name}.parquet", columns=cols)
+        for col in data.columns:
+            if pa.types.is_decimal(col.type):
+                col = pc.cast(col, pa.float64())
+            col.to_numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--raw", type=Path, help="TPC-H parquet folder [default: generate one]")
+    args = parser.parse_args()
+
+    from tributary_core.datasets import fetch_dataset
+
+    raw = args.raw or Path(tempfile.gettempdir()) / f"tributary-bench-tpch-{args.scale:g}"
+    if not raw.exists():
+        fetch_dataset("tpch", raw, scale=args.scale)
+    print(f"TPC-H scale {args.scale:g} at {raw}; {os.cpu_count()} CPUs, "
+          f"{numba.get_num_threads()} Numba threads")
+
+    read_numpy(raw)  # warm the page cache, as preprocessing will find it
+    t_read = median_time(lambda: read_numpy(raw), args.repeats)
+
+    runs = []
+    with tempfile.TemporaryDirectory() as out:
+        # One warm-up run compiles (or loads from cache) the Numba kernels.
+        for i in range(args.repeats + 1):
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(METADATA), str(raw),
+                                   str(Path(out) / "tpch")], capture_output=True, text=True,
+                                  check=True)
+            if i:
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    no_embed = statistics.median(r["total"] - r["seconds"]["embed"] for r in runs)
+    stages = {k: statistics.median(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]}
+    rss = statistics.median(r["max_rss_bytes"] for r in runs)
+    store = runs[0]["store_bytes"]
+
+    print(f"rows {runs[0]['rows']:,}, edges {runs[0]['edges']:,}, store {store / 1e6:,.0f} MB")
+    print(f"read into numpy           {t_read:8.2f} s")
+    print(f"preprocess (no embedding) {no_embed:8.2f} s   ratio {no_embed / t_read:.2f}x  "
+          "(target <= 3x)")
+    print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+    print(f"peak RSS                  {rss / 1e6:8.0f} MB  ratio {rss / store:.2f}x store  "
+          "(target <= 2.5x)")
+
+    # -- kernels ----------------------------------------------------------------------------
+    from tributary_plugins.semantic_types.numerical import to_float64, zscore
+    from tributary_plugins.semantic_types.timestamp import TABLES, encode_times
+
+    from tributary_core.keys import match_keys
+    from tributary_core.preprocess.graph import build_csr
+    from tributary_core.timeconv import to_epoch_us
+
+    line = pq.read_table(raw / "lineitem.parquet",
+                         columns=["l_orderkey", "l_extendedprice", "l_receiptdate"])
+    orders = pq.read_table(raw / "orders.parquet", columns=["o_orderkey"]).column(0)
+    parent = match_keys(line.column("l_orderkey"), orders).rows
+    conv = to_epoch_us(line.column("l_receiptdate"))
+    n = len(parent)
+    build_csr(parent, conv.values, len(orders))
+    t_csr = median_time(lambda: build_csr(parent, conv.values, len(orders)), 5)
+    print(f"CSR build, time-sorted (lineitem -> orders, {n:,} edges)  "
+          f"{n / t_csr / 1e6:8.1f} M edges/s (target >= 100)")
+    part = match_keys(line.column("l_partkey") if "l_partkey" in line.column_names else
+                      pq.read_table(raw / "lineitem.parquet", columns=["l_partkey"]).column(0),
+                      pq.read_table(raw / "part.parquet", columns=["p_partkey"]).column(0)).rows
+    n_part = int(part.max()) + 1
+    build_csr(part, conv.values, n_part)
+    t_part = median_time(lambda: build_csr(part, conv.values, n_part), 5)
+    print(f"CSR build, time-sorted (lineitem -> part, ~30 children each)   "
+          f"{n / t_part / 1e6:8.1f} M edges/s")
+
+    values, valid = to_float64(line.column("l_extendedprice"))
+    out = np.empty(n, np.float32)
+    ok = np.empty(n, np.bool_)
+    ts = np.empty((n, 15), np.float32)
+    for threads in sorted({numba.get_num_threads(), 1}, reverse=True):
+        zscore(values, valid, 1.0, 2.0, threads, out, ok)
+        t_num = median_time(lambda t=threads: zscore(values, valid, 1.0, 2.0, t, out, ok), 7)
+        encode_times(conv.values, conv.valid, 1.0, 2.0, TABLES, threads, ts)
+        t_ts = median_time(
+            lambda t=threads: encode_times(conv.values, conv.valid, 1.0, 2.0, TABLES, t, ts), 5)
+        print(f"numerical z-score, {threads} thread(s)   {n / t_num / 1e9:8.2f} G values/s "
+              "(target >= 1)")
+        print(f"timestamp encoding, {threads} thread(s)  {n / t_ts / 1e6:8.1f} M values/s "
+              "(target >= 50)")
+
+
+if __name__ == "__main__":
+    main()
