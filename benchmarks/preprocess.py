@@ -69,6 +69,16 @@ def read_numpy(raw: Path) -> None:
             col.to_numpy()
 
 
+def write_floor(n_bytes: int) -> None:
+    """Write and fsync ``n_bytes`` of zeros: the disk's floor for writing the store."""
+    block = np.zeros(1 << 24, dtype=np.uint8)
+    with tempfile.NamedTemporaryFile(dir=tempfile.gettempdir()) as f:
+        for _ in range(0, n_bytes, block.nbytes):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
@@ -106,6 +116,9 @@ def main() -> None:
     print(f"preprocess (no embedding) {no_embed:8.2f} s   ratio {no_embed / t_read:.2f}x  "
           "(target <= 3x)")
     print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
+    t_write = median_time(lambda: write_floor(store), 1)
+    print(f"  of which the disk alone: writing {store / 1e6:,.0f} MB with fsync takes {t_write:.2f} s "
+          f"on this machine")
     print(f"peak RSS                  {rss / 1e6:8.0f} MB  ratio {rss / store:.2f}x store  "
           "(target <= 2.5x)")
 

@@ -37,8 +37,12 @@ def prepare_distinct(column: pa.ChunkedArray, *, max_chars: int | None = None) -
 
 
 def fit_distinct(prepared: Prepared, rows: np.ndarray | None) -> dict[str, Any]:
-    mask = prepared.valid if rows is None else prepared.valid & rows
-    return {"count": int(mask.sum()), "n_distinct": len(np.unique(prepared.values[mask]))}
+    n_uniques = len(prepared.extra["uniques"])
+    if rows is None:  # every distinct value occurs in some valid cell
+        return {"count": int(prepared.valid.sum()), "n_distinct": n_uniques}
+    mask = prepared.valid & rows
+    seen = np.bincount(prepared.values[mask], minlength=n_uniques)
+    return {"count": int(mask.sum()), "n_distinct": int(np.count_nonzero(seen))}
 
 
 def encode_ids(prepared: Prepared, vocab_ids: np.ndarray | None) -> EncodedColumn:
