@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from tributary_core.atomic import staged_folder
 from tributary_core.errors import TributaryError
 
 __all__ = ["DATASETS", "FetchResult", "fetch_dataset"]
@@ -79,19 +77,8 @@ def fetch_dataset(name: str, out: str | Path, *, force: bool = False,
                                source=manifest["source"], written=False)
         raise TributaryError(f"{out} already exists and is not a complete {name} fetch with "
                              "these options; use --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    with staged_folder(out) as tmp:
         rows, source = DATASETS[name](tmp, **options)
         (tmp / MANIFEST).write_text(json.dumps(
             {"dataset": name, "options": options, "source": source, "rows": rows}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return FetchResult(name=name, path=out, rows=rows, source=source, written=True)

@@ -19,12 +19,10 @@ end, so a crash never leaves a half store that looks whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from tributary_core.atomic import staged_folder
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.keys import match_keys
@@ -106,48 +105,27 @@ def preprocess(
         report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry)
         md = report.raise_for_errors()
         progress("validate", 1, 1)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+    with staged_folder(out_dir) as tmp:
         builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock)
         result = builder.run()
-        result.warnings = [str(p) for p in report.warnings]
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    result.warnings = [str(p) for p in report.warnings]
     result.path = out_dir
     return result
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an old ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 class _Clock:
+    """Seconds spent per stage: ``with clock("encode"): ...``."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, stage: str) -> _Clock:
-        self._stage = stage
-        return self
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + (
-            time.perf_counter() - self._start)
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def _read(path: Path, columns: list[str]) -> pa.Table:
