@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tributary_core.semantic_type import EncodedColumn, Prepared
+from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
 from ._arrow import distinct, plain, validity
 
@@ -36,23 +36,41 @@ def prepare_distinct(column: pa.ChunkedArray, *, max_chars: int | None = None) -
     return Prepared(codes, valid, extra={"uniques": strings.to_pylist()})
 
 
-def fit_distinct(prepared: Prepared, rows: np.ndarray | None) -> dict[str, Any]:
-    n_uniques = len(prepared.extra["uniques"])
-    if rows is None:  # every distinct value occurs in some valid cell
-        return {"count": int(prepared.valid.sum()), "n_distinct": n_uniques}
-    mask = prepared.valid & rows
-    seen = np.bincount(prepared.values[mask], minlength=n_uniques)
-    return {"count": int(mask.sum()), "n_distinct": int(np.count_nonzero(seen))}
+class EmbeddedType(SemanticType):
+    """A type whose distinct values are embedded in the shared vocabulary and whose cells store
+    a u32 index into it. Subclasses choose the embedded text of a value and a length cap."""
 
+    #: Values are cut to this many characters before embedding (None: no cap).
+    max_chars: ClassVar[int | None] = None
 
-def encode_ids(prepared: Prepared, vocab_ids: np.ndarray | None) -> EncodedColumn:
-    if vocab_ids is None:
-        raise ValueError("an embedded type needs the vocabulary ids of its distinct values")
-    out = np.empty(len(prepared), dtype=np.uint32)
-    ids = vocab_ids if len(vocab_ids) else np.zeros(1, np.uint32)
-    gather_ids(prepared.values, prepared.valid, ids, out)
-    return EncodedColumn({"index": out}, prepared.valid.copy())
+    def text_for(self, column_name: str, value: str) -> str:
+        """The string embedded for ``value`` of column ``column_name``."""
+        raise NotImplementedError
 
+    def prepare(self, column: pa.ChunkedArray) -> Prepared:
+        return prepare_distinct(column, max_chars=self.max_chars)
 
-def decode_id(cell: Mapping[str, Any], vocab_values: Sequence[str]) -> str:
-    return vocab_values[int(cell["index"])]
+    def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
+        n_uniques = len(prepared.extra["uniques"])
+        if rows is None:  # every distinct value occurs in some valid cell
+            return {"count": int(prepared.valid.sum()), "n_distinct": n_uniques}
+        mask = prepared.valid & rows
+        seen = np.bincount(prepared.values[mask], minlength=n_uniques)
+        return {"count": int(mask.sum()), "n_distinct": int(np.count_nonzero(seen))}
+
+    def vocabulary(self, prepared: Prepared, column_name: str) -> tuple[list[str], list[str]]:
+        values = prepared.extra["uniques"]
+        return [self.text_for(column_name, v) for v in values], list(values)
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any],
+               vocab_ids: np.ndarray | None = None) -> EncodedColumn:
+        if vocab_ids is None:
+            raise ValueError("an embedded type needs the vocabulary ids of its distinct values")
+        out = np.empty(len(prepared), dtype=np.uint32)
+        ids = vocab_ids if len(vocab_ids) else np.zeros(1, np.uint32)
+        gather_ids(prepared.values, prepared.valid, ids, out)
+        return EncodedColumn({"index": out}, prepared.valid.copy())
+
+    def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
+               vocab_values: Sequence[str]) -> Any:
+        return vocab_values[int(cell["index"])]

@@ -21,28 +21,32 @@ TRUE_STRINGS = ("true", "t", "yes", "y", "1")
 FALSE_STRINGS = ("false", "f", "no", "n", "0")
 
 
+def _truth(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """``(is true, is a boolean at all)`` per cell of a plain array; the second is None for
+    Arrow booleans, which are all booleans."""
+    t = arr.type
+    if pa.types.is_boolean(t):
+        return arr, None
+    if pa.types.is_integer(t):
+        return pc.equal(arr, pa.scalar(1, t)), pc.is_in(arr, pa.array([0, 1], t))
+    if is_stringish(t):
+        normalized = pc.utf8_lower(pc.utf8_trim_whitespace(arr.cast(pa.string())))
+        return (pc.is_in(normalized, pa.array(TRUE_STRINGS)),
+                pc.is_in(normalized, pa.array(TRUE_STRINGS + FALSE_STRINGS)))
+    raise TypeError(f"expected booleans, 0/1 integers or yes/no strings, got {t}")
+
+
 def to_bool(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
     """``(value, valid, n_invalid)``: cells that are not a boolean are invalid (and counted)."""
     arr = plain(column)
-    t = arr.type
-    if pa.types.is_null(t):
+    if pa.types.is_null(arr.type):
         return np.zeros(len(arr), np.bool_), np.zeros(len(arr), np.bool_), 0
     present = validity(arr)
-    if pa.types.is_boolean(t):
-        truth = arr
-    elif pa.types.is_integer(t):
-        truth = pc.equal(arr, pa.scalar(1, t))
-        known = pc.is_in(arr, pa.array([0, 1], t))
-    elif is_stringish(t):
-        normalized = pc.utf8_lower(pc.utf8_trim_whitespace(arr.cast(pa.string())))
-        truth = pc.is_in(normalized, pa.array(TRUE_STRINGS))
-        known = pc.is_in(normalized, pa.array(TRUE_STRINGS + FALSE_STRINGS))
-    else:
-        raise TypeError(f"expected booleans, 0/1 integers or yes/no strings, got {t}")
+    truth, known = _truth(arr)
     value = np.asarray(truth.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
     valid = present
     n_invalid = 0
-    if not pa.types.is_boolean(t):
+    if known is not None:
         ok = np.asarray(known.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
         n_invalid = int((present & ~ok).sum())
         valid = present & ok
@@ -61,16 +65,13 @@ class Boolean(SemanticType):
         return f"expected booleans, 0/1 integers or yes/no strings, got {arrow_type}"
 
     def check_column(self, column: pa.ChunkedArray) -> str | None:
-        t = base_type(column.type)
-        if pa.types.is_integer(t):
-            bad = pc.filter(column, pc.invert(pc.is_in(column, pa.array([0, 1], t))))
-        elif is_stringish(t):
-            normalized = pc.utf8_lower(pc.utf8_trim_whitespace(column.cast(pa.string())))
-            known = pa.array(TRUE_STRINGS + FALSE_STRINGS)
-            bad = pc.filter(column, pc.invert(pc.is_in(normalized, known)))
-        else:
+        arr = plain(column)
+        if pa.types.is_null(arr.type):
             return None
-        bad = bad.drop_null()
+        _, known = _truth(arr)
+        if known is None:
+            return None
+        bad = pc.filter(arr, pc.invert(known)).drop_null()
         if len(bad):
             return f"{len(bad)} value(s) are not a boolean, e.g. {bad[0].as_py()!r}"
         return None
