@@ -172,25 +172,31 @@ class _Builder:
 
     def load_keys_and_times(self) -> None:
         md = self.md
+        links: dict[str, pa.ChunkedArray] = {}  # table -> its temporal_from key column
         for i, (tname, table) in enumerate(md.tables.items()):
             self.progress("keys", i, len(md.tables))
             self.n_rows[tname] = pq.ParquetFile(self.paths[tname]).metadata.num_rows
+            wanted = [c for c in (table.primary_key, table.temporal_column, table.temporal_from)
+                      if c]
+            if not wanted:
+                continue
+            data = _read(self.paths[tname], list(dict.fromkeys(wanted)))
             if table.primary_key:
-                self.keys[tname] = _read(self.paths[tname], [table.primary_key]).column(0).combine_chunks()
+                self.keys[tname] = data.column(table.primary_key).combine_chunks()
             if table.temporal_column:
-                conv = to_epoch_us(_read(self.paths[tname], [table.temporal_column]).column(0))
+                conv = to_epoch_us(data.column(table.temporal_column))
                 self.times[tname] = np.where(conv.valid, conv.values, NO_TIME)
-        resolving: set[str] = set()
+            if table.temporal_from:
+                links[tname] = data.column(table.temporal_from)
 
         def time_of(tname: str) -> np.ndarray | None:
+            # Validation refuses temporal_from cycles, so this recursion ends.
             table = md.tables[tname]
             if tname in self.times or not table.temporal_from:
                 return self.times.get(tname)
-            resolving.add(tname)  # validation refuses cycles; this only guards recursion
-            fk = table.columns[table.temporal_from].foreign_key
-            ptable, _ = split_ref(fk)  # type: ignore[misc]
+            ptable, _ = split_ref(table.columns[table.temporal_from].foreign_key)  # type: ignore[arg-type,misc]
             ptime = time_of(ptable)
-            rows = self.parent_rows(tname, table.temporal_from)
+            rows = self.parent_rows(tname, table.temporal_from, links[tname])
             assert ptime is not None
             self.times[tname] = np.where(rows >= 0, ptime[np.maximum(rows, 0)], NO_TIME)
             return self.times[tname]
@@ -216,12 +222,13 @@ class _Builder:
                 self.db_stats[name] = combined
         self.progress("keys", len(md.tables), len(md.tables))
 
-    def parent_rows(self, tname: str, cname: str) -> np.ndarray:
+    def parent_rows(self, tname: str, cname: str, values: pa.ChunkedArray) -> np.ndarray:
+        """Parent row per row of foreign-key column ``tname.cname`` (``values``; -1: null or
+        dangling), matched once: by ``temporal_from`` in stage 2 or else in stage 3."""
         key = (tname, cname)
         if key not in self.parents:
             fk = self.md.tables[tname].columns[cname].foreign_key
             ptable, _ = split_ref(fk)  # type: ignore[misc]
-            values = _read(self.paths[tname], [cname]).column(0)
             match = match_keys(values, self.keys[ptable])
             self.parents[key] = match.rows
             ref = f"{tname}.{cname}"
@@ -266,7 +273,7 @@ class _Builder:
                                     "fields": fields, "valid": f"{prefix}.valid",
                                     "n_invalid": prepared.n_invalid}
                 if col.foreign_key:
-                    self.parent_rows(tname, cname)
+                    self.parent_rows(tname, cname, data.column(cname))
                 self.result.cells += int(encoded.valid.sum())
                 del prepared, encoded
             if tname in self.times:
@@ -294,7 +301,7 @@ class _Builder:
         for i, (tname, cname, ref) in enumerate(fks):
             self.progress("graph", i, len(fks))
             ptable, pcol = split_ref(ref)  # type: ignore[misc]
-            parent = self.parent_rows(tname, cname)
+            parent = self.parents[(tname, cname)]  # matched while encoding (FKs are identifiers)
             n = self.n_rows[tname]
             child_time = self.times.get(tname)
             if child_time is None:
