@@ -123,3 +123,12 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch):
     reset_registry()
     yield
     reset_registry()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test reads or writes the user's embedding cache, and none sees a real API key."""
+    monkeypatch.setenv("TRIBUTARY_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    for var in ("BASETEN_EMBEDDER_URL", "BASETEN_API_KEY", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL",
+                "TRIBUTARY_EMBEDDER_URL", "TRIBUTARY_EMBEDDER_API_KEY"):
+        monkeypatch.delenv(var, raising=False)

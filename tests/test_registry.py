@@ -277,5 +277,18 @@ def test_embedder_base_checks_backend_output():
 
             return np.zeros((len(texts) - 1, self.dimension), dtype=np.float32)
 
-    with pytest.raises(TributaryError, match=r"returned shape \(1, 4\), expected \(2, 4\)"):
+    with pytest.raises(TributaryError, match=r"returned shape \(1, 4\) for 2 strings"):
         Short(dimension=4).embed(["x", "y"])
+
+    class Narrow(Embedder):
+        name = "narrow"
+        default_model = "m"
+
+        def _embed_batch(self, texts):
+            import numpy as np
+
+            return np.ones((len(texts), 3), dtype=np.float32)
+
+    with pytest.raises(TributaryError, match=r"gives 3 values per string, fewer than the requested "
+                                              r"dimension 4; pass --dimension 3 or less"):
+        Narrow(dimension=4).embed(["x"])

@@ -1,24 +1,44 @@
 """The embedder interface: a frozen text model mapping strings to ``[n, D]`` float32 vectors.
 
-A backend subclasses :class:`Embedder` and implements :meth:`Embedder._embed_batch`; the base
-class batches, checks every returned batch (count, dimension, finite values) and reports
-progress. Backends are chosen by name from the ``tributary.embedders`` entry-point group.
+A backend subclasses :class:`Embedder` and implements :meth:`Embedder._embed_batch`, which
+returns the model's *native* vectors (any width ``W >= D``). The base class plans batches (by
+count and by characters), checks every batch (count, width, finite values) and reduces it to D.
+Backends are chosen by name from the ``tributary.embedders`` entry-point group.
+
+Reduction (``"ortho-v1"``, recorded in the store's embedder identity): a model giving exactly D
+values is only L2-normalised; a wider one is multiplied by a fixed ``W x D`` matrix with
+orthonormal columns and then L2-normalised. The matrix is the Q factor (signs fixed so that
+``diag(R) > 0``) of a standard-normal ``W x D`` matrix drawn from NumPy's legacy
+``RandomState`` seeded with ``crc32("tributary-ortho-v1:{W}:{D}")``: the same on every machine
+and version, and, unlike truncation, it keeps the geometry of models that are not trained to be
+truncated (a random orthogonal projection preserves inner products up to a small distortion).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+import functools
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["Embedder", "EmbedderIdentity", "DEFAULT_DIMENSION"]
+__all__ = [
+    "DEFAULT_DIMENSION",
+    "Embedder",
+    "EmbedderIdentity",
+    "REDUCTION",
+    "plan_batches",
+    "reduce_vectors",
+]
 
 #: Width of column-name and value embeddings unless the user asks for another.
 DEFAULT_DIMENSION = 256
+#: The reduction every backend uses unless it produces exactly D values itself.
+REDUCTION = "ortho-v1"
 
 
 @attrs.frozen(kw_only=True)
@@ -31,8 +51,53 @@ class EmbedderIdentity:
     backend: str
     model: str
     dimension: int
-    #: How a model's wider output is reduced to ``dimension`` (e.g. ``"truncate+l2"``).
+    #: How a model's wider output is reduced to ``dimension`` (see the module docstring).
     reduction: str = "none"
+
+    def describe(self) -> str:
+        return f"{self.backend}/{self.model} D={self.dimension} ({self.reduction})"
+
+
+@functools.lru_cache(maxsize=16)
+def _projection(width: int, dimension: int) -> np.ndarray:
+    seed = zlib.crc32(f"tributary-ortho-v1:{width}:{dimension}".encode())
+    gauss = np.random.RandomState(seed).standard_normal((width, dimension))
+    q, r = np.linalg.qr(gauss)
+    q *= np.sign(np.diag(r))[None, :]
+    out = q.astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def reduce_vectors(native: np.ndarray, dimension: int) -> np.ndarray:
+    """Apply the ``ortho-v1`` reduction to ``[n, W]`` vectors: returns ``[n, dimension]`` float32.
+
+    Zero vectors stay zero (nothing to normalise).
+    """
+    native = np.asarray(native, dtype=np.float32)
+    width = native.shape[1]
+    if width < dimension:
+        raise ValueError(f"cannot reduce {width}-wide vectors to {dimension}")
+    out = native if width == dimension else native @ _projection(width, dimension)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0).astype(np.float32)
+
+
+def plan_batches(texts: Sequence[str], max_count: int, max_chars: int = 0) -> list[tuple[int, int]]:
+    """Split ``texts`` (in order) into ``[start, stop)`` ranges of at most ``max_count`` strings
+    and, when ``max_chars`` > 0, at most ``max_chars`` characters (a longer single string is a
+    batch of its own)."""
+    out: list[tuple[int, int]] = []
+    start, chars = 0, 0
+    for i, text in enumerate(texts):
+        n = len(text)
+        if i > start and (i - start >= max_count or (max_chars and chars + n > max_chars)):
+            out.append((start, i))
+            start, chars = i, 0
+        chars += n
+    if start < len(texts):
+        out.append((start, len(texts)))
+    return out
 
 
 class Embedder:
@@ -41,15 +106,23 @@ class Embedder:
     Class attributes:
         name: the backend name users pass as ``--embedder``; matches the entry-point name.
         default_model: the model used when none is given.
-        batch_size: strings sent to :meth:`_embed_batch` at once.
+        batch_size: at most this many strings per :meth:`_embed_batch` call.
+        max_batch_chars: at most this many characters per call (0: no limit).
+        reduction: :data:`REDUCTION`, or ``"none"`` for a backend that yields exactly D values.
+        cacheable: whether preprocessing keeps its vectors in the embedding cache.
+        options: extra constructor keywords a user may set from the command line
+            (``-E name=value``), each with the type its text is converted to.
     """
 
     name: ClassVar[str]
     default_model: ClassVar[str] = ""
     description: ClassVar[str] = ""
     batch_size: ClassVar[int] = 256
-    #: How a wider model output is reduced to ``dimension``; backends that reduce override it.
-    reduction: ClassVar[str] = "none"
+    max_batch_chars: ClassVar[int] = 0
+    reduction: ClassVar[str] = REDUCTION
+    options: ClassVar[dict[str, Callable[[str], Any]]] = {}
+    #: False for backends cheaper to run than to look up (the test-only ``hashing``).
+    cacheable: ClassVar[bool] = True
 
     def __init__(self, *, model: str | None = None, dimension: int = DEFAULT_DIMENSION) -> None:
         if dimension < 1:
@@ -64,36 +137,85 @@ class Embedder:
             reduction=self.reduction,
         )
 
+    # -- what callers use ------------------------------------------------------------------
+
+    def plan(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """The ``[start, stop)`` batches this backend wants ``texts`` sent in."""
+        return plan_batches(texts, self.batch_size, self.max_batch_chars)
+
+    def embed_batches(self, batches: Sequence[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Embed each batch; yields ``(batch index, [len(batch), D] float32)`` as batches finish.
+
+        The base class runs them one after another in order; HTTP backends run several at once
+        and yield them in the order they complete.
+        """
+        for i, batch in enumerate(batches):
+            yield i, self.finish(batch, self._embed_batch(batch))
+
     def embed(
         self,
         texts: Sequence[str],
         *,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` in batches; returns ``(len(texts), dimension)`` float32.
+        """Embed ``texts`` with no cache and no de-duplication: ``(len(texts), D)`` float32.
 
         ``progress`` is called with the number of strings finished after each batch.
+        Preprocessing goes through :func:`tributary_core.embed_cache.embed_texts` instead.
         """
+        texts = list(texts)
+        spans = self.plan(texts)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start : start + self.batch_size])
-            vectors = np.asarray(self._embed_batch(batch))
-            self._check_batch(batch, vectors)
-            out[start : start + len(batch)] = vectors
+        for i, vectors in self.embed_batches([texts[a:b] for a, b in spans]):
+            a, b = spans[i]
+            out[a:b] = vectors
             if progress is not None:
-                progress(len(batch))
+                progress(b - a)
         return out
 
+    def embed_native(self, texts: list[str]) -> np.ndarray:
+        """The model's own vectors for one batch, checked but not reduced (for the server)."""
+        native = np.asarray(self._embed_batch(texts), dtype=np.float32)
+        self._check(texts, native)
+        return native
+
+    def finish(self, texts: list[str], native: Any) -> np.ndarray:
+        """Check one batch of native vectors and reduce it to D."""
+        native = np.asarray(native, dtype=np.float32)
+        self._check(texts, native)
+        if self.reduction == "none":
+            if native.shape[1] != self.dimension:
+                raise TributaryError(f"embedder {self.name!r} (model {self.model!r}) returned "
+                                     f"{native.shape[1]} values per string, expected "
+                                     f"{self.dimension}")
+            return native
+        if native.shape[1] < self.dimension:
+            raise TributaryError(
+                f"embedder {self.name!r}: model {self.model!r} gives {native.shape[1]} values per "
+                f"string, fewer than the requested dimension {self.dimension}; pass --dimension "
+                f"{native.shape[1]} or less")
+        return reduce_vectors(native, self.dimension)
+
+    def close(self) -> None:
+        """Release connections, threads or models. The embedder may not be used afterwards."""
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what backends implement -----------------------------------------------------------
+
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        """Embed one batch: return ``(len(texts), dimension)`` floats. Backends implement this."""
+        """Embed one batch: ``(len(texts), W)`` floats, W the model's width. Backends implement this."""
         raise NotImplementedError(f"embedder {self.name!r} does not implement _embed_batch()")
 
-    def _check_batch(self, texts: list[str], vectors: np.ndarray) -> None:
-        expected = (len(texts), self.dimension)
-        if vectors.shape != expected:
+    def _check(self, texts: list[str], vectors: np.ndarray) -> None:
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise TributaryError(
-                f"embedder {self.name!r} (model {self.model!r}) returned shape {vectors.shape}, "
-                f"expected {expected}"
+                f"embedder {self.name!r} (model {self.model!r}) returned shape {vectors.shape} "
+                f"for {len(texts)} strings"
             )
         if not np.isfinite(vectors).all():
             raise TributaryError(

@@ -22,6 +22,8 @@ class HashingEmbedder(Embedder):
     default_model = "char-ngram-blake2b-v1"
     description = "deterministic n-gram hashing, for tests only (carries no meaning)"
     batch_size = 1024
+    reduction = "none"  # builds exactly D values itself
+    cacheable = False
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)

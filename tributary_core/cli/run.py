@@ -21,17 +21,17 @@ class _Bars:
         self.bar = None
         self.done = 0
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         if stage != self.stage:
             self.close()
             self.stage = stage
             self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<9}", file=sys.stderr,
-                                         show_pos=True, width=30)
+                                         show_pos=True, width=30, item_show_func=lambda n: n)
             self.bar.__enter__()
             self.done = 0
-        if self.bar is not None and done > self.done:
-            self.bar.update(done - self.done)
-            self.done = done
+        if self.bar is not None and (done > self.done or note):
+            self.bar.update(max(done - self.done, 0), current_item=note or None)
+            self.done = max(done, self.done)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -53,9 +53,16 @@ class _Bars:
               help="Embedding dimension D.")
 @click.option("--stats-cutoff", default=None, metavar="TIME",
               help="Fit normalization statistics only on rows at or before TIME (ISO 8601).")
+@click.option("-E", "--embedder-option", "embedder_options", multiple=True, metavar="KEY=VALUE",
+              help="A backend setting, e.g. -E concurrency=8 (see docs/embedders.md).")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Embedding cache [default: $TRIBUTARY_CACHE_DIR/embeddings or "
+                   "~/.cache/tributary/embeddings].")
+@click.option("--no-cache", is_flag=True, help="Embed everything again; cache nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing store.")
 def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_dir: Path | None,
                embedder: str, model: str | None, dimension: int, stats_cutoff: str | None,
+               embedder_options: tuple[str, ...], cache_dir: Path | None, no_cache: bool,
                force: bool) -> None:
     """Turn a raw database into a memory-mappable store.
 
@@ -64,7 +71,6 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     """
     from tributary_core.errors import TributaryError
     from tributary_core.preprocess import preprocess as run_preprocess
-    from tributary_core.registry import get_registry
 
     raw_dir = raw_dir or Path("data/raw") / name
     metadata_path = metadata_path or Path("data/metadata") / f"{name}.json"
@@ -75,13 +81,15 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
         raise TributaryError(f"{raw_dir}: raw data folder not found (fetch it with "
                              f"`tributary datasets fetch {name}` or pass --raw)")
     cutoff_us = _parse_cutoff(stats_cutoff) if stats_cutoff else None
-    backend = get_registry().create_embedder(embedder, model=model, dimension=dimension)
+    backend = make_embedder(embedder, model, dimension, embedder_options)
     bars = _Bars()
     try:
         result = run_preprocess(metadata_path, raw_dir, out_dir, embedder=backend, force=force,
-                                stats_cutoff_us=cutoff_us, progress=bars)
+                                stats_cutoff_us=cutoff_us, progress=bars, cache_dir=cache_dir,
+                                use_cache=not no_cache)
     finally:
         bars.close()
+        backend.close()
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out_dir} ({result.store_bytes / 1e6:,.1f} MB, embedder "
@@ -94,7 +102,11 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     for ref, n in result.dangling.items():
         if n:
             click.echo(f"              {ref}: {n:,} dangling")
-    click.echo(f"  vocabulary  {result.vocab_size:,} distinct values embedded")
+    click.echo(f"  vocabulary  {result.vocab_size:,} distinct values")
+    emb = result.embedding
+    click.echo(f"  embedding   {emb.distinct:,} distinct strings: {emb.cache_hits:,} from the cache, "
+               f"{emb.embedded:,} embedded in {emb.batches:,} batches"
+               + (f" ({emb.strings_per_second:,.0f} strings/s)" if emb.embedded else ""))
     for task, info in result.tasks.items():
         extra = f", {info['unmatched']:,} unmatched anchor keys" if info["unmatched"] else ""
         click.echo(f"  task        {task}: {info['seeds']:,} seeds{extra}")
@@ -111,3 +123,26 @@ def _parse_cutoff(text: str) -> int:
     if not conv.valid[0]:
         raise TributaryError(f"--stats-cutoff: {text!r} is not a time (use ISO 8601)")
     return int(conv.values[0])
+
+
+def make_embedder(name: str, model: str | None, dimension: int, options: tuple[str, ...]):
+    """Build an embedder from command-line choices; ``options`` are ``KEY=VALUE`` strings
+    converted by the backend's :attr:`~tributary_core.embedder.Embedder.options`."""
+    from tributary_core.errors import TributaryError
+    from tributary_core.registry import get_registry
+
+    registry = get_registry()
+    cls = registry.embedder_class(name)
+    kwargs = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in cls.options:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise TributaryError(f"-E {item!r}: embedder {name!r} takes KEY=VALUE with KEY one of: "
+                                 f"{known}")
+        try:
+            kwargs[key] = cls.options[key](value)
+        except ValueError:
+            raise TributaryError(f"-E {item!r}: {value!r} is not a valid {key}") from None
+    return registry.create_embedder(name, model=model, dimension=dimension, **kwargs)

@@ -33,6 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tributary_core.atomic import staged_folder
+from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache_dir, embed_texts
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.keys import match_keys
@@ -50,7 +51,8 @@ __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
 #: Observation time of a seed with no cut-off: every row is visible.
 NO_CUTOFF = np.iinfo(np.int64).max
 #: ``progress(stage, done, total)``: called as work advances; ``total`` may be 0 if unknown.
-Progress = Callable[[str, int, int], None]
+#: ``progress(stage, done, total, note)``; ``note`` is a short status such as a rate.
+Progress = Callable[[str, int, int, str], None]
 
 
 @attrs.define
@@ -68,9 +70,10 @@ class PreprocessResult:
     seconds: dict[str, float] = attrs.field(factory=dict)
     store_bytes: int = 0
     warnings: list[str] = attrs.field(factory=list)
+    embedding: EmbedStats = attrs.field(factory=EmbedStats)
 
 
-def _noop(stage: str, done: int, total: int) -> None:
+def _noop(stage: str, done: int, total: int, note: str = "") -> None:
     pass
 
 
@@ -84,6 +87,8 @@ def preprocess(
     stats_cutoff_us: int | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> PreprocessResult:
     """Preprocess the database described by ``metadata`` with parquet files in ``raw_dir``.
 
@@ -93,6 +98,9 @@ def preprocess(
         stats_cutoff_us: fit normalization statistics only on rows whose time is at or before
             this (epoch µs); untimed rows always count. None: all rows.
         progress: called as each stage advances (the CLI draws bars from it).
+        cache_dir: the embedding cache shared by all databases [default:
+            :func:`~tributary_core.embed_cache.default_cache_dir`].
+        use_cache: False embeds everything again and caches nothing.
     """
     registry = registry or get_registry()
     progress = progress or _noop
@@ -106,7 +114,11 @@ def preprocess(
         md = report.raise_for_errors()
         progress("validate", 1, 1)
     with staged_folder(out_dir) as tmp:
-        builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock)
+        cache = None
+        if use_cache and embedder.cacheable:
+            cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
+        builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock,
+                           cache)
         result = builder.run()
     result.warnings = [str(p) for p in report.warnings]
     result.path = out_dir
@@ -134,7 +146,9 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
 
 class _Builder:
     def __init__(self, md: Metadata, raw: Path, out: Path, registry: Registry, embedder: Embedder,
-                 cutoff: int | None, progress: Progress, clock: _Clock) -> None:
+                 cutoff: int | None, progress: Progress, clock: _Clock,
+                 cache: EmbeddingCache | None) -> None:
+        self.cache = cache
         self.md, self.raw, self.out = md, raw, out
         self.registry, self.embedder = registry, embedder
         self.cutoff, self.progress, self.clock = cutoff, progress, clock
@@ -413,16 +427,16 @@ class _Builder:
     def embed(self) -> None:
         texts = [c["text"] for c in self.columns]
         vocab_texts = self.vocab.texts
-        total = len(texts) + len(vocab_texts)
-        done = [0]
 
-        def tick(n: int) -> None:
-            done[0] += n
-            self.progress("embed", done[0], total)
+        def tick(done: int, total: int, stats: EmbedStats) -> None:
+            rate = stats.embedded / stats.seconds if stats.seconds > 0 else 0.0
+            self.progress("embed", done, total,
+                          f"{stats.cache_hits:,} cached, {rate:,.0f} strings/s")
 
-        self.progress("embed", 0, total)
-        column_vectors = self.embedder.embed(texts, progress=tick).astype(np.float16)
-        vocab_vectors = self.embedder.embed(vocab_texts, progress=tick).astype(np.float16)
+        vectors, stats = embed_texts(self.embedder, texts + vocab_texts, cache=self.cache,
+                                     progress=tick, dtype=np.float16)
+        self.result.embedding = stats
+        column_vectors, vocab_vectors = vectors[: len(texts)], vectors[len(texts):]
         self.write("column_embeddings.bin", "column_embeddings", {"embeddings": column_vectors})
         text_off, text_utf8 = _strings(vocab_texts)
         value_off, value_utf8 = _strings(self.vocab.values)
