@@ -21,7 +21,8 @@ def staged_folder(out: Path) -> Iterator[Path]:
     removed and ``out`` is untouched. Callers decide beforehand whether replacing is allowed.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _sweep_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -37,3 +38,18 @@ def staged_folder(out: Path) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove temporary folders for ``out`` left by processes that were killed (their PID,
+    part of the name, no longer runs)."""
+    for path in out.parent.glob(f".{out.name}.*.tmp"):
+        parts = path.name[len(out.name) + 2 :].split(".")
+        if not parts[0].isdigit() or int(parts[0]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive but not ours (EPERM): leave it
+            continue

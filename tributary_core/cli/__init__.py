@@ -48,13 +48,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tributary_core.cli import datasets, inspect, metadata, plugins, run
+    from tributary_core.cli import datasets, inspect, metadata, plugins, run, serve
 
     cli.add_command(plugins.plugins)
     cli.add_command(metadata.metadata)
     cli.add_command(datasets.datasets)
     cli.add_command(run.run)
     cli.add_command(inspect.inspect)
+    cli.add_command(serve.serve)
 
 
 _register()

@@ -1,0 +1,305 @@
+"""Embedders behind an OpenAI-compatible ``POST /v1/embeddings``: ``baseten``, ``openrouter``
+and ``http`` (any such server, e.g. ``tributary serve embedder``).
+
+Batches go out by count and by characters, several at once (``concurrency``) over one httpx
+connection pool. A batch is retried with exponential backoff and jitter on 429 (waiting at
+least what ``Retry-After`` asks, fractional seconds included), 408, 5xx, timeouts and dropped
+connections, up to ``max_retries`` times; any other status (400, 401, 403, 404, ...) fails at
+once with the server's message. Every response is checked: one embedding per input, indices a
+permutation of ``0..n-1`` (results are put back in input order), one width for all, finite
+values. The API key goes only into the ``Authorization`` header: it is removed from every
+message this module writes, and the embedder's ``repr`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, ClassVar
+
+import httpx
+import numpy as np
+
+from tributary_core.embedder import DEFAULT_DIMENSION, Embedder
+from tributary_core.errors import TributaryError
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: The longest single wait a ``Retry-After`` header can impose.
+MAX_RETRY_AFTER = 300.0
+
+
+def embeddings_endpoint(base_url: str) -> str:
+    """``https://host/v1`` or ``https://host`` or ``.../embeddings`` -> the embeddings URL."""
+    url = base_url.rstrip("/")
+    if url.endswith("/embeddings"):
+        return url
+    if url.endswith("/v1"):
+        return url + "/embeddings"
+    return url + "/v1/embeddings"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number (fractions allowed) or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
+
+
+class OpenAICompatibleEmbedder(Embedder):
+    """Base of the HTTP backends. Subclasses set where the URL and key come from."""
+
+    url_env: ClassVar[str | None] = None
+    key_env: ClassVar[str | None] = None
+    default_base_url: ClassVar[str | None] = None
+    key_required: ClassVar[bool] = True
+    batch_size = 256
+    max_batch_chars = 200_000
+    options = {"base_url": str, "concurrency": int, "timeout": float, "max_retries": int,
+               "encoding_format": str, "batch_size": int, "max_batch_chars": int}
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        dimension: int = DEFAULT_DIMENSION,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 8,
+        encoding_format: str = "base64",
+        batch_size: int | None = None,
+        max_batch_chars: int | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        super().__init__(model=model, dimension=dimension)
+        base_url = base_url or (os.environ.get(self.url_env) if self.url_env else None) \
+            or self.default_base_url
+        if not base_url:
+            raise TributaryError(f"embedder {self.name!r}: set {self.url_env} to the server's "
+                                 f"OpenAI-compatible base URL (or pass -E base_url=...)")
+        if not base_url.startswith(("http://", "https://")):
+            raise TributaryError(f"embedder {self.name!r}: base URL {base_url!r} must start with "
+                                 f"http:// or https://")
+        self._key = api_key or (os.environ.get(self.key_env) if self.key_env else None) or None
+        if self.key_required and not self._key:
+            raise TributaryError(f"embedder {self.name!r}: set {self.key_env} to your API key")
+        if encoding_format not in ("base64", "float"):
+            raise TributaryError(f"embedder {self.name!r}: encoding_format must be base64 or float")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise TributaryError(f"embedder {self.name!r}: concurrency >= 1, max_retries >= 0 and "
+                                 f"timeout > 0 are required")
+        self.endpoint = embeddings_endpoint(base_url)
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.encoding_format = encoding_format
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        if batch_size:
+            self.batch_size = batch_size
+        if max_batch_chars is not None:
+            self.max_batch_chars = max_batch_chars
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        #: Attempts made (first tries and retries) and retries alone, for summaries and tests.
+        self.requests = 0
+        self.retries = 0
+        if not self.model:
+            self.model = self._only_served_model()
+
+    # -- public ----------------------------------------------------------------------------
+
+    def embed_batches(self, batches: Sequence[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"embed-{self.name}")
+        todo = iter(enumerate(batches))
+        pending: dict[Future, tuple[int, list[str]]] = {}
+        try:
+            while True:
+                while len(pending) < 2 * self.concurrency:
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    pending[self._pool.submit(self._request, item[1])] = item
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, batch = pending.pop(future)
+                    yield index, self.finish(batch, future.result())
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._client.close()
+
+    def __repr__(self) -> str:  # never the key
+        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self.endpoint!r}>"
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        return self._request(texts)
+
+    def _request(self, texts: list[str]) -> np.ndarray:
+        body = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if self._closed.is_set():
+                raise TributaryError(f"embedder {self.name!r} was closed")
+            with self._count_lock:
+                self.requests += 1
+                self.retries += attempt > 0
+            retry_after = None
+            try:
+                response = self._client.post(self.endpoint, json=body)
+            except httpx.TimeoutException:
+                last = "the request timed out"
+            except httpx.TransportError as exc:
+                last = f"the connection failed ({type(exc).__name__})"
+            else:
+                if response.status_code == 200:
+                    return self._parse(response, texts)
+                if response.status_code not in RETRY_STATUS:
+                    raise TributaryError(self._refused(response))
+                last = f"HTTP {response.status_code}{self._detail(response)}"
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if attempt < self.max_retries:
+                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+                if retry_after is not None:
+                    delay = retry_after + random.uniform(0.0, 0.1 * retry_after + 0.01)
+                if self._closed.wait(delay):
+                    raise TributaryError(f"embedder {self.name!r} was closed")
+        raise TributaryError(self._redact(
+            f"embedder {self.name!r}: {self.endpoint}: gave up after {self.max_retries + 1} "
+            f"attempts; the last: {last}"))
+
+    def _parse(self, response: httpx.Response, texts: list[str]) -> np.ndarray:
+        where = f"embedder {self.name!r}: {self.endpoint}"
+        try:
+            payload = response.json()
+        except ValueError:
+            raise TributaryError(f"{where} answered with something that is not JSON") from None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise TributaryError(f"{where}: the response has no 'data' list")
+        if len(data) != len(texts):
+            raise TributaryError(f"{where}: the response has {len(data)} embeddings for "
+                                 f"{len(texts)} inputs")
+        rows: list[np.ndarray | None] = [None] * len(texts)
+        for pos, item in enumerate(data):
+            index = item.get("index", pos) if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(texts) or rows[index] is not None:
+                raise TributaryError(f"{where}: response item {pos} has index {index!r}; the "
+                                     f"indices must be 0..{len(texts) - 1}, each once")
+            rows[index] = self._vector(item.get("embedding"), where, pos)
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise TributaryError(f"{where}: embeddings of different widths {sorted(widths)}")
+        return np.stack(rows)
+
+    @staticmethod
+    def _vector(value: Any, where: str, pos: int) -> np.ndarray:
+        if isinstance(value, str):
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise TributaryError(f"{where}: embedding {pos} is not valid base64") from None
+            if len(raw) % 4 or not raw:
+                raise TributaryError(f"{where}: embedding {pos} is {len(raw)} bytes, not float32s")
+            return np.frombuffer(raw, dtype="<f4")
+        if isinstance(value, list) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return np.asarray(value, dtype=np.float32)
+        raise TributaryError(f"{where}: embedding {pos} is neither a list of numbers nor base64")
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _detail(self, response: httpx.Response) -> str:
+        try:
+            payload = response.json()
+            err = payload.get("error", payload) if isinstance(payload, dict) else payload
+            message = err.get("message") if isinstance(err, dict) else err
+            text = str(message if message is not None else payload)
+        except ValueError:
+            text = response.text
+        text = " ".join(text.split())[:200]
+        return f": {text}" if text else ""
+
+    def _refused(self, response: httpx.Response) -> str:
+        hint = ""
+        if response.status_code in (401, 403) and self.key_env:
+            hint = f" (check {self.key_env})"
+        elif response.status_code == 404:
+            hint = " (check the base URL and the model name)"
+        return self._redact(
+            f"embedder {self.name!r}: {self.endpoint} refused the request: HTTP "
+            f"{response.status_code} {response.reason_phrase}{self._detail(response)}{hint}")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _only_served_model(self) -> str:
+        url = self.endpoint.rsplit("/", 1)[0] + "/models"
+        where = f"embedder {self.name!r}: no --model given and"
+        try:
+            response = self._client.get(url)
+            if response.status_code in (401, 403):
+                raise TributaryError(self._refused(response))
+            response.raise_for_status()
+            ids = [m["id"] for m in response.json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            raise TributaryError(self._redact(f"{where} {url} did not list the served model; "
+                                              f"pass --model")) from None
+        if len(ids) != 1:
+            raise TributaryError(f"{where} the server offers {len(ids)} models; pass --model")
+        return str(ids[0])
+
+
+class BasetenEmbedder(OpenAICompatibleEmbedder):
+    name = "baseten"
+    description = "a Baseten deployment (BASETEN_EMBEDDER_URL, BASETEN_API_KEY)"
+    url_env = "BASETEN_EMBEDDER_URL"
+    key_env = "BASETEN_API_KEY"
+
+
+class OpenRouterEmbedder(OpenAICompatibleEmbedder):
+    name = "openrouter"
+    description = "OpenRouter embeddings (OPENROUTER_API_KEY; OPENROUTER_BASE_URL to override)"
+    default_model = "openai/text-embedding-3-small"
+    url_env = "OPENROUTER_BASE_URL"
+    key_env = "OPENROUTER_API_KEY"
+    default_base_url = "https://openrouter.ai/api/v1"
+
+
+class HttpEmbedder(OpenAICompatibleEmbedder):
+    name = "http"
+    description = "any OpenAI-compatible server, e.g. `tributary serve embedder` (TRIBUTARY_EMBEDDER_URL)"
+    url_env = "TRIBUTARY_EMBEDDER_URL"
+    key_env = "TRIBUTARY_EMBEDDER_API_KEY"
+    key_required = False

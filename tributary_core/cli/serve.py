@@ -1,0 +1,59 @@
+"""``tributary serve``: long-running services (an OpenAI-compatible embeddings server)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.group()
+def serve() -> None:
+    """Run a service."""
+
+
+@serve.command("embedder")
+@click.option("--backend", default="local", show_default=True,
+              help="Embedder backend to serve (see `tributary plugins list`).")
+@click.option("--model", default=None, help="Model [default: the backend's].")
+@click.option("--dimension", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Width for backends that build exactly D values (the model's own width "
+                   "is served otherwise).")
+@click.option("-E", "--embedder-option", "embedder_options", multiple=True, metavar="KEY=VALUE",
+              help="A backend setting, e.g. -E threads=8.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require `Authorization: Bearer $VAR` on every request.")
+@click.option("--quiet", is_flag=True, help="No access log.")
+def serve_embedder(backend: str, model: str | None, dimension: int, embedder_options: tuple[str, ...],
+                   host: str, port: int, api_key_env: str | None, quiet: bool) -> None:
+    """Serve an embedder as OpenAI-compatible POST /v1/embeddings.
+
+    Clients: `tributary run preprocess --embedder http` with TRIBUTARY_EMBEDDER_URL set to the
+    printed URL, or any OpenAI client.
+    """
+    from tributary_core.cli.run import make_embedder
+    from tributary_core.errors import TributaryError
+    from tributary_core.serve import EmbeddingServer
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise TributaryError(f"--api-key-env: environment variable {api_key_env} is not set")
+    embedder = make_embedder(backend, model, dimension, embedder_options)
+    load = getattr(embedder, "load", None)
+    if load is not None:
+        load()
+    server = EmbeddingServer(embedder, host, port, api_key=api_key, access_log=not quiet)
+    auth = " (API key required)" if api_key else ""
+    click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth}; Ctrl-C stops", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+        embedder.close()
