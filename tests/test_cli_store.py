@@ -50,6 +50,7 @@ def test_preprocess_refuses_to_overwrite(workdir):
     (["--raw", "nowhere"], "nowhere: raw data folder not found"),
     (["--metadata", "none.json"], "none.json: metadata file not found"),
     (["--stats-cutoff", "someday"], "--stats-cutoff: 'someday' is not a time"),
+    (["-E", "speed=fast"], "-E 'speed=fast': embedder 'hashing' takes KEY=VALUE with KEY one of: none"),
 ])
 def test_preprocess_user_errors(workdir, args, fragment):
     result = preprocess(*args)
@@ -98,3 +99,25 @@ def test_inspect_damaged_store_is_one_line(workdir):
     result = CliRunner().invoke(cli, ["inspect", "data/processed/odd"])
     assert result.exit_code == 2
     assert result.output.startswith("Error: data/processed/odd/tables/projects.bin: truncated")
+
+
+def test_embedder_options_and_cache_flags(workdir, monkeypatch):
+    from tributary_core.registry import get_registry
+    from tributary_core.serve import EmbeddingServer
+
+    with EmbeddingServer(get_registry().create_embedder("hashing", dimension=8)) as server:
+        monkeypatch.setenv("TRIBUTARY_EMBEDDER_URL", server.url)
+        base = ["run", "preprocess", "--db", "odd", "--embedder", "http", "--dimension", "8",
+                "--cache-dir", "cache", "--force"]
+        bad = CliRunner().invoke(cli, [*base, "-E", "concurrency=many"])
+        assert bad.exit_code == 2 and "-E 'concurrency=many': 'many' is not a valid concurrency" in bad.output
+        first = CliRunner().invoke(cli, [*base, "-E", "batch-size=5", "-E", "concurrency=2"])
+        assert first.exit_code == 0, first.output
+        assert "from the cache, " in first.output and server.stats.requests > 1
+        assert any((workdir / "cache").glob("http-*/*.seg"))
+        sent = server.stats.texts
+        cached = CliRunner().invoke(cli, base)
+        assert "0 embedded in 0 batches" in cached.output and server.stats.texts == sent
+        fresh = CliRunner().invoke(cli, [*base, "--no-cache"])
+        assert fresh.exit_code == 0 and " 0 from the cache" in fresh.output
+        assert server.stats.texts == 2 * sent

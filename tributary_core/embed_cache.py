@@ -209,6 +209,8 @@ class EmbedStats:
     cache_hits: int = 0
     embedded: int = 0
     batches: int = 0
+    #: Loading the model (local backends), then embedding what the cache lacked.
+    load_seconds: float = 0.0
     seconds: float = 0.0
 
     @property
@@ -231,7 +233,6 @@ def embed_texts(
     resumes where it stopped. ``progress(done, total, stats)`` counts distinct strings.
     Returns ``([len(texts), D]`` of ``dtype``, stats).
     """
-    start = time.perf_counter()
     stats = EmbedStats(texts=len(texts))
     first: dict[str, int] = {}
     inverse = np.fromiter((first.setdefault(t, len(first)) for t in texts), dtype=np.int64,
@@ -255,6 +256,10 @@ def embed_texts(
     done = stats.cache_hits
     if progress is not None:
         progress(done, len(unique), stats)
+    if miss_texts:
+        load_start = time.perf_counter()
+        embedder.load()
+        stats.load_seconds = time.perf_counter() - load_start
     embed_start = time.perf_counter()
     try:
         for i, vectors in embedder.embed_batches([miss_texts[a:b] for a, b in spans]):
@@ -272,7 +277,6 @@ def embed_texts(
     finally:
         if cache is not None:
             cache.close()
-    stats.seconds = time.perf_counter() - start
     if len(unique) == len(texts):
         return out, stats
     return out[inverse], stats

@@ -196,6 +196,9 @@ class Embedder:
                 f"{native.shape[1]} or less")
         return reduce_vectors(native, self.dimension)
 
+    def load(self) -> None:
+        """Load the model or open connections now rather than on the first batch (optional)."""
+
     def close(self) -> None:
         """Release connections, threads or models. The embedder may not be used afterwards."""
 

