@@ -125,7 +125,11 @@ class OpenAICompatibleEmbedder(Embedder):
         self.requests = 0
         self.retries = 0
         if not self.model:
-            self.model = self._only_served_model()
+            try:
+                self.model = self._only_served_model()
+            except TributaryError:
+                self._client.close()
+                raise
 
     # -- public ----------------------------------------------------------------------------
 
