@@ -114,12 +114,17 @@ class SemanticType:
         target_losses: names of loss heads that can train a task whose ``target_stype`` is this
             type, the default first. Empty: this type cannot be a prediction target.
         is_ignored: True only for the type that marks a column as skipped entirely.
+        batch_slot: where the sampler puts this type's encoded cell in a batch: ``"number"``
+            (field ``value``, float32), ``"timestamp"`` (field ``value``, 15 float32),
+            ``"boolean"`` (field ``value``), ``"vocab"`` (field ``index``, a vocabulary id) or
+            ``"none"`` (presence only, as identifiers).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     target_losses: ClassVar[tuple[str, ...]] = ()
     is_ignored: ClassVar[bool] = False
+    batch_slot: ClassVar[str] = "none"
 
     # -- checking (metadata validate) ------------------------------------------------------
 

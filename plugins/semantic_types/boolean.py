@@ -55,6 +55,7 @@ def to_bool(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray,
 
 class Boolean(SemanticType):
     name = "boolean"
+    batch_slot = "boolean"
     description = "true/false: bit + validity"
     target_losses = ("bce",)
 

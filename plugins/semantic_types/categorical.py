@@ -11,6 +11,7 @@ from ._vocab import EmbeddedType
 
 class Categorical(EmbeddedType):
     name = "categorical"
+    batch_slot = "vocab"
     description = "one of a set of values: u32 vocab index + validity"
     target_losses = ("infonce",)
 

@@ -103,6 +103,7 @@ def to_float64(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
 
 class Numerical(SemanticType):
     name = "numerical"
+    batch_slot = "number"
     description = "numbers: f32 z-score + validity"
     target_losses = ("huber",)
 

@@ -14,6 +14,7 @@ MAX_CHARS = 512
 
 class Text(EmbeddedType):
     name = "text"
+    batch_slot = "vocab"
     description = "free text: u32 vocab index + validity"
     max_chars = MAX_CHARS
 

@@ -141,6 +141,7 @@ def encode_times(us: np.ndarray, valid: np.ndarray, mean: float, std: float,
 
 class Timestamp(SemanticType):
     name = "timestamp"
+    batch_slot = "timestamp"
     description = "points in time: 14 cyclic features + z-scored epoch"
     target_losses = ("huber",)
 

@@ -1,0 +1,159 @@
+"""A batch of contexts (DESIGN §5) and the call that samples one."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import attrs
+import numpy as np
+
+from tributary_core.sampler.graph import SamplerGraph, TaskView
+from tributary_core.sampler.kernel import (
+    N_TS,
+    SLOT_BOOLEAN,
+    SLOT_NUMBER,
+    SLOT_TIMESTAMP,
+    SLOT_VOCAB,
+    sample_contexts,
+)
+
+__all__ = ["Batch", "sample_batch", "context_seeds"]
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def context_seeds(sampler_seed: int, task: str, anchor_rows: np.ndarray, draw: int = 0) -> np.ndarray:
+    """The random stream of each context: a function of (sampler seed, task, anchor row, draw)
+    only, so a context is the same whichever batch, rank or thread builds it."""
+    base = (zlib.crc32(task.encode()) << 32) ^ (sampler_seed & 0xFFFFFFFF) ^ ((draw & 0xFFFF) << 16)
+    rows = np.asarray(anchor_rows, dtype=np.int64).astype(np.uint64)
+    return _splitmix(_splitmix(rows ^ np.uint64(base & _M64)))
+
+
+@attrs.define(eq=False)
+class Batch:
+    """B contexts padded to L cells (and L rows). Arrays are numpy; :meth:`to_torch` converts.
+
+    Per cell ``[B, L]``: ``column_id`` (row of the store's column embeddings, -1 padding),
+    ``stype`` (index into ``stype_names``, -1 padding), ``row`` (the cell's row within its
+    context), ``number``, ``timestamp`` ``[B, L, 15]``, ``boolean``, ``vocab`` (vocabulary id),
+    ``is_null``, ``is_target``, ``is_padding``. Per context row ``[B, L]``: ``row_table``,
+    ``row_index`` (row number in its table), ``row_hops``, and ``row_parents`` ``[B, L, P]``:
+    the context rows each row references (-1 none), the FK adjacency the attention masks
+    come from. Per context ``[B]``: the target (position, value in the slot of its type,
+    ``target_is_null``), ``anchor_row``, ``observation_time``.
+    """
+
+    database: str
+    task: str
+    target_stype: str
+    stype_names: list[str]
+    column_id: np.ndarray
+    stype: np.ndarray
+    row: np.ndarray
+    number: np.ndarray
+    timestamp: np.ndarray
+    boolean: np.ndarray
+    vocab: np.ndarray
+    is_null: np.ndarray
+    is_target: np.ndarray
+    is_padding: np.ndarray
+    n_cells: np.ndarray
+    row_table: np.ndarray
+    row_index: np.ndarray
+    row_hops: np.ndarray
+    row_parents: np.ndarray
+    n_rows: np.ndarray
+    target_pos: np.ndarray
+    target_number: np.ndarray
+    target_timestamp: np.ndarray
+    target_boolean: np.ndarray
+    target_vocab: np.ndarray
+    target_is_null: np.ndarray
+    anchor_row: np.ndarray
+    observation_time: np.ndarray
+    candidates: np.ndarray | None
+    #: The kernel's column index of each cell (for debugging views).
+    cell_col: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.n_cells)
+
+    def to_torch(self, device: Any = None) -> dict[str, Any]:
+        """The tensors as a dict (strings and lists pass through)."""
+        import torch
+
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+                if device is not None:
+                    value = value.to(device, non_blocking=True)
+            out[field.name] = value
+        return out
+
+
+def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, context_len: int = 1024,
+                 width: int = 16, sampler_seed: int = 0, draw: int = 0, n_threads: int = 1) -> Batch:
+    """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows)."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    B, L = len(seeds), int(context_len)
+    P = graph.max_parents
+    anchor = task.anchor_rows[seeds]
+    obs = task.observation_time[seeds]
+    rng = context_seeds(sampler_seed, task.name, anchor, draw)
+    cell_col = np.full((B, L), -1, dtype=np.int32)
+    column_id = np.full((B, L), -1, dtype=np.int32)
+    stype = np.full((B, L), -1, dtype=np.int16)
+    row = np.zeros((B, L), dtype=np.int32)
+    number = np.zeros((B, L), dtype=np.float32)
+    timestamp = np.zeros((B, L, N_TS), dtype=np.float32)
+    boolean = np.zeros((B, L), dtype=np.bool_)
+    vocab = np.zeros((B, L), dtype=np.int64)
+    is_null = np.zeros((B, L), dtype=np.bool_)
+    is_target = np.zeros((B, L), dtype=np.bool_)
+    n_cells = np.zeros(B, dtype=np.int32)
+    row_table = np.full((B, L), -1, dtype=np.int16)
+    row_index = np.full((B, L), -1, dtype=np.int64)
+    row_hops = np.zeros((B, L), dtype=np.int16)
+    row_parents = np.full((B, L, P), -1, dtype=np.int32)
+    n_rows = np.zeros(B, dtype=np.int32)
+    sample_contexts(*graph.kernel_graph_args(), task.anchor_table, anchor, obs, rng, task.hidden,
+                    task.target_col, task.col_embed, task.col_stype, L, width, n_threads, cell_col,
+                    column_id, stype, row, number, timestamp, boolean, vocab, is_null, is_target,
+                    n_cells, row_table, row_index, row_hops, row_parents, n_rows)
+    is_padding = np.arange(L, dtype=np.int32)[None, :] >= n_cells[:, None]
+    # targets, each in the slot of its type (zeros elsewhere)
+    t_number = np.zeros(B, dtype=np.float32)
+    t_ts = np.zeros((B, N_TS), dtype=np.float32)
+    t_bool = np.zeros(B, dtype=np.bool_)
+    t_vocab = np.zeros(B, dtype=np.int64)
+    valid = task.target_valid[seeds]
+    if task.slot == SLOT_NUMBER:
+        t_number = np.where(valid, task.target[seeds], 0).astype(np.float32)
+    elif task.slot == SLOT_TIMESTAMP:
+        t_ts = np.where(valid[:, None], task.target[seeds], 0).astype(np.float32)
+    elif task.slot == SLOT_BOOLEAN:
+        t_bool = valid & task.target[seeds].astype(np.bool_)
+    elif task.slot == SLOT_VOCAB:
+        t_vocab = np.where(valid, task.target[seeds], 0).astype(np.int64)
+    return Batch(
+        database=graph.name, task=task.name, target_stype=task.stype,
+        stype_names=graph.stype_names, column_id=column_id, stype=stype, row=row, number=number,
+        timestamp=timestamp, boolean=boolean, vocab=vocab, is_null=is_null, is_target=is_target,
+        is_padding=is_padding, n_cells=n_cells, row_table=row_table, row_index=row_index,
+        row_hops=row_hops, row_parents=row_parents, n_rows=n_rows,
+        target_pos=np.zeros(B, dtype=np.int64), target_number=t_number, target_timestamp=t_ts,
+        target_boolean=t_bool, target_vocab=t_vocab, target_is_null=~valid, anchor_row=anchor,
+        observation_time=obs, candidates=task.candidates, cell_col=cell_col)

@@ -1,0 +1,232 @@
+"""What the kernel reads from a store, gathered once: typed lists of memory maps, per-table FK
+and column tables, and per-task views (seeds, targets, hidden columns)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from tributary_core.errors import TributaryError
+from tributary_core.registry import Registry, get_registry
+from tributary_core.sampler.kernel import (
+    N_TS,
+    SLOT_BOOLEAN,
+    SLOT_NONE,
+    SLOT_NUMBER,
+    SLOT_TIMESTAMP,
+    SLOT_VOCAB,
+)
+from tributary_core.store import Store
+
+__all__ = ["SamplerGraph", "TaskView", "SLOTS", "stype_names"]
+
+SLOTS = {"none": SLOT_NONE, "number": SLOT_NUMBER, "timestamp": SLOT_TIMESTAMP,
+         "boolean": SLOT_BOOLEAN, "vocab": SLOT_VOCAB}
+_FIELD = {SLOT_NUMBER: "value", SLOT_TIMESTAMP: "value", SLOT_BOOLEAN: "value", SLOT_VOCAB: "index"}
+
+
+def stype_names(registry: Registry | None = None) -> list[str]:
+    """Every installed, non-ignored semantic type, sorted: a cell's ``stype`` code indexes this."""
+    registry = registry or get_registry()
+    return sorted(n for n, cls in registry.semantic_types.items() if not cls.is_ignored)
+
+
+class _Flat:
+    """Arrays of one kind concatenated, with the offset where each part starts."""
+
+    def __init__(self, dtype: Any, row_shape: tuple[int, ...] = ()) -> None:
+        self.dtype, self.row_shape = np.dtype(dtype), row_shape
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> int:
+        at = self.size
+        self.parts.append(array)
+        self.size += len(array)
+        return at
+
+    def build(self) -> np.ndarray:
+        out = np.empty((self.size, *self.row_shape), dtype=self.dtype)
+        at = 0
+        for part in self.parts:
+            out[at : at + len(part)] = part
+            at += len(part)
+        self.parts = []
+        return out
+
+
+class SamplerGraph:
+    """A store prepared for sampling. Build with :meth:`from_store`.
+
+    The kernel reads flat arrays: every table's times, every FK's parent/indptr/children/
+    child_time, and every non-ignored column's values and packed validity bits, each kind
+    concatenated once into memory with per-table, per-FK or per-column offsets. (Reading the
+    memory maps through Numba typed lists costs about 160 ns an access against 16 ns for a
+    flat array, and the kernel makes one or two per cell.) The copy is about the size of the
+    store's tables and graph, made once per process.
+    """
+
+    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+        registry = registry or get_registry()
+        self.store = store
+        self.name = store.name
+        self.stype_names = stype_names(registry)
+        code = {n: i for i, n in enumerate(self.stype_names)}
+        self.table_names = list(store.tables)
+        tindex = {n: i for i, n in enumerate(self.table_names)}
+        self.table_index = tindex
+        T = len(self.table_names)
+        times = _Flat(np.int64)
+        self.time_off = np.full(T, -1, dtype=np.int64)
+        self.table_rows = np.zeros(T, dtype=np.int64)
+        for i, name in enumerate(self.table_names):
+            t = store.tables[name]
+            self.table_rows[i] = t.rows
+            if t.time is not None:
+                self.time_off[i] = times.add(t.time)
+        self.time = times.build()
+        # foreign keys, by child table (parents) and by parent table (children)
+        fks = store.foreign_keys
+        self.fk_child_table = np.array([tindex[fk.child_table] for fk in fks], dtype=np.int64)
+        self.fk_parent_table = np.array([tindex[fk.parent_table] for fk in fks], dtype=np.int64)
+        self.out_ptr, self.out_fk = _csr(self.fk_child_table, T)
+        self.in_ptr, self.in_fk = _csr(self.fk_parent_table, T)
+        parent, indptr, children, ctime = _Flat(np.int32), _Flat(np.int64), _Flat(np.int32), _Flat(np.int64)
+        self.parent_off = np.array([parent.add(fk.parent) for fk in fks], dtype=np.int64)
+        self.indptr_off = np.array([indptr.add(fk.indptr) for fk in fks], dtype=np.int64)
+        self.children_off = np.array([children.add(fk.children) for fk in fks], dtype=np.int64)
+        for fk in fks:
+            ctime.add(fk.child_time)
+        self.parent, self.indptr = parent.build(), indptr.build()
+        self.children, self.child_time = children.build(), ctime.build()
+        self.max_parents = max(1, int(np.diff(self.out_ptr).max(initial=0)))
+        # columns: every non-ignored column of every table, in table order
+        col_name: list[str] = []
+        cols: dict[str, list[int]] = {k: [] for k in ("table", "slot", "src", "valid", "embed", "stype")}
+        flat = {SLOT_NUMBER: _Flat(np.float32), SLOT_TIMESTAMP: _Flat(np.float32, (N_TS,)),
+                SLOT_BOOLEAN: _Flat(np.uint8), SLOT_VOCAB: _Flat(np.uint32)}
+        bits = flat[SLOT_BOOLEAN]  # validity bitmaps and boolean values, both packed
+        ptr = [0]
+        for ti, tname in enumerate(self.table_names):
+            table = store.tables[tname]
+            for cname, cmeta in table.columns.items():
+                cls = registry.semantic_type(cmeta["stype"])
+                if cls.is_ignored:
+                    continue
+                slot = SLOTS.get(cls.batch_slot)
+                if slot is None:
+                    raise TributaryError(f"semantic type {cls.name!r} has batch_slot "
+                                         f"{cls.batch_slot!r}; expected one of {sorted(SLOTS)}")
+                src = -1
+                if slot != SLOT_NONE:
+                    section = cmeta["fields"][_FIELD[slot]]
+                    data = table.file.raw(section) if slot == SLOT_BOOLEAN else table.file.array(section)
+                    src = flat[slot].add(data)
+                cols["valid"].append(bits.add(table.file.raw(cmeta["valid"])))
+                cols["table"].append(ti)
+                cols["slot"].append(slot)
+                cols["src"].append(src)
+                cols["embed"].append(cmeta["column_id"])
+                cols["stype"].append(code[cmeta["stype"]])
+                col_name.append(cname)
+            ptr.append(len(col_name))
+        self.col_ptr = np.array(ptr, dtype=np.int64)
+        self.col_name = col_name
+        self.col_table = np.array(cols["table"], dtype=np.int64)
+        self.col_slot = np.array(cols["slot"], dtype=np.int64)
+        self.col_src = np.array(cols["src"], dtype=np.int64)
+        self.col_valid = np.array(cols["valid"], dtype=np.int64)
+        self.col_embed = np.array(cols["embed"], dtype=np.int32)
+        self.col_stype = np.array(cols["stype"], dtype=np.int16)
+        self.n_cols = len(col_name)
+        self.numbers = flat[SLOT_NUMBER].build()
+        self.timestamps = flat[SLOT_TIMESTAMP].build()
+        self.vocab = flat[SLOT_VOCAB].build()
+        self.bits = bits.build()
+        self._code = code
+        self._tasks: dict[str, TaskView] = {}
+
+    @classmethod
+    def from_store(cls, store: Store, registry: Registry | None = None) -> SamplerGraph:
+        return cls(store, registry)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this graph holds in memory."""
+        return sum(a.nbytes for a in (self.time, self.parent, self.indptr, self.children,
+                                      self.child_time, self.numbers, self.timestamps, self.vocab,
+                                      self.bits))
+
+    def column_index(self, table: str, column: str) -> int:
+        t = self.table_index[table]
+        for c in range(self.col_ptr[t], self.col_ptr[t + 1]):
+            if self.col_name[c] == column:
+                return c
+        raise KeyError(f"{table}.{column}")
+
+    def task(self, name: str) -> TaskView:
+        if name not in self._tasks:
+            if name not in self.store.tasks:
+                known = ", ".join(sorted(self.store.tasks)) or "none"
+                raise TributaryError(f"{self.store.path}: no task {name!r} (tasks: {known})")
+            self._tasks[name] = TaskView(self, name)
+        return self._tasks[name]
+
+    def kernel_graph_args(self) -> tuple:
+        return (self.time, self.time_off, self.out_ptr, self.out_fk, self.in_ptr, self.in_fk,
+                self.fk_parent_table, self.fk_child_table, self.parent, self.parent_off,
+                self.indptr, self.indptr_off, self.children, self.child_time, self.children_off,
+                self.col_ptr, self.col_slot, self.col_src, self.col_valid, self.numbers,
+                self.timestamps, self.bits, self.vocab)
+
+
+class TaskView:
+    """One task of a store as the sampler needs it."""
+
+    def __init__(self, graph: SamplerGraph, name: str) -> None:
+        task = graph.store.tasks[name]
+        meta = task.meta
+        self.name = name
+        self.graph = graph
+        self.anchor_table = graph.table_index[meta["anchor_table"]]
+        self.anchor_rows = np.asarray(task.anchor_row, dtype=np.int64)
+        self.observation_time = np.asarray(task.observation_time, dtype=np.int64)
+        self.stype = meta["target_stype"]
+        self.stype_code = graph._code[self.stype]
+        registry_slot = SLOTS[get_registry().semantic_type(self.stype).batch_slot]
+        self.slot = registry_slot
+        self.target_valid = np.asarray(task.target_valid, dtype=np.bool_)
+        self.target = (np.asarray(task.target(_FIELD[registry_slot]))
+                       if registry_slot != SLOT_NONE else None)
+        self.target_column_id = int(meta["target_column_id"])
+        if meta["target_is_anchor_column"]:
+            self.target_col = graph.column_index(meta["anchor_table"], meta["target_column"])
+        else:
+            self.target_col = graph.n_cols  # a virtual cell on the anchor row
+        self.hidden = np.zeros(graph.n_cols + 1, dtype=np.bool_)
+        for ref in meta.get("hidden_columns") or ():
+            table, column = ref.split(".", 1)
+            self.hidden[graph.column_index(table, column)] = True
+        self.candidates = (np.asarray(task.candidates, dtype=np.int32)
+                           if task.candidates is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.anchor_rows)
+
+    @cached_property
+    def col_embed(self) -> np.ndarray:
+        """Column-embedding id of each kernel column, the virtual target cell last."""
+        return np.append(self.graph.col_embed, np.int32(self.target_column_id))
+
+    @cached_property
+    def col_stype(self) -> np.ndarray:
+        return np.append(self.graph.col_stype, np.int16(self.stype_code))
+
+
+def _csr(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(owner, kind="stable").astype(np.int64)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(ptr, owner + 1, 1)
+    return np.cumsum(ptr), order
