@@ -98,3 +98,10 @@ def _parse_strings(arr: pa.Array) -> TimeConversion:
     n_bad = int(bad.sum())
     example = arr[int(np.argmax(bad))].as_py() if n_bad else None
     return TimeConversion(values.astype(np.int64), valid, n_bad, example)
+
+
+def format_epoch_us(us: int) -> str:
+    """Epoch microseconds as ISO 8601 (UTC, no zone suffix)."""
+    import datetime as _dt
+
+    return (_dt.datetime(1970, 1, 1) + _dt.timedelta(microseconds=int(us))).isoformat(sep=" ")

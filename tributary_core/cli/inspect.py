@@ -12,21 +12,49 @@ import click
 @click.command("inspect")
 @click.argument("processed", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--table", help="Show this table's columns and statistics.")
-@click.option("--row", type=click.IntRange(min=0), help="With --table: decode this row.")
+@click.option("--row", type=click.IntRange(min=0),
+              help="With --table: decode this row. With --sample: the seed (row of the task).")
 @click.option("--task", help="Show this task (seeds, targets, observation times).")
+@click.option("--sample", "sample_task", metavar="TASK",
+              help="Sample the context of seed --row of TASK and print it.")
+@click.option("--context-len", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --sample: L, the most cells.")
+@click.option("--width", type=click.IntRange(min=0), default=4, show_default=True,
+              help="With --sample: the most children per row.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --sample: sampler seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--no-verify", is_flag=True, help="Skip the checksum pass over the store.")
 def inspect(processed: Path, table: str | None, row: int | None, task: str | None,
+            sample_task: str | None, context_len: int, width: int, seed: int,
             as_json: bool, no_verify: bool) -> None:
-    """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks."""
+    """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks;
+    decode a row; or show one sampled context."""
     import numpy as np
 
     from tributary_core.errors import TributaryError
     from tributary_core.store import open_store
 
     store = open_store(processed, verify=not no_verify)
+    if sample_task is not None:
+        if sample_task not in store.tasks:
+            raise TributaryError(f"{processed}: no task {sample_task!r}; tasks: "
+                                 f"{', '.join(store.tasks)}")
+        from tributary_core.sampler import SamplerGraph, sample_batch
+        from tributary_core.sampler.show import describe_context, format_context
+
+        graph = SamplerGraph.from_store(store)
+        view = graph.task(sample_task)
+        seed_row = row or 0
+        if seed_row >= len(view):
+            raise TributaryError(f"--row: task {sample_task!r} has {len(view):,} seeds (0 to "
+                                 f"{len(view) - 1:,})")
+        batch = sample_batch(graph, view, [seed_row], context_len=context_len, width=width,
+                             sampler_seed=seed)
+        info = describe_context(graph, batch, 0)
+        click.echo(json.dumps(info, indent=2, default=str) if as_json else format_context(info))
+        return
     if row is not None and table is None:
-        raise TributaryError("--row needs --table")
+        raise TributaryError("--row needs --table or --sample")
     if table is not None and table not in store.tables:
         raise TributaryError(f"{processed}: no table {table!r}; tables: {', '.join(store.tables)}")
     if task is not None and task not in store.tasks:

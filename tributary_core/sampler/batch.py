@@ -51,7 +51,7 @@ class Batch:
     ``row_index`` (row number in its table), ``row_hops``, and ``row_parents`` ``[B, L, P]``:
     the context rows each row references (-1 none), the FK adjacency the attention masks
     come from. Per context ``[B]``: the target (position, value in the slot of its type,
-    ``target_is_null``), ``anchor_row``, ``observation_time``.
+    ``target_is_null``), ``anchor_row``, ``observation_time``, ``seed`` (row of the task file).
     """
 
     database: str
@@ -82,6 +82,8 @@ class Batch:
     target_is_null: np.ndarray
     anchor_row: np.ndarray
     observation_time: np.ndarray
+    #: Each context's seed: its row in the task file.
+    seed: np.ndarray
     candidates: np.ndarray | None
     #: The kernel's column index of each cell (for debugging views).
     cell_col: np.ndarray
@@ -156,4 +158,4 @@ def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, cont
         row_hops=row_hops, row_parents=row_parents, n_rows=n_rows,
         target_pos=np.zeros(B, dtype=np.int64), target_number=t_number, target_timestamp=t_ts,
         target_boolean=t_bool, target_vocab=t_vocab, target_is_null=~valid, anchor_row=anchor,
-        observation_time=obs, candidates=task.candidates, cell_col=cell_col)
+        observation_time=obs, seed=seeds, candidates=task.candidates, cell_col=cell_col)

@@ -19,6 +19,7 @@ from tributary_core.sampler.kernel import (
     SLOT_VOCAB,
 )
 from tributary_core.store import Store
+from tributary_core.store.format import StoreFile
 
 __all__ = ["SamplerGraph", "TaskView", "SLOTS", "stype_names"]
 
@@ -34,25 +35,28 @@ def stype_names(registry: Registry | None = None) -> list[str]:
 
 
 class _Flat:
-    """Arrays of one kind concatenated, with the offset where each part starts."""
+    """Store sections of one kind concatenated, with the offset where each part starts."""
 
     def __init__(self, dtype: Any, row_shape: tuple[int, ...] = ()) -> None:
         self.dtype, self.row_shape = np.dtype(dtype), row_shape
-        self.parts: list[np.ndarray] = []
+        self.parts: list[tuple[StoreFile, str, int]] = []
         self.size = 0
 
-    def add(self, array: np.ndarray) -> int:
+    def add(self, file: StoreFile, section: str) -> int:
+        """Queue ``section`` of ``file`` (bitmaps as packed bytes); returns its offset."""
+        s = file.sections[section]
+        n = s["nbytes"] // (self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
         at = self.size
-        self.parts.append(array)
-        self.size += len(array)
+        self.parts.append((file, section, n))
+        self.size += n
         return at
 
     def build(self) -> np.ndarray:
         out = np.empty((self.size, *self.row_shape), dtype=self.dtype)
         at = 0
-        for part in self.parts:
-            out[at : at + len(part)] = part
-            at += len(part)
+        for file, section, n in self.parts:
+            file.read_into(section, out[at : at + n])
+            at += n
         self.parts = []
         return out
 
@@ -85,7 +89,7 @@ class SamplerGraph:
             t = store.tables[name]
             self.table_rows[i] = t.rows
             if t.time is not None:
-                self.time_off[i] = times.add(t.time)
+                self.time_off[i] = times.add(t.file, t.meta["time"])
         self.time = times.build()
         # foreign keys, by child table (parents) and by parent table (children)
         fks = store.foreign_keys
@@ -94,11 +98,14 @@ class SamplerGraph:
         self.out_ptr, self.out_fk = _csr(self.fk_child_table, T)
         self.in_ptr, self.in_fk = _csr(self.fk_parent_table, T)
         parent, indptr, children, ctime = _Flat(np.int32), _Flat(np.int64), _Flat(np.int32), _Flat(np.int64)
-        self.parent_off = np.array([parent.add(fk.parent) for fk in fks], dtype=np.int64)
-        self.indptr_off = np.array([indptr.add(fk.indptr) for fk in fks], dtype=np.int64)
-        self.children_off = np.array([children.add(fk.children) for fk in fks], dtype=np.int64)
-        for fk in fks:
-            ctime.add(fk.child_time)
+        graph = store.files["graph.bin"]
+        sections = [fk.meta["sections"] for fk in fks]
+        self.parent_off = np.array([parent.add(graph, s["parent"]) for s in sections], dtype=np.int64)
+        self.indptr_off = np.array([indptr.add(graph, s["indptr"]) for s in sections], dtype=np.int64)
+        self.children_off = np.array([children.add(graph, s["children"]) for s in sections],
+                                     dtype=np.int64)
+        for s in sections:
+            ctime.add(graph, s["child_time"])
         self.parent, self.indptr = parent.build(), indptr.build()
         self.children, self.child_time = children.build(), ctime.build()
         self.max_parents = max(1, int(np.diff(self.out_ptr).max(initial=0)))
@@ -121,10 +128,8 @@ class SamplerGraph:
                                          f"{cls.batch_slot!r}; expected one of {sorted(SLOTS)}")
                 src = -1
                 if slot != SLOT_NONE:
-                    section = cmeta["fields"][_FIELD[slot]]
-                    data = table.file.raw(section) if slot == SLOT_BOOLEAN else table.file.array(section)
-                    src = flat[slot].add(data)
-                cols["valid"].append(bits.add(table.file.raw(cmeta["valid"])))
+                    src = flat[slot].add(table.file, cmeta["fields"][_FIELD[slot]])
+                cols["valid"].append(bits.add(table.file, cmeta["valid"]))
                 cols["table"].append(ti)
                 cols["slot"].append(slot)
                 cols["src"].append(src)
@@ -211,6 +216,35 @@ class TaskView:
             self.hidden[graph.column_index(table, column)] = True
         self.candidates = (np.asarray(task.candidates, dtype=np.int32)
                            if task.candidates is not None else None)
+
+    @classmethod
+    def for_rows(cls, graph: SamplerGraph, table: str) -> TaskView:
+        """Every row of ``table`` as a seed, seen at its own time (untimed: everything visible),
+        with no target: contexts for benchmarks and self-supervised pre-training."""
+        if table not in graph.table_index:
+            raise TributaryError(f"{graph.store.path}: no table {table!r}")
+        view = object.__new__(cls)
+        t = graph.store.tables[table]
+        view.name = f"{table}:rows"
+        view.graph = graph
+        view.anchor_table = graph.table_index[table]
+        view.anchor_rows = np.arange(t.rows, dtype=np.int64)
+        no_cutoff = np.iinfo(np.int64).max
+        if t.time is None:
+            view.observation_time = np.full(t.rows, no_cutoff, dtype=np.int64)
+        else:
+            time = np.asarray(t.time, dtype=np.int64)
+            view.observation_time = np.where(time == np.iinfo(np.int64).min, no_cutoff, time)
+        view.stype = "ignored"
+        view.stype_code = -1
+        view.slot = SLOT_NONE
+        view.target_valid = np.zeros(t.rows, dtype=np.bool_)
+        view.target = None
+        view.target_column_id = -1
+        view.target_col = -1
+        view.hidden = np.zeros(graph.n_cols + 1, dtype=np.bool_)
+        view.candidates = None
+        return view
 
     def __len__(self) -> int:
         return len(self.anchor_rows)

@@ -299,7 +299,7 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
                 m += 1
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def sample_contexts(time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table, fk_child_table,
                     parent, parent_off, indptr, indptr_off, children, child_time, children_off,
                     col_ptr, col_slot, col_src, col_valid, numbers, timestamps, bits, vocab_flat,

