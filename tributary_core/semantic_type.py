@@ -179,11 +179,16 @@ class SemanticType:
 
     # -- model -----------------------------------------------------------------------------
 
-    def value_encoder(self, d_model: int) -> torch.nn.Module:
-        """The module mapping this type's encoded values to ``(..., d_model)`` vectors."""
-        raise NotImplementedError(
-            f"semantic type {self.name!r} does not implement value_encoder()"
-        )
+    def value_encoder(self, d_model: int, d_text: int) -> torch.nn.Module:
+        """The module mapping this type's cells, as its ``batch_slot`` holds them, to
+        ``(N, d_model)``: ``number`` (N, 1), ``timestamp`` (N, 15), ``boolean`` (N, 1),
+        ``vocab`` (N, d_text) text embeddings, ``none`` (N, 0). The default is
+        :func:`tributary_core.nn.slot_encoder` for the slot."""
+        if self.is_ignored:
+            raise NotImplementedError(f"semantic type {self.name!r} has no cells to encode")
+        from tributary_core.nn import slot_encoder
+
+        return slot_encoder(self.batch_slot, d_model, d_text)
 
     @property
     def can_be_target(self) -> bool:

@@ -147,3 +147,144 @@ def make_embedder(name: str, model: str | None, dimension: int, options: tuple[s
         except ValueError:
             raise TributaryError(f"-E {item!r}: {value!r} is not a valid {key}") from None
     return registry.create_embedder(name, model=model, dimension=dimension, **kwargs)
+
+
+def _store_path(db: str) -> str:
+    """A store given by path, or by database name under data/processed."""
+    path = Path(db)
+    if (path / "metadata.json").exists():
+        return str(path)
+    named = Path("data/processed") / db
+    if (named / "metadata.json").exists():
+        return str(named)
+    from tributary_core.errors import TributaryError
+
+    raise TributaryError(f"--db {db}: no store at {path} or {named} (run `tributary run preprocess "
+                         f"--db {db}` first)")
+
+
+@run.command("train")
+@click.option("--db", "dbs", multiple=True, required=True,
+              help="A preprocessed store: a path or a name under data/processed. Repeat for several.")
+@click.option("--tasks", default=None, help="Comma-separated task names (task or db/task) [default: all].")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Cells per context (L).")
+@click.option("--width", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Children per row the sampler takes at most.")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient norm clip.")
+@click.option("--d-model", type=click.IntRange(min=3), default=128, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(min=3), default=4, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--val-batches", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--ckpt-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-start", default=None, metavar="TIME",
+              help="Temporal split: seeds observed from TIME on are validation (with --test-start).")
+@click.option("--test-start", default=None, metavar="TIME", help="Temporal split: test from TIME on.")
+@click.option("--sampler-threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for distributed data-parallel training on this machine.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Run folder, e.g. runs/flights. An existing one is resumed.")
+@click.option("--force", is_flag=True, help="Delete an existing run folder and start over.")
+def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_size: int, seq_len: int,
+                  width: int, lr: float, weight_decay: float, warmup: int, clip: float, d_model: int,
+                  layers: int, heads: int, val_every: int, val_batches: int, ckpt_every: int,
+                  seed: int, val_start: str | None, test_start: str | None, sampler_threads: int,
+                  nproc: int, out: Path, force: bool) -> None:
+    """Train a relational transformer on the tasks of one or more stores.
+
+    Runs on the GPU when there is one (bf16 autocast). A run folder that already holds
+    checkpoints is resumed from the latest. Under torchrun each rank trains on its shard.
+    """
+    from tributary_core.errors import TributaryError
+    from tributary_core.train.distributed import launch
+    from tributary_core.train.trainer import TrainConfig
+
+    if (val_start is None) != (test_start is None):
+        raise TributaryError("--val-start and --test-start go together")
+    if d_model % heads:
+        raise TributaryError(f"--d-model {d_model} must be a multiple of --heads {heads}")
+    config = TrainConfig(
+        stores=[_store_path(d) for d in dbs],
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+        steps=steps, batch_size=batch_size, seq_len=seq_len, width=width, lr=lr,
+        weight_decay=weight_decay, warmup=warmup, clip=clip, d_model=d_model, n_layers=layers,
+        n_heads=heads, val_every=val_every, val_batches=val_batches, ckpt_every=ckpt_every,
+        seed=seed, sampler_threads=sampler_threads,
+        val_start=_parse_cutoff(val_start) if val_start else None,
+        test_start=_parse_cutoff(test_start) if test_start else None)
+    launch(config, out, nproc=nproc, force=force, progress=True)
+    click.echo(f"wrote {out}: model.pt, metrics.jsonl, curves.png; evaluate with "
+               f"`tributary run evaluate --run {out}`")
+
+
+@run.command("evaluate")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Contexts per forward pass [default: the run's].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def evaluate_command(run_dir: Path, split: str, batch_size: int | None, as_json: bool) -> None:
+    """Metrics of a trained run per task, beside the majority/mean of the training labels."""
+    import json
+
+    from tributary_core.train.evaluate import evaluate
+
+    results = evaluate(run_dir, split=split, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"{'task':<44} {'metric':<10} {'model':>10} {'baseline':>10}  ({split} split)")
+    for task, entry in results.items():
+        for name, value in entry["metrics"].items():
+            base = entry["baseline"].get(name)
+            click.echo(f"{task:<44} {name:<10} {_num(value):>10} {_num(base):>10}")
+            task = ""
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@run.command("predict")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--task", required=True, help="Task name (task or db/task).")
+@click.option("--rows", default=None, help="Seeds (rows of the task), e.g. 0,5,9 or 0-99 [default: all].")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Parquet file to write.")
+def predict_command(run_dir: Path, task: str, rows: str | None, out: Path) -> None:
+    """Predict a task's targets with a trained run and write them as parquet."""
+    import pyarrow.parquet as pq
+
+    from tributary_core.train.evaluate import predict
+
+    table = predict(run_dir, task, seeds=_parse_rows(rows) if rows else None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    click.echo(f"wrote {out}: {table.num_rows:,} predictions")
+
+
+def _parse_rows(text: str) -> list[int]:
+    from tributary_core.errors import TributaryError
+
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise TributaryError(f"--rows: {text!r} is not a list like 0,5,9 or 0-99") from None
+    return out

@@ -18,7 +18,7 @@ from tributary_core.sampler.kernel import (
     sample_contexts,
 )
 
-__all__ = ["Batch", "sample_batch", "context_seeds"]
+__all__ = ["Batch", "sample_batch", "context_seeds", "target_arrays"]
 
 _M64 = (1 << 64) - 1
 
@@ -106,6 +106,26 @@ class Batch:
         return out
 
 
+def target_arrays(task: TaskView, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The labels of ``seeds``, each in the slot of the target's type (zeros elsewhere):
+    ``(number (B,), timestamp (B, 15), boolean (B,), vocab (B,), valid (B,))``."""
+    B = len(seeds)
+    t_number = np.zeros(B, dtype=np.float32)
+    t_ts = np.zeros((B, N_TS), dtype=np.float32)
+    t_bool = np.zeros(B, dtype=np.bool_)
+    t_vocab = np.zeros(B, dtype=np.int64)
+    valid = task.target_valid[seeds]
+    if task.slot == SLOT_NUMBER:
+        t_number = np.where(valid, task.target[seeds], 0).astype(np.float32)
+    elif task.slot == SLOT_TIMESTAMP:
+        t_ts = np.where(valid[:, None], task.target[seeds], 0).astype(np.float32)
+    elif task.slot == SLOT_BOOLEAN:
+        t_bool = valid & task.target[seeds].astype(np.bool_)
+    elif task.slot == SLOT_VOCAB:
+        t_vocab = np.where(valid, task.target[seeds], 0).astype(np.int64)
+    return t_number, t_ts, t_bool, t_vocab, valid
+
+
 def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, context_len: int = 1024,
                  width: int = 16, sampler_seed: int = 0, draw: int = 0, n_threads: int = 1) -> Batch:
     """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows)."""
@@ -136,20 +156,7 @@ def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, cont
                     column_id, stype, row, number, timestamp, boolean, vocab, is_null, is_target,
                     n_cells, row_table, row_index, row_hops, row_parents, n_rows)
     is_padding = np.arange(L, dtype=np.int32)[None, :] >= n_cells[:, None]
-    # targets, each in the slot of its type (zeros elsewhere)
-    t_number = np.zeros(B, dtype=np.float32)
-    t_ts = np.zeros((B, N_TS), dtype=np.float32)
-    t_bool = np.zeros(B, dtype=np.bool_)
-    t_vocab = np.zeros(B, dtype=np.int64)
-    valid = task.target_valid[seeds]
-    if task.slot == SLOT_NUMBER:
-        t_number = np.where(valid, task.target[seeds], 0).astype(np.float32)
-    elif task.slot == SLOT_TIMESTAMP:
-        t_ts = np.where(valid[:, None], task.target[seeds], 0).astype(np.float32)
-    elif task.slot == SLOT_BOOLEAN:
-        t_bool = valid & task.target[seeds].astype(np.bool_)
-    elif task.slot == SLOT_VOCAB:
-        t_vocab = np.where(valid, task.target[seeds], 0).astype(np.int64)
+    t_number, t_ts, t_bool, t_vocab, valid = target_arrays(task, seeds)
     return Batch(
         database=graph.name, task=task.name, target_stype=task.stype,
         stype_names=graph.stype_names, column_id=column_id, stype=stype, row=row, number=number,

@@ -42,6 +42,11 @@ class SampledTask:
     def key(self) -> str:
         return f"{self.graph.name}/{self.view.name}"
 
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The target's statistics from the store (e.g. ``mean`` and ``std``)."""
+        return self.graph.store.tasks[self.view.name].meta.get("stats") or {}
+
 
 class Sampler:
     """Contexts from one or more stores.
@@ -140,6 +145,18 @@ class Sampler:
                     order[i], at[i] = rng.permutation(live[i].seeds), 0
                     passes[i] += 1
             yield self.batch(live[i], np.concatenate(take), draw=passes[i])
+
+    def batch_at(self, step: int) -> Batch:
+        """Training batch number ``step``: a pure function of (seed, rank, step), so a resumed
+        run sees exactly the batches an uninterrupted one would. The task is drawn by weight
+        the same on every rank; the seeds are drawn (with replacement) from this rank's shard."""
+        live = [t for t in self.tasks if len(t.seeds)]
+        if not live:
+            raise TributaryError(f"no seeds in the {self.split!r} split for rank {self.rank}")
+        weights = np.array([t.weight for t in live])
+        i = int(np.random.default_rng([self.seed, step, 1]).choice(len(live), p=weights / weights.sum()))
+        seeds = np.random.default_rng([self.seed, self.rank, step, 2]).choice(live[i].seeds, self.batch_size)
+        return self.batch(live[i], seeds, draw=step)
 
     def evaluation(self, task: str | None = None) -> Iterator[Batch]:
         """One ordered pass over this rank's seeds of the split (per task, the last batch

@@ -1,0 +1,50 @@
+"""``bce``: boolean targets. The head gives a logit; binary cross-entropy; AUROC and accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from tributary_core.loss import LossHead
+
+from ._metrics import auroc
+
+
+class BCE(LossHead):
+    name = "bce"
+    description = "boolean targets: binary cross-entropy on a logit"
+    metrics = ("auroc", "accuracy")
+    higher_is_better = {"auroc": True, "accuracy": True}
+
+    def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
+        return _Logit(d_model)
+
+    def target(self, batch):
+        return batch["target_boolean"].float()
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(prediction, target.float())
+
+    def compute_metrics(self, prediction, target, stats):
+        return {"auroc": auroc(prediction, target),
+                "accuracy": float(((prediction > 0) == target.bool()).float().mean())}
+
+    def baseline(self, train_target: torch.Tensor, n: int) -> torch.Tensor:
+        p = float(train_target.float().mean()) if len(train_target) else 0.5
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return torch.full((n,), math.log(p / (1 - p)))
+
+    def decode(self, prediction: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(prediction.float()).cpu().numpy()
+
+
+class _Logit(nn.Module):
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(d_model, 1)
+
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(hidden).squeeze(-1)  # (N, d_model) -> (N,)

@@ -1,0 +1,66 @@
+"""``huber``: numerical and timestamp targets, Huber loss on normalised values.
+
+Numerical: one z-score. Timestamp: the 15 features; the loss weighs the epoch component (the
+z-scored time itself) apart from the 14 sin/cos ones: ``(1 - w) * mean(cyclic) + w * epoch``
+with ``w = epoch_weight`` (0.5), so getting the date right counts as much as all the cycles
+together. Metrics are on the value (numerical) or the epoch component (timestamp): MAE in the
+column's units (the z-score error times the target's std; days for timestamps) and R².
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tributary_core.loss import LossHead
+
+from ._metrics import r2
+
+US_PER_DAY = 86_400e6
+
+
+class Huber(LossHead):
+    name = "huber"
+    description = "numerical and timestamp targets: Huber loss on z-scores"
+    metrics = ("mae", "r2")
+    higher_is_better = {"mae": False, "r2": True}
+    delta = 1.0
+    epoch_weight = 0.5
+
+    def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
+        return _Regression(d_model, 15 if target_stype == "timestamp" else 1)
+
+    def target(self, batch):
+        if batch["target_stype"] == "timestamp":
+            return batch["target_timestamp"]  # (N, 15)
+        return batch["target_number"][:, None]  # (N, 1)
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        err = nn.functional.huber_loss(prediction, target, reduction="none", delta=self.delta)
+        if err.shape[-1] == 15:
+            return (1 - self.epoch_weight) * err[:, :14].mean() + self.epoch_weight * err[:, 14].mean()
+        return err.mean()
+
+    def compute_metrics(self, prediction, target, stats):
+        p, t = prediction[:, -1].double(), target[:, -1].double()
+        scale = float(stats.get("std") or 1.0)
+        if prediction.shape[-1] == 15:
+            scale = float((stats.get("database") or stats).get("std") or US_PER_DAY) / US_PER_DAY
+        return {"mae": float((p - t).abs().mean()) * scale, "r2": r2(p, t)}
+
+    def baseline(self, train_target: torch.Tensor, n: int) -> torch.Tensor:
+        mean = train_target.float().mean(0) if len(train_target) else torch.zeros(train_target.shape[1:])
+        return mean.expand(n, *mean.shape).clone()
+
+    def decode(self, prediction: torch.Tensor) -> np.ndarray:
+        return prediction[:, -1].float().cpu().numpy()
+
+
+class _Regression(nn.Module):
+    def __init__(self, d_model: int, width: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(d_model, width)
+
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(hidden)  # (N, d_model) -> (N, 1) or (N, 15)

@@ -1,0 +1,62 @@
+"""``infonce``: categorical targets, scored against the frozen text embeddings of the target
+column's categories (InfoNCE: cross-entropy over the candidates, temperature learned)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from tributary_core.loss import LossHead
+
+from ._metrics import macro_f1
+
+
+class InfoNCE(LossHead):
+    name = "infonce"
+    description = "categorical targets: InfoNCE against the categories' text embeddings"
+    metrics = ("accuracy", "macro_f1")
+    higher_is_better = {"accuracy": True, "macro_f1": True}
+
+    def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
+        return _Contrast(d_model, d_text)
+
+    def target(self, batch):
+        # the target's position among the candidates (-1 if it is not one of them)
+        cands = batch["candidates"]
+        match = batch["target_vocab"][:, None] == cands[None, :].to(batch["target_vocab"].dtype)
+        return torch.where(match.any(1), match.float().argmax(1), torch.full_like(match[:, 0], -1,
+                                                                                   dtype=torch.long))
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(prediction, target.long(), ignore_index=-1)
+
+    def compute_metrics(self, prediction, target, stats):
+        pred = prediction.argmax(-1)
+        return {"accuracy": float((pred == target).float().mean()),
+                "macro_f1": macro_f1(pred, target.long())}
+
+    def baseline(self, train_target: torch.Tensor, n: int) -> torch.Tensor:
+        k = int(train_target.max()) + 1 if len(train_target) else 1
+        counts = torch.bincount(train_target[train_target >= 0].long(), minlength=k)
+        out = torch.zeros(n, max(k, 1))
+        out[:, int(counts.argmax())] = 1.0
+        return out
+
+    def decode(self, prediction: torch.Tensor) -> np.ndarray:
+        return prediction.argmax(-1).cpu().numpy()
+
+
+class _Contrast(nn.Module):
+    def __init__(self, d_model: int, d_text: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, d_text)
+        self.key = nn.Linear(d_text, d_text)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        q = nn.functional.normalize(self.query(hidden), dim=-1)  # (N, d_text)
+        k = nn.functional.normalize(self.key(candidates), dim=-1)  # (K, d_text)
+        return self.log_scale.exp() * q @ k.T  # (N, K)

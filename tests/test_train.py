@@ -1,0 +1,353 @@
+"""Loss heads, the model's attention masks, training with real torch steps, resume after
+SIGKILL, divergence, DDP on two gloo processes, evaluation and prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sampler import make_shop
+from tributary_plugins.losses._metrics import auroc, macro_f1, r2
+
+from tributary_core import get_registry
+from tributary_core.cli import cli
+from tributary_core.sampler import Sampler, SamplerGraph, sample_batch
+from tributary_core.train import TrainConfig, evaluate, load_run, predict, read_metrics, train
+from tributary_core.train.model import RelationalTransformer, _Block, attention_masks
+from tributary_core.train.trainer import batch_loss, build_model
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return make_shop(tmp_path_factory.mktemp("shop"), 0, 40, 60, 80, dimension=8)
+
+
+def small_config(store, **kw) -> TrainConfig:
+    base = dict(stores=[str(store.path)], steps=8, batch_size=4, seq_len=32, width=3, d_model=24,
+                n_layers=2, n_heads=3, warmup=2, val_every=4, val_batches=2, ckpt_every=4, lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# -- loss heads -------------------------------------------------------------------------------
+
+
+def _fake_targets(stype: str, n: int, k: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"target_stype": stype, "target_number": torch.randn(n, generator=g),
+            "target_timestamp": torch.randn(n, 15, generator=g),
+            "target_boolean": torch.arange(n) % 2 == 0, "target_vocab": torch.arange(n) % k + 10,
+            "target_is_null": torch.arange(n) % 3 == 0,
+            "candidates": torch.arange(10, 10 + k, dtype=torch.int32)}
+
+
+def _cases():
+    registry = get_registry()
+    out = []
+    for name, cls in registry.semantic_types.items():
+        for loss in cls.target_losses:
+            out.append((loss, name))
+    out.append(("null", "boolean"))
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize(("loss_name", "stype"), _cases())
+def test_loss_head_contract(loss_name, stype):
+    """What every registered loss head must do, for each type that trains with it."""
+    head = get_registry().loss_head(loss_name)
+    assert head.metrics, f"{loss_name} names no metrics"
+    module = head.build_head(16, 8, stype)
+    hidden = torch.randn(6, 16, requires_grad=True)
+    candidates = torch.randn(3, 8)
+    batch = _fake_targets(stype, 6, 3)
+    prediction = module(hidden, candidates)
+    target = head.target(batch)
+    loss = head.loss(prediction, target)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in module.parameters()] + [hidden.grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    metrics = head.compute_metrics(prediction.detach(), target, {"std": 2.0})
+    assert set(metrics) == set(head.metrics)
+    base = head.baseline(target, 6)
+    assert base.shape[0] == 6 and set(head.compute_metrics(base, target, {})) == set(head.metrics)
+    assert len(head.decode(prediction.detach())) == 6
+    assert set(head.higher_is_better) == set(head.metrics)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=30))
+def test_auroc_is_the_pairwise_probability(pairs):
+    score = torch.tensor([float(s) for s, _ in pairs])
+    label = torch.tensor([y for _, y in pairs])
+    pos, neg = score[label], score[~label]
+    got = auroc(score, label)
+    if len(pos) == 0 or len(neg) == 0:
+        assert np.isnan(got)
+        return
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    assert got == pytest.approx(wins / (len(pos) * len(neg)))
+
+
+def test_macro_f1_and_r2():
+    pred, label = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2])
+    # class 0: tp1 fp1 fn0 -> 2/3; class 1: tp1 fp0 fn1 -> 2/3; class 2: 1
+    assert macro_f1(pred, label) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert r2(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
+    assert r2(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == 0.0
+
+
+# -- attention masks --------------------------------------------------------------------------
+
+
+def _masks_by_definition(batch, i):
+    n = int(batch.n_cells[i])
+    S = batch.row.shape[1]
+    col, row = batch.column_id[i], batch.row[i]
+    refs = {(k, int(p)) for k in range(int(batch.n_rows[i])) for p in batch.row_parents[i, k] if p >= 0}
+    out = np.zeros((3, S, S), dtype=bool)
+    for a in range(S):
+        for b in range(S):
+            if a == b:
+                out[:, a, b] = True
+            elif a < n and b < n:
+                same = row[a] == row[b]
+                out[0, a, b] = col[a] == col[b]
+                out[1, a, b] = same or (int(row[a]), int(row[b])) in refs
+                out[2, a, b] = same or (int(row[b]), int(row[a])) in refs
+    return out
+
+
+def test_attention_masks_follow_their_definitions(shop):
+    graph = SamplerGraph.from_store(shop)
+    view = graph.task("big_order")
+    batch = sample_batch(graph, view, np.arange(6), context_len=40, width=3)
+    t = batch.to_torch()
+    masks = attention_masks(t["row"], t["row_parents"], t["column_id"], t["is_padding"]).numpy()
+    for i in range(len(batch)):
+        np.testing.assert_array_equal(masks[i], _masks_by_definition(batch, i))
+
+
+@pytest.mark.parametrize("pattern", [0, 1, 2])
+def test_each_mask_is_all_a_cell_sees(shop, pattern):
+    """Changing a cell outside a cell's allowed set leaves that cell's output unchanged, and
+    changing one inside changes it."""
+    graph = SamplerGraph.from_store(shop)
+    batch = sample_batch(graph, graph.task("big_order"), np.arange(3), context_len=40, width=3).to_torch()
+    allowed = attention_masks(batch["row"], batch["row_parents"], batch["column_id"], batch["is_padding"])
+    mask = torch.zeros(allowed.shape[0], 1, *allowed.shape[2:]).masked_fill(~allowed[:, pattern:pattern + 1],
+                                                                              float("-inf"))
+    torch.manual_seed(0)
+    block = _Block(12, 3, 24, 0.0).eval()
+    x = torch.randn(3, 40, 12)
+    base = block(x, [mask, mask, mask])
+    checked_out = checked_in = 0
+    for b in range(3):
+        for i in (0, 5, 17):
+            for j in range(40):
+                if i == j:
+                    continue
+                y = x.clone()
+                y[b, j] += 3.0 * torch.randn(12)  # not a constant shift: LayerNorm removes those
+                changed = not torch.allclose(block(y, [mask, mask, mask])[b, i], base[b, i], atol=1e-6)
+                if allowed[b, pattern, i, j]:
+                    checked_in += 1
+                    assert changed
+                else:
+                    checked_out += 1
+                    assert not changed
+    assert checked_out > 50 and checked_in > 5
+
+
+def test_padding_never_reaches_real_cells(shop):
+    graph = SamplerGraph.from_store(shop)
+    batch = sample_batch(graph, graph.task("user_kind"), np.arange(4), context_len=64, width=1).to_torch()
+    assert batch["is_padding"].any()
+    torch.manual_seed(0)
+    model = RelationalTransformer(graph.stype_names, 8, d_model=12, n_layers=2, n_heads=3).eval()
+    col = torch.from_numpy(np.asarray(shop.column_embeddings, np.float32))
+    voc = torch.from_numpy(np.asarray(shop.vocab_embeddings, np.float32))
+    out = model(batch, col, voc)
+    noisy = dict(batch)
+    pad = batch["is_padding"]
+    noisy["number"] = batch["number"].masked_fill(pad, 123.0)
+    noisy["column_id"] = batch["column_id"].masked_fill(pad, 1)
+    noisy["stype"] = batch["stype"].masked_fill(pad, 1)
+    again = model(noisy, col, voc)
+    real = ~pad
+    assert torch.allclose(out["hidden"][real], again["hidden"][real], atol=1e-6)
+    assert torch.isfinite(out["hidden"]).all()
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def test_training_runs_and_writes_a_run(shop, tmp_path):
+    config = small_config(shop, steps=24, val_every=8, ckpt_every=8)
+    train(config, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert any("val_loss" in r for r in rows)
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert state["step"] == 24
+    run = load_run(tmp_path / "run")
+    results = evaluate(run, split="test")
+    assert set(results) == {"shop/big_order", "shop/user_kind"}
+    for entry in results.values():
+        assert entry["labelled"] > 0 and entry["seeds"] >= entry["labelled"]
+        assert set(entry["metrics"]) == set(entry["baseline"]) == set(
+            get_registry().loss_head(entry["loss_head"]).metrics)
+    table = predict(run, "big_order", seeds=[0, 3, 5])
+    assert table.column("seed").to_pylist() == [0, 3, 5]
+    probs = table.column("prediction").to_pylist()
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    kinds = predict(run, "user_kind").column("prediction").to_pylist()
+    assert set(kinds) <= {"a", "b", "c"} and len(kinds) == len(shop.tasks["user_kind"])
+
+
+def test_learning_happens(shop, tmp_path):
+    """A real signal (order amount > 50, with the amount visible) is learned in a few steps."""
+    config = small_config(shop, tasks=["big_order"], steps=60, val_every=60, ckpt_every=60,
+                          batch_size=16, lr=3e-3, warmup=5)
+    train(config, tmp_path / "run")
+    rows = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert np.mean(rows[-10:]) < np.mean(rows[:10])
+
+
+def _cli_train(out, *extra):
+    return [sys.executable, "-m", "tributary_core.cli", "run", "train", "--out", str(out), *extra]
+
+
+def test_sigkill_then_resume_gives_the_same_losses(shop, tmp_path):
+    args = ["--db", str(shop.path), "--steps", "40", "--batch-size", "4", "--seq-len", "32",
+            "--d-model", "24", "--layers", "2", "--heads", "3", "--warmup", "3",
+            "--val-every", "20", "--ckpt-every", "5"]
+    whole = subprocess.run(_cli_train(tmp_path / "whole", *args), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(_cli_train(tmp_path / "cut", *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(read_metrics(tmp_path / "cut")) >= 12:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    logged = len(read_metrics(tmp_path / "cut"))
+    assert 12 <= logged < 40, "the run was not killed half-way"
+    resumed = subprocess.run(_cli_train(tmp_path / "cut", *args), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "whole")]
+    b = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "cut")]
+    assert [s for s, _ in b] == list(range(1, 41))
+    np.testing.assert_allclose([x for _, x in b], [x for _, x in a], rtol=1e-5, atol=1e-6)
+    wa = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_divergence_stops_with_a_kept_checkpoint(shop, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "train", "--db", str(shop.path), "--steps", "50",
+                                      "--batch-size", "4", "--seq-len", "16", "--d-model", "12",
+                                      "--layers", "1", "--heads", "3", "--lr", "1e30", "--warmup", "0",
+                                      "--ckpt-every", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert "the loss is" in line and "training stopped; the last checkpoint is" in line
+    kept = line.split("the last checkpoint is ")[1].split(". Lower")[0]
+    state = torch.load(kept, weights_only=True)
+    assert state["step"] >= 1 and "Traceback" not in result.output
+
+
+def test_run_folder_with_other_settings_is_refused(shop, tmp_path):
+    train(small_config(shop, steps=2, val_every=2, ckpt_every=2), tmp_path / "run")
+    from tributary_core.errors import TributaryError
+
+    with pytest.raises(TributaryError, match=r"holds a run with other settings \(lr\)"):
+        train(small_config(shop, steps=2, val_every=2, ckpt_every=2, lr=1.0), tmp_path / "run")
+
+
+def test_cli_evaluate_and_predict(shop, tmp_path):
+    train(small_config(shop, steps=4, val_every=4, ckpt_every=4), tmp_path / "run")
+    out = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run"), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert set(data["shop/big_order"]["metrics"]) == {"auroc", "accuracy"}
+    table = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run")])
+    assert "baseline" in table.output and "shop/user_kind" in table.output
+    pred = CliRunner().invoke(cli, ["run", "predict", "--run", str(tmp_path / "run"), "--task",
+                                    "user_kind", "--rows", "0-2,4", "--out", str(tmp_path / "p.parquet")])
+    assert pred.exit_code == 0, pred.output
+    assert pq.read_table(tmp_path / "p.parquet").column("seed").to_pylist() == [0, 1, 2, 4]
+    bad = CliRunner().invoke(cli, ["run", "predict", "--run", str(tmp_path / "run"), "--task", "nope",
+                                   "--out", str(tmp_path / "q.parquet")])
+    assert bad.exit_code == 2 and "the run has no task 'nope'" in bad.output
+    missing = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path)])
+    assert missing.exit_code == 2 and "is not a training run" in missing.output
+
+
+# -- distributed ------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank, world, port, config, out, result_dir):
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = train(config, out)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+               f"{result_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_match_one_process(shop, tmp_path):
+    import torch.multiprocessing as mp
+
+    from tributary_core.train.distributed import _free_port
+
+    config = small_config(shop, steps=5, val_every=100, ckpt_every=100, batch_size=3)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path / "run"), str(tmp_path)),
+             nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks hold different parameters"
+    # the same steps in one process: each step's loss is the mean over both ranks' batches
+    torch.manual_seed(config.seed)
+    model = build_model(config, shop.embedder.dimension)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    from tributary_core.train.trainer import _embeddings, _schedule
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
+    samplers = [Sampler([shop], batch_size=3, context_len=config.seq_len, width=config.width,
+                        seed=config.seed, rank=r, world_size=2, splitter=config.splitter())
+                for r in range(2)]
+    emb = {shop.name: _embeddings(shop, torch.device("cpu"))}
+    losses = []
+    for step in range(1, config.steps + 1):
+        parts = [batch_loss(model, s.batch_at(step), emb, torch.device("cpu"), config.null_weight)[0]
+                 for s in samplers]
+        loss = (parts[0] + parts[1]) / 2
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        opt.step()
+        sched.step()
+    logged = [r["loss"] for r in read_metrics(tmp_path / "run")]
+    np.testing.assert_allclose(logged, losses, rtol=1e-4, atol=1e-5)
+    single = model.state_dict()
+    assert all(torch.allclose(single[k], r0[k], atol=1e-4) for k in r0)

@@ -1,0 +1,44 @@
+"""Value encoders: ``(N, slot width) -> (N, d_model)``.
+
+The model hands each semantic type's encoder the cells of that type, as the type's batch slot
+holds them: ``number`` (N, 1) z-scores, ``timestamp`` (N, 15) features, ``boolean`` (N, 1) 0/1,
+``vocab`` (N, d_text) the frozen text embeddings of the cells' vocabulary entries, ``none``
+(N, 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SLOT_WIDTH = {"number": 1, "timestamp": 15, "boolean": 1, "none": 0}
+
+
+class LinearEncoder(nn.Module):
+    """A linear map of the slot's values, then a GELU and a second linear map."""
+
+    def __init__(self, d_in: int, d_model: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.net(values)  # (N, d_in) -> (N, d_model)
+
+
+class PresenceEncoder(nn.Module):
+    """For types with no value (identifiers): one learned vector for "present"."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.present = nn.Parameter(torch.randn(d_model) * 0.02)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        return self.present.expand(values.shape[0], -1)  # (N, 0) -> (N, d_model)
+
+
+def slot_encoder(slot: str, d_model: int, d_text: int) -> nn.Module:
+    """The default encoder for a batch slot."""
+    if slot == "none":
+        return PresenceEncoder(d_model)
+    width = d_text if slot == "vocab" else SLOT_WIDTH[slot]
+    return LinearEncoder(width, d_model)

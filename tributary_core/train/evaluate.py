@@ -1,0 +1,131 @@
+"""Evaluation and prediction with a trained run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from tributary_core.errors import TributaryError
+from tributary_core.registry import get_registry
+from tributary_core.sampler import SampledTask
+from tributary_core.sampler.batch import target_arrays
+from tributary_core.timeconv import format_epoch_us
+from tributary_core.train.trainer import Run, batch_loss, load_run
+
+__all__ = ["evaluate", "predict"]
+
+
+def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of ``seeds`` straight from the task file (no sampling), and which are not null."""
+    number, ts, boolean, vocab, valid = target_arrays(task.view, seeds)
+    tensors = {"target_number": torch.from_numpy(number), "target_timestamp": torch.from_numpy(ts),
+               "target_boolean": torch.from_numpy(boolean), "target_vocab": torch.from_numpy(vocab),
+               "target_is_null": torch.from_numpy(~valid), "target_stype": task.view.stype,
+               "candidates": (torch.from_numpy(task.view.candidates)
+                              if task.view.candidates is not None else None)}
+    target = head.target(tensors)
+    keep = torch.from_numpy(valid)
+    if target.dim() == 1 and target.dtype == torch.long:
+        keep &= target >= 0
+    return target, keep
+
+
+@torch.no_grad()
+def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None) -> dict[str, Any]:
+    """Per task of the run: the model's metrics on ``split`` beside those of the majority/mean
+    of the training split's labels."""
+    run = run if isinstance(run, Run) else load_run(run)
+    registry = get_registry()
+    sampler = run.sampler(split, batch_size=batch_size or run.config.batch_size)
+    train = run.sampler("train")
+    results: dict[str, Any] = {}
+    for task in sampler.tasks:
+        loss_name = run.model.loss_of.get(task.view.stype)
+        if loss_name is None:
+            continue
+        head = registry.loss_head(loss_name)
+        preds, targets, losses = [], [], []
+        for batch in sampler.evaluation(task.key):
+            loss, out = batch_loss(run.model, batch, run.embeddings, run.device, run.config.null_weight)
+            losses.append(float(loss) * len(batch))
+            t = batch.to_torch(run.device)
+            target = head.target(t)
+            keep = ~t["target_is_null"]
+            if target.dim() == 1 and target.dtype == torch.long:
+                keep &= target >= 0
+            preds.append(out["prediction"][keep].float().cpu())
+            targets.append(target[keep].cpu())
+        n = sum(len(t) for t in targets)
+        entry: dict[str, Any] = {"split": split, "seeds": int(len(task.seeds)), "labelled": n,
+                                 "loss": (sum(losses) / len(task.seeds)) if len(task.seeds) else None,
+                                 "loss_head": loss_name, "metrics": {}, "baseline": {}}
+        if n:
+            pred, target = torch.cat(preds), torch.cat(targets)
+            entry["metrics"] = _clean(head.compute_metrics(pred, target, task.stats))
+            train_task = next(t for t in train.tasks if t.key == task.key)
+            train_target, keep = _labels(head, train_task, train_task.seeds)
+            base = head.baseline(train_target[keep], n)
+            if base.dim() == 2 and pred.dim() == 2 and base.shape[1] != pred.shape[1]:
+                wide = torch.zeros(n, pred.shape[1])  # categories unseen in training: never picked
+                wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
+                base = wide
+            entry["baseline"] = _clean(head.compute_metrics(base, target, task.stats))
+        results[task.key] = entry
+    return results
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+            for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = None,
+            batch_size: int | None = None) -> pa.Table:
+    """Predictions for ``task`` (``"task"`` or ``"db/task"``) at ``seeds`` (rows of the task
+    file; default all): one row per seed with ``anchor_row``, ``observation_time``,
+    ``prediction`` (probability, category, value in the column's units, or time) and ``p_null``."""
+    run = run if isinstance(run, Run) else load_run(run)
+    registry = get_registry()
+    sampler = run.sampler("train", batch_size=batch_size or run.config.batch_size)
+    matches = [t for t in sampler.tasks if task in (t.view.name, t.key)]
+    if not matches:
+        known = ", ".join(t.key for t in sampler.tasks)
+        raise TributaryError(f"the run has no task {task!r} (tasks: {known})")
+    t = matches[0]
+    view = t.view
+    rows = np.arange(len(view)) if seeds is None else np.asarray(seeds, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(view)):
+        raise TributaryError(f"--rows: task {t.key!r} has seeds 0 to {len(view) - 1}")
+    head = registry.loss_head(run.model.loss_of[view.stype])
+    values, p_null = [], []
+    for start in range(0, len(rows), sampler.batch_size):
+        batch = sampler.batch(t, rows[start : start + sampler.batch_size])
+        _, out = batch_loss(run.model, batch, run.embeddings, run.device, 0.0)
+        values.append(head.decode(out["prediction"]))
+        p_null.append(torch.sigmoid(out["null_logit"].float()).cpu().numpy())
+    decoded = np.concatenate(values) if values else np.zeros(0)
+    stats = t.stats
+    if view.stype == "categorical" or (view.candidates is not None and head.name == "infonce"):
+        names = t.graph.store.vocab_values
+        prediction = pa.array([names[int(view.candidates[i])] for i in decoded], pa.string())
+    elif view.stype == "numerical":
+        prediction = pa.array(decoded * float(stats.get("std", 1.0)) + float(stats.get("mean", 0.0)))
+    elif view.stype == "timestamp":
+        shared = stats.get("database") or stats
+        us = decoded * float(shared.get("std", 1.0)) + float(shared.get("mean", 0.0))
+        prediction = pa.array([format_epoch_us(int(u)) for u in us], pa.string())
+    else:
+        prediction = pa.array(decoded.astype(np.float64))
+    return pa.table({
+        "seed": pa.array(rows), "anchor_row": pa.array(view.anchor_rows[rows]),
+        "observation_time": pa.array(view.observation_time[rows]),
+        "prediction": prediction,
+        "p_null": pa.array(np.concatenate(p_null) if p_null else np.zeros(0, np.float32)),
+    })

@@ -1,0 +1,373 @@
+"""Training: AdamW with warm-up and cosine decay, gradient clipping, periodic validation,
+checkpoints that a killed run resumes from exactly, and DDP across processes.
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per line: training steps
+with ``"loss"``, validations with ``"val_loss"`` and per-task metrics), ``checkpoints/step-N.pt``
+(weights, optimizer and schedule; loaded with ``weights_only=True``), ``model.pt`` (final
+weights) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import numpy as np
+import torch
+from torch import nn
+
+from tributary_core.errors import TributaryError
+from tributary_core.registry import get_registry
+from tributary_core.sampler import HashSplit, Sampler, TemporalSplit, prefetch
+from tributary_core.sampler.batch import Batch
+from tributary_core.store import Store, open_store
+from tributary_core.train.model import RelationalTransformer
+
+__all__ = ["TrainConfig", "train", "load_run", "Run", "batch_loss", "latest_checkpoint"]
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL = "model.pt"
+
+
+@attrs.define(kw_only=True)
+class TrainConfig:
+    """Everything a run depends on; saved as the run's ``config.json``."""
+
+    stores: list[str]
+    tasks: list[str] | None = None
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 256
+    width: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    clip: float = 1.0
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.0
+    null_weight: float = 0.1
+    val_every: int = 100
+    val_batches: int = 4
+    ckpt_every: int = 100
+    seed: int = 0
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    #: Temporal split cut-offs (epoch µs); when set they replace the hash split.
+    val_start: int | None = None
+    test_start: int | None = None
+    sampler_threads: int = 1
+
+    def splitter(self) -> HashSplit | TemporalSplit:
+        hashed = HashSplit(ratios=tuple(self.split_ratios), seed=self.split_seed)
+        if self.val_start is not None and self.test_start is not None:
+            return TemporalSplit(self.val_start, self.test_start, fallback=hashed)
+        return hashed
+
+    def to_json(self) -> dict[str, Any]:
+        return cattrs.unstructure(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["split_ratios"] = tuple(data.get("split_ratios", (0.8, 0.1, 0.1)))
+        return cattrs.structure(data, cls)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Run:
+    """A model with its stores, ready to predict: what :func:`load_run` returns."""
+
+    def __init__(self, config: TrainConfig, model: RelationalTransformer, stores: list[Store],
+                 device: torch.device) -> None:
+        self.config, self.model, self.stores, self.device = config, model, stores, device
+        self.embeddings = {s.name: _embeddings(s, device) for s in stores}
+
+    def sampler(self, split: str, **kw: Any) -> Sampler:
+        c = self.config
+        kw.setdefault("batch_size", c.batch_size)
+        return Sampler(self.stores, tasks=c.tasks, split=split, splitter=c.splitter(),
+                       context_len=c.seq_len, width=c.width, seed=c.seed,
+                       n_threads=c.sampler_threads, **kw)
+
+
+def _embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    col = torch.from_numpy(np.asarray(store.column_embeddings, dtype=np.float32)).to(device)
+    voc = torch.from_numpy(np.asarray(store.vocab_embeddings, dtype=np.float32)).to(device)
+    return col, voc
+
+
+def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
+    from tributary_core.sampler import stype_names
+
+    return RelationalTransformer(stype_names(), d_text, d_model=config.d_model,
+                                 n_layers=config.n_layers, n_heads=config.n_heads,
+                                 dropout=config.dropout)
+
+
+def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+               device: torch.device, null_weight: float) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The training loss of one batch: the target head's loss on non-null targets plus
+    ``null_weight`` times the null head's loss. Returns (loss, outputs)."""
+    registry = get_registry()
+    tensors = batch.to_torch(device)
+    col, voc = embeddings[batch.database]
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        out = model(tensors, col, voc)
+    null_head = registry.loss_head("null")
+    loss = null_weight * null_head.loss(out["null_logit"].float(), null_head.target(tensors))
+    core = getattr(model, "module", model)
+    if "prediction" in out:
+        head = registry.loss_head(core.loss_of[batch.target_stype])
+        target = head.target(tensors)
+        keep = ~tensors["target_is_null"]
+        if target.dim() == 1 and target.dtype == torch.long:
+            keep = keep & (target >= 0)
+        if bool(keep.any()):
+            loss = loss + head.loss(out["prediction"][keep].float(), target[keep])
+        else:
+            loss = loss + 0.0 * out["prediction"].float().sum()
+    return loss, out
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = sorted((run / CHECKPOINTS).glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / max(config.warmup, 1)
+        span = max(config.steps - config.warmup, 1)
+        progress = min((step - config.warmup) / span, 1.0)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    path = Path(run) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str, Any]], None] | None = None,
+          force: bool = False) -> RelationalTransformer:
+    """Train (or resume) the run in ``out``; returns the trained model. In a process group
+    (torchrun or ``--nproc``) every rank calls this; rank 0 writes the run folder."""
+    import torch.distributed as dist
+
+    out = Path(out)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = _device()
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    stores = [open_store(p) for p in config.stores]
+    resume_from = _prepare_folder(out, config, force, rank, distributed)
+    torch.manual_seed(config.seed)
+    d_text = stores[0].embedder.dimension
+    sampler = Sampler(stores, tasks=config.tasks, split="train", splitter=config.splitter(),
+                      batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
+                      seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads)
+    val = Sampler(stores, tasks=config.tasks, split="val", splitter=config.splitter(),
+                  batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
+                  seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads)
+    model = build_model(config, d_text).to(device)
+    embeddings = {s.name: _embeddings(s, device) for s in stores}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    start = 0
+    if resume_from is not None:
+        state = torch.load(resume_from, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    log = (out / METRICS) if rank == 0 else None
+    if log is not None and resume_from is not None:  # drop what the killed run logged after it
+        _write_jsonl(log, [r for r in read_metrics(out) if r.get("step", 0) <= start])
+    batches: Iterator[Batch] = prefetch(sampler.batch_at(s) for s in range(start + 1, config.steps + 1))
+    last_ckpt = resume_from
+    tick = time.perf_counter()
+    for step in range(start + 1, config.steps + 1):
+        batch = next(batches)
+        net.train()
+        loss, _ = batch_loss(net, batch, embeddings, device, config.null_weight)
+        value = loss.detach()
+        if distributed:
+            dist.all_reduce(value)
+            value /= world
+        if not bool(torch.isfinite(value)):
+            where = f"; the last checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+            raise TributaryError(f"step {step}: the loss is {float(value)} on task "
+                                 f"{batch.database}/{batch.task}; training stopped{where}. "
+                                 f"Lower --lr or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip))
+        optimizer.step()
+        scheduler.step()
+        now = time.perf_counter()
+        row = {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
+               "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+               "seeds_per_s": config.batch_size * world / max(now - tick, 1e-9)}
+        tick = now
+        if step % config.val_every == 0 or step == config.steps:
+            row.update(validate(net, val, embeddings, device, config))
+            tick = time.perf_counter()
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if progress is not None and rank == 0:
+            progress(row)
+        if step % config.ckpt_every == 0 or step == config.steps:
+            if rank == 0:
+                path = out / CHECKPOINTS / f"step-{step:08d}.pt"
+                _save(path, {"step": step, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+                for old in sorted((out / CHECKPOINTS).glob("step-*.pt"))[:-2]:
+                    old.unlink()
+                last_ckpt = path
+            if distributed:
+                dist.barrier()
+    batches.close()
+    if rank == 0:
+        _save(out / MODEL, {"model": model.state_dict(), "step": config.steps})
+        plot_curves(out)
+    return model
+
+
+def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, distributed: bool) -> Path | None:
+    """Create the run folder, or find the checkpoint to resume from."""
+    import shutil
+
+    import torch.distributed as dist
+
+    resume = None
+    if rank == 0:
+        if force and out.exists():
+            shutil.rmtree(out)
+        saved = out / CONFIG
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            new = json.loads(json.dumps(config.to_json()))
+            diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+            if diff:
+                raise TributaryError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                     f"use another --out, or --force to start over")
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(config.to_json(), indent=1))
+    if distributed:
+        dist.barrier()
+    resume = latest_checkpoint(out)
+    return resume
+
+
+@torch.no_grad()
+def validate(net: nn.Module, val: Sampler, embeddings: Mapping[str, Any], device: torch.device,
+             config: TrainConfig) -> dict[str, Any]:
+    """Validation loss and each task's headline metric on the first ``val_batches`` batches."""
+    net.eval()
+    losses, out = [], {}
+    for task in val.tasks:
+        preds, targets, task_losses = [], [], []
+        for batch, _ in zip(val.evaluation(task.key), range(config.val_batches), strict=False):
+            loss, result = batch_loss(net, batch, embeddings, device, config.null_weight)
+            task_losses.append(float(loss))
+            if "prediction" in result:
+                head = get_registry().loss_head(getattr(net, "module", net).loss_of[batch.target_stype])
+                t = batch.to_torch(device)
+                keep = ~t["target_is_null"]
+                preds.append(result["prediction"][keep].float().cpu())
+                targets.append(head.target(t)[keep].cpu())
+        if task_losses:
+            losses.extend(task_losses)
+            if preds and sum(len(p) for p in preds):
+                metrics = head.compute_metrics(torch.cat(preds), torch.cat(targets), task.stats)
+                out[f"val/{task.key}/{head.metrics[0]}"] = metrics[head.metrics[0]]
+    if losses:
+        out["val_loss"] = float(np.mean(losses))
+    net.train()
+    return out
+
+
+def load_run(run: str | Path, *, device: torch.device | None = None) -> Run:
+    """A trained run's model and stores (the final weights, else the latest checkpoint)."""
+    run = Path(run)
+    if not (run / CONFIG).exists():
+        raise TributaryError(f"{run} is not a training run (no {CONFIG})")
+    config = TrainConfig.from_json(json.loads((run / CONFIG).read_text()))
+    device = device or _device()
+    stores = [open_store(p) for p in config.stores]
+    model = build_model(config, stores[0].embedder.dimension).to(device)
+    weights = run / MODEL if (run / MODEL).exists() else latest_checkpoint(run)
+    if weights is None:
+        raise TributaryError(f"{run} has no weights yet (no {MODEL} and no checkpoint)")
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True)["model"])
+    model.eval()
+    return Run(config, model, stores, device)
+
+
+def plot_curves(run: Path) -> Path | None:
+    """``curves.png``: training loss (and its moving average) and validation loss by step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = read_metrics(run)
+    steps = [r["step"] for r in rows if "loss" in r]
+    loss = [r["loss"] for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, loss, lw=0.6, alpha=0.5, label="train loss")
+    if len(loss) >= 10:
+        k = max(len(loss) // 20, 2)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"train loss ({k}-step mean)")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", lw=1.5, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run.name)
+    ax.legend()
+    fig.tight_layout()
+    path = run / "curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
