@@ -28,6 +28,28 @@ __all__ = ["RelationalTransformer", "attention_masks", "PATTERNS"]
 PATTERNS = ("column", "outbound", "inbound")
 
 
+def _patterns(row: torch.Tensor, row_parents: torch.Tensor, column_id: torch.Tensor,
+              is_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, S = row.shape
+    R = row_parents.shape[1]
+    device = row.device
+    refs = torch.zeros(B, R + 1, R + 1, dtype=torch.bool, device=device)  # refs[b, i, j]: i -> j
+    parents = torch.where(row_parents < 0, R, row_parents).long()  # (B, R, P), R = no parent
+    refs[:, :R].scatter_(2, parents, True)
+    batch_idx = torch.arange(B, device=device)[:, None, None]
+    r = row.long()
+    out_rows = refs[batch_idx, r[:, :, None], r[:, None, :]]  # (B, S, S): row(i) -> row(j)
+    same_row = r[:, :, None] == r[:, None, :]  # (B, S, S)
+    real = ~is_padding
+    # real cells see real cells; a padding position sees only itself
+    keep = (real[:, :, None] & real[:, None, :]) | torch.eye(S, dtype=torch.bool, device=device)
+    same_row &= keep  # (the diagonal stays: every position sees itself)
+    column = (column_id[:, :, None] == column_id[:, None, :]) & keep
+    outbound = same_row | (out_rows & keep)
+    inbound = same_row | (out_rows.transpose(1, 2) & keep)
+    return column, outbound, inbound
+
+
 def attention_masks(row: torch.Tensor, row_parents: torch.Tensor, column_id: torch.Tensor,
                     is_padding: torch.Tensor) -> torch.Tensor:
     """The three patterns as a ``(B, 3, S, S)`` bool tensor (True: may attend).
@@ -35,25 +57,7 @@ def attention_masks(row: torch.Tensor, row_parents: torch.Tensor, column_id: tor
     ``row`` (B, S) is each cell's context row, ``row_parents`` (B, R, P) the context rows each
     row references (-1 none).
     """
-    B, S = row.shape
-    R = row_parents.shape[1]
-    device = row.device
-    refs = torch.zeros(B, R + 1, R + 1, dtype=torch.bool, device=device)  # refs[b, i, j]: i -> j
-    parents = torch.where(row_parents < 0, R, row_parents).long()  # (B, R, P), R = no parent
-    refs[:, :R].scatter_(2, parents, True)
-    refs = refs[:, :R, :R]  # (B, R, R)
-    batch_idx = torch.arange(B, device=device)[:, None, None]
-    r = row.long()
-    out_rows = refs[batch_idx, r[:, :, None], r[:, None, :]]  # (B, S, S): row(i) -> row(j)
-    same_row = r[:, :, None] == r[:, None, :]  # (B, S, S)
-    column = column_id[:, :, None] == column_id[:, None, :]  # (B, S, S)
-    outbound = same_row | out_rows
-    inbound = same_row | out_rows.transpose(1, 2)
-    real = ~is_padding
-    keep = real[:, :, None] & real[:, None, :]  # (B, S, S)
-    eye = torch.eye(S, dtype=torch.bool, device=device)[None]  # (1, S, S)
-    masks = torch.stack([column, outbound, inbound], 1) & keep[:, None]  # (B, 3, S, S)
-    return masks | eye[:, None]
+    return torch.stack(_patterns(row, row_parents, column_id, is_padding), 1)
 
 
 class _Block(nn.Module):
@@ -156,12 +160,12 @@ class RelationalTransformer(nn.Module):
         """``prediction`` of the batch's target type's head, ``null_logit`` (B,), ``hidden``
         (B, S, d_model)."""
         x = self.encode(batch, column_emb, vocab_emb)  # (B, S, d)
-        allowed = attention_masks(batch["row"], batch["row_parents"], batch["column_id"],
-                                  batch["is_padding"])  # (B, 3, S, S)
         # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
-        additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
-        additive.masked_fill_(~allowed, float("-inf"))
-        masks = list(additive.unsqueeze(2).unbind(1))  # 3 x (B, 1, S, S)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        blocked = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+        masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 x (B, 1, S, S)
+                 for m in _patterns(batch["row"], batch["row_parents"], batch["column_id"],
+                                    batch["is_padding"])]
         for block in self.blocks:
             x = block(x, masks)
         x = self.norm(x)  # (B, S, d)
