@@ -351,3 +351,18 @@ def test_ddp_two_gloo_processes_match_one_process(shop, tmp_path):
     np.testing.assert_allclose(logged, losses, rtol=1e-4, atol=1e-5)
     single = model.state_dict()
     assert all(torch.allclose(single[k], r0[k], atol=1e-4) for k in r0)
+
+
+def test_cli_nproc_two(shop, tmp_path):
+    args = ["--db", str(shop.path), "--steps", "3", "--batch-size", "2", "--seq-len", "16",
+            "--d-model", "12", "--layers", "1", "--heads", "3", "--val-every", "3", "--ckpt-every", "3",
+            "--nproc", "2"]
+    ok = subprocess.run(_cli_train(tmp_path / "run", *args), capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    bad = subprocess.run(_cli_train(tmp_path / "bad", *args, "--lr", "1e30", "--warmup", "0",
+                                    "--steps", "40", "--ckpt-every", "1"), capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("Error: step ")
+    assert "the loss is" in bad.stderr and "Traceback" not in bad.stderr
+    assert "Terminating process" not in bad.stderr

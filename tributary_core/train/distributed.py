@@ -63,8 +63,12 @@ def launch(config: TrainConfig, out: str | Path, *, nproc: int = 1, force: bool 
         finally:
             if bar is not None:
                 bar.close()
+    import logging
+
     import torch.multiprocessing as mp
 
+    # when one rank stops with a user error, torch logs that it terminates the others: noise
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     port = _free_port()
     out.mkdir(parents=True, exist_ok=True)
     errors = [out / f".error-rank{r}" for r in range(nproc)]
