@@ -216,6 +216,13 @@ def test_statistics_cutoff_is_recorded_and_used(odd, hashing, tmp_path):
     assert s.meta["stats_window"] == {"to_us": cutoff}
     # Only project P1 (1 March) is inside the window: the budget mean is its budget.
     assert s.tables["projects"].columns["budget"]["stats"]["mean"] == pytest.approx(10.5)
+    # The task target too: budget_later is observed a day after each start, so only P1's seed
+    # (seen 2 March) is inside; the later seeds' budgets do not shape its normalisation.
+    task_stats = s.tasks["budget_later"].meta["stats"]
+    assert task_stats["count"] == 1 and task_stats["mean"] == pytest.approx(10.5)
+    # The database's timestamp statistics count only times inside the window as well.
+    whole = open_store(preprocess(md, raw, tmp_path / "all", embedder=hashing).path)
+    assert s.meta["database_stats"]["timestamp"]["mean"] < whole.meta["database_stats"]["timestamp"]["mean"]
 
 
 def test_existing_store_needs_force(store, odd, hashing):

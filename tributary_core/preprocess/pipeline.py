@@ -378,7 +378,9 @@ class _Builder:
         stype = self.stype(task.target_stype)
         target = result.column(task.target_column).filter(pa.array(keep))
         prepared = stype.prepare(target)
-        stats = stype.fit(prepared)
+        # with a statistics window, the target's own normalisation sees only seeds observed in it
+        window = None if self.cutoff is None else obs <= self.cutoff
+        stats = stype.fit(prepared, rows=window)
         if stype.name in self.db_stats:
             stats["database"] = self.db_stats[stype.name]
         ids = None
