@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sampler import make_shop
-from tributary_plugins.losses._metrics import auroc, macro_f1, r2
 
 from tributary_core import get_registry
 from tributary_core.cli import cli
+from tributary_core.metrics import auroc, macro_f1, r2
 from tributary_core.sampler import Sampler, SamplerGraph, sample_batch
 from tributary_core.train import TrainConfig, evaluate, load_run, predict, read_metrics, train
 from tributary_core.train.model import RelationalTransformer, _Block, attention_masks

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from tributary_core.loss import LossHead
-
-from ._metrics import auroc
+from tributary_core.metrics import auroc
 
 
 class BCE(LossHead):

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from tributary_core.loss import LossHead
-
-from ._metrics import r2
+from tributary_core.metrics import r2
 
 US_PER_DAY = 86_400e6
 

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from tributary_core.loss import LossHead
-
-from ._metrics import macro_f1
+from tributary_core.metrics import macro_f1
 
 
 class InfoNCE(LossHead):

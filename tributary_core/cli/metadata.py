@@ -56,3 +56,45 @@ def schema() -> None:
     from tributary_core.metadata.schema import shipped_schema
 
     click.echo(json.dumps(shipped_schema(), indent=2))
+
+
+@metadata.command("check-leakage")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--raw", "raw_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder of <table>.parquet files.")
+@click.option("--sample", type=click.IntRange(min=100), default=20_000, show_default=True,
+              help="Seeds per task to score the columns on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--auroc", type=click.FloatRange(0.5, 1.0), default=0.98, show_default=True,
+              help="Flag a column alone reaching this AUROC on a boolean label.")
+@click.option("--r2", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True,
+              help="Flag a column alone reaching this R² on a numeric or time label.")
+@click.option("--accuracy", type=click.FloatRange(0.0, 1.0), default=0.98, show_default=True,
+              help="Flag a column alone reaching this accuracy on a categorical label.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print findings and every column's score as JSON on stdout.")
+def check_leakage(path: Path, raw_dir: Path, sample: int, seed: int, auroc: float, r2: float,
+                  accuracy: float, as_json: bool) -> None:
+    """Look for leaks in PATH's tasks: columns that alone give the label away, untimed tables
+    under timed ones, and tasks with no observation time that read timed tables.
+
+    Exits 1 when something is found, 0 when nothing is, 2 on errors.
+    """
+    from tributary_core.leakage import Thresholds
+    from tributary_core.leakage import check_leakage as run_check
+
+    scores: dict[str, dict[str, float]] = {}
+    findings = run_check(path, raw_dir, sample=sample, seed=seed, scores=scores,
+                         thresholds=Thresholds(auroc=auroc, r2=r2, accuracy=accuracy))
+    if as_json:
+        click.echo(json.dumps({"findings": [
+            {"kind": f.kind, "task": f.task, "column": f.column, "metric": f.metric,
+             "score": f.score, "message": f.message} for f in findings], "scores": scores}, indent=2))
+    else:
+        for f in findings:
+            click.echo(f"{path}: {f.kind}: {f.message}")
+        tasks = len(scores)
+        click.echo(f"{path}: {len(findings)} finding(s) over {tasks} task(s) and "
+                   f"{sum(len(s) for s in scores.values())} visible columns", err=True)
+    if findings:
+        raise SystemExit(1)

@@ -64,7 +64,10 @@ def _align(n: int) -> int:
 
 def _crc(data: memoryview | bytes) -> int:
     crc = 0
-    view = memoryview(data).cast("B")
+    view = memoryview(data)
+    if view.nbytes == 0:
+        return crc
+    view = view.cast("B")
     for start in range(0, len(view), _CRC_BLOCK):
         crc = zlib.crc32(view[start : start + _CRC_BLOCK], crc)
     return crc
@@ -116,7 +119,8 @@ def write_file(path: str | Path, kind: str, sections: Mapping[str, np.ndarray],
         f.write(header)
         for entry, (_, _, _, payload) in zip(entries, prepared, strict=True):
             f.seek(entry["offset"])
-            f.write(memoryview(payload).cast("B"))
+            if payload.nbytes:  # an empty section (no vocabulary) has nothing to write
+                f.write(memoryview(payload).cast("B"))
         f.truncate(end)
         f.flush()
         os.fsync(f.fileno())
@@ -199,6 +203,8 @@ class StoreFile:
         """Copy section ``name`` (bitmaps: their packed bytes) into ``out`` with plain reads,
         much faster than faulting in a memory map page by page for a one-off full copy."""
         s = self.sections[name]
+        if out.nbytes == 0 and s["nbytes"] == 0:
+            return
         buf = memoryview(out).cast("B")
         if buf.nbytes != s["nbytes"]:
             raise ValueError(f"{self.path}: section {name!r} has {s['nbytes']} bytes, "

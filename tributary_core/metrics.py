@@ -1,4 +1,4 @@
-"""Metrics in plain torch (no scikit-learn)."""
+"""Metrics in plain torch (no scikit-learn), for loss heads and the leakage check."""
 
 from __future__ import annotations
 
