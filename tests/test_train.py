@@ -366,3 +366,59 @@ def test_cli_nproc_two(shop, tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith("Error: step ")
     assert "the loss is" in bad.stderr and "Traceback" not in bad.stderr
     assert "Terminating process" not in bad.stderr
+
+
+# -- pre-training, fine-tuning, quickstart ------------------------------------------------------
+
+
+def test_masking_tasks_pretrain_then_finetune_frozen(shop, tmp_path):
+    sampler = Sampler([shop], tasks=[], pretrain=True, batch_size=4, context_len=24)
+    names = sorted(t.view.name for t in sampler.tasks)
+    # every column that can be a target, and nothing else (no identifiers, no text)
+    assert names == sorted(["orders.amount:mask", "orders.paid:mask", "orders.ts:mask",
+                            "users.age:mask", "users.kind:mask", "items.price:mask"])
+    batch = sampler.batch(next(t for t in sampler.tasks if t.view.name == "users.kind:mask"),
+                          np.arange(4))
+    kind_col = SamplerGraph.from_store(shop).column_index("users", "kind")
+    assert (batch.cell_col[:, 0] == kind_col).all() and batch.is_target[:, 0].all()
+    assert not ((batch.cell_col[:, 1:] == kind_col) & (batch.row[:, 1:] == 0)).any()
+    assert [shop.vocab_values[v] for v in batch.target_vocab] == [
+        shop.decode_row("users", int(r))["kind"] for r in batch.anchor_row]
+    pre = small_config(shop, tasks=[], pretrain=True, steps=6, val_every=6, ckpt_every=6)
+    train(pre, tmp_path / "pre")
+    assert all(r["task"].endswith(":mask") for r in read_metrics(tmp_path / "pre"))
+    base = torch.load(tmp_path / "pre" / "model.pt", weights_only=True)["model"]
+    fine = small_config(shop, tasks=["big_order"], steps=4, val_every=4, ckpt_every=4,
+                        init=str(tmp_path / "pre"), freeze_backbone=True)
+    model = train(fine, tmp_path / "fine")
+    after = model.state_dict()
+    frozen = [k for k in base if not k.startswith(("heads.", "null_head."))]
+    assert frozen and all(torch.equal(base[k], after[k]) for k in frozen)
+    assert any(not torch.equal(base[k], after[k]) for k in base if k.startswith("heads.bool"))
+
+
+def test_init_refuses_another_architecture(shop, tmp_path):
+    from tributary_core.errors import TributaryError
+
+    train(small_config(shop, steps=2, val_every=2, ckpt_every=2), tmp_path / "a")
+    with pytest.raises(TributaryError, match=r"--init .*: its d_model is 24, this run's 48"):
+        train(small_config(shop, steps=2, d_model=48, init=str(tmp_path / "a")), tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "metadata").mkdir(parents=True)
+    (tmp_path / "data" / "metadata" / "nycflights13.json").write_text(
+        (repo / "data" / "metadata" / "nycflights13.json").read_text())
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--steps", "4", "--eval-seeds", "64",
+                                      "--embedder", "hashing"])
+    assert result.exit_code == 0, result.output
+    assert "nycflights13/flight_delayed" in result.output and "baseline" in result.output
+    assert (tmp_path / "runs" / "quickstart" / "curves.png").exists()
+    again = CliRunner().invoke(cli, ["run", "quickstart", "--steps", "4", "--eval-seeds", "64",
+                                     "--embedder", "hashing"])
+    assert again.exit_code == 0 and "is up to date" in again.output

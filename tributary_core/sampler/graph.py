@@ -172,6 +172,11 @@ class SamplerGraph:
         raise KeyError(f"{table}.{column}")
 
     def task(self, name: str) -> TaskView:
+        if name not in self._tasks and name.endswith(":mask"):
+            table, _, column = name[: -len(":mask")].partition(".")
+            if table not in self.store.tables or column not in self.store.tables[table].columns:
+                raise TributaryError(f"{self.store.path}: no column {name[:-5]!r} to mask")
+            self._tasks[name] = TaskView.for_column(self, table, column)
         if name not in self._tasks:
             if name not in self.store.tasks:
                 known = ", ".join(sorted(self.store.tasks)) or "none"
@@ -216,6 +221,7 @@ class TaskView:
             self.hidden[graph.column_index(table, column)] = True
         self.candidates = (np.asarray(task.candidates, dtype=np.int32)
                            if task.candidates is not None else None)
+        self.stats = meta.get("stats") or {}
 
     @classmethod
     def for_rows(cls, graph: SamplerGraph, table: str) -> TaskView:
@@ -244,7 +250,44 @@ class TaskView:
         view.target_col = -1
         view.hidden = np.zeros(graph.n_cols + 1, dtype=np.bool_)
         view.candidates = None
+        view.stats = {}
         return view
+
+    @classmethod
+    def for_column(cls, graph: SamplerGraph, table: str, column: str) -> TaskView:
+        """A self-supervised cell-masking task: predict ``table.column`` on each row from the
+        rest of its context, the row observed at its own time. Named ``table.column:mask``."""
+        registry = get_registry()
+        meta = graph.store.tables[table].columns[column]
+        stype = registry.semantic_type(meta["stype"])
+        if not stype.target_losses:
+            raise TributaryError(f"{table}.{column}: a {stype.name} column cannot be a target")
+        view = cls.for_rows(graph, table)
+        view.name = f"{table}.{column}:mask"
+        view.stype = stype.name
+        view.stype_code = graph._code[stype.name]
+        view.slot = SLOTS[stype.batch_slot]
+        t = graph.store.tables[table]
+        view.target_valid = np.asarray(t.valid(column), dtype=np.bool_)
+        view.target = np.asarray(t.field(column, _FIELD[view.slot])) if view.slot != SLOT_NONE else None
+        view.target_column_id = int(meta["column_id"])
+        view.target_col = graph.column_index(table, column)
+        view.stats = meta.get("stats") or {}
+        if view.slot == SLOT_VOCAB:
+            view.candidates = np.unique(view.target[view.target_valid]).astype(np.int32)
+        return view
+
+    @classmethod
+    def masking_tasks(cls, graph: SamplerGraph) -> list[TaskView]:
+        """One cell-masking task per column that can be a target (not ignored, not an
+        identifier, not text), for pre-training without writing SQL."""
+        registry = get_registry()
+        out = []
+        for table in graph.table_names:
+            for column, meta in graph.store.tables[table].columns.items():
+                if registry.semantic_type(meta["stype"]).target_losses:
+                    out.append(cls.for_column(graph, table, column))
+        return out
 
     def __len__(self) -> int:
         return len(self.anchor_rows)

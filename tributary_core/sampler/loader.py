@@ -45,7 +45,7 @@ class SampledTask:
     @property
     def stats(self) -> dict[str, Any]:
         """The target's statistics from the store (e.g. ``mean`` and ``std``)."""
-        return self.graph.store.tasks[self.view.name].meta.get("stats") or {}
+        return self.view.stats
 
 
 class Sampler:
@@ -61,13 +61,16 @@ class Sampler:
         rank, world_size: this process's shard of each split.
         context_len, width: L cells per context, at most ``width`` children per row.
         n_threads: Numba threads building a batch (results do not depend on it).
+        pretrain: add a cell-masking task (``db/table.column:mask``) for every column that can
+            be a target, beside the SQL tasks; with ``tasks`` naming only masking tasks (or an
+            empty list), just those.
     """
 
     def __init__(self, stores: Sequence[Store | str | Path], *,
                  tasks: Sequence[str] | Mapping[str, float] | None = None, split: str = "train",
                  splitter: HashSplit | TemporalSplit | None = None, batch_size: int = 256,
                  context_len: int = 1024, width: int = 16, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, n_threads: int = 1) -> None:
+                 world_size: int = 1, n_threads: int = 1, pretrain: bool = False) -> None:
         if not stores:
             raise TributaryError("the sampler needs at least one store")
         opened = [s if isinstance(s, Store) else open_store(s) for s in stores]
@@ -87,12 +90,18 @@ class Sampler:
         self.batch_size, self.context_len, self.width = batch_size, context_len, width
         self.seed, self.rank, self.world_size, self.n_threads = seed, rank, world_size, n_threads
         self.graphs = {s.name: SamplerGraph.from_store(s) for s in opened}
+        self.pretrain = pretrain
         self.tasks = self._select(tasks)
 
     def _select(self, tasks: Sequence[str] | Mapping[str, float] | None) -> list[SampledTask]:
         all_tasks = [(db, t) for db, g in self.graphs.items() for t in g.store.tasks]
+        if self.pretrain:
+            all_tasks += [(db, v.name) for db, g in self.graphs.items()
+                          for v in TaskView.masking_tasks(g)]
         if tasks is None:
             wanted = {f"{db}/{t}": 1.0 for db, t in all_tasks}
+        elif not tasks and self.pretrain:
+            wanted = {f"{db}/{t}": 1.0 for db, t in all_tasks if t.endswith(":mask")}
         elif isinstance(tasks, Mapping):
             wanted = dict(tasks)
         else:

@@ -37,9 +37,11 @@ def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None) -> dict[str, Any]:
+def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None,
+             max_seeds: int | None = None) -> dict[str, Any]:
     """Per task of the run: the model's metrics on ``split`` beside those of the majority/mean
-    of the training split's labels."""
+    of the training split's labels. ``max_seeds`` caps each task's evaluated seeds (an evenly
+    spaced subset of the split, the same every time)."""
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
     sampler = run.sampler(split, batch_size=batch_size or run.config.batch_size)
@@ -49,6 +51,8 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         loss_name = run.model.loss_of.get(task.view.stype)
         if loss_name is None:
             continue
+        if max_seeds is not None and len(task.seeds) > max_seeds:
+            task.seeds = task.seeds[np.linspace(0, len(task.seeds) - 1, max_seeds).astype(np.int64)]
         head = registry.loss_head(loss_name)
         preds, targets, losses = [], [], []
         for batch in sampler.evaluation(task.key):

@@ -67,6 +67,12 @@ class TrainConfig:
     val_start: int | None = None
     test_start: int | None = None
     sampler_threads: int = 1
+    #: Add a cell-masking task for every column that can be a target (self-supervised).
+    pretrain: bool = False
+    #: Start from this run's weights (same architecture and embedder identity).
+    init: str | None = None
+    #: With ``init``: train only the heads.
+    freeze_backbone: bool = False
 
     def splitter(self) -> HashSplit | TemporalSplit:
         hashed = HashSplit(ratios=tuple(self.split_ratios), seed=self.split_seed)
@@ -101,7 +107,7 @@ class Run:
         kw.setdefault("batch_size", c.batch_size)
         return Sampler(self.stores, tasks=c.tasks, split=split, splitter=c.splitter(),
                        context_len=c.seq_len, width=c.width, seed=c.seed,
-                       n_threads=c.sampler_threads, **kw)
+                       n_threads=c.sampler_threads, pretrain=c.pretrain, **kw)
 
 
 def _embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,13 +204,21 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     d_text = stores[0].embedder.dimension
     sampler = Sampler(stores, tasks=config.tasks, split="train", splitter=config.splitter(),
                       batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
-                      seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads)
+                      seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
+                      pretrain=config.pretrain)
     val = Sampler(stores, tasks=config.tasks, split="val", splitter=config.splitter(),
                   batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
-                  seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads)
+                  seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
+                  pretrain=config.pretrain)
     model = build_model(config, d_text).to(device)
+    if config.init and resume_from is None:
+        _initialise(model, config, stores, device)
+    if config.freeze_backbone:
+        for pname, param in model.named_parameters():
+            param.requires_grad_(pname.startswith(("heads.", "null_head.")))
     embeddings = {s.name: _embeddings(s, device) for s in stores}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start = 0
     if resume_from is not None:
@@ -237,7 +251,8 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
                                  f"Lower --lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip))
+        grad_norm = float(nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], config.clip))
         optimizer.step()
         scheduler.step()
         now = time.perf_counter()
@@ -268,6 +283,28 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
         _save(out / MODEL, {"model": model.state_dict(), "step": config.steps})
         plot_curves(out)
     return model
+
+
+def _initialise(model: RelationalTransformer, config: TrainConfig, stores: list[Store],
+                device: torch.device) -> None:
+    """Load the weights of the run ``config.init`` into ``model``."""
+    init = Path(config.init)
+    if not (init / CONFIG).exists():
+        raise TributaryError(f"--init {init}: not a training run (no {CONFIG})")
+    theirs = TrainConfig.from_json(json.loads((init / CONFIG).read_text()))
+    for key in ("d_model", "n_layers", "n_heads"):
+        if getattr(theirs, key) != getattr(config, key):
+            raise TributaryError(f"--init {init}: its {key} is {getattr(theirs, key)}, this run's "
+                                 f"{getattr(config, key)}")
+    mine = stores[0].embedder
+    other = open_store(theirs.stores[0], verify=False).embedder
+    if other != mine:
+        raise TributaryError(f"--init {init}: trained on embeddings from {other.describe()}, these "
+                             f"stores have {mine.describe()}")
+    weights = init / MODEL if (init / MODEL).exists() else latest_checkpoint(init)
+    if weights is None:
+        raise TributaryError(f"--init {init}: the run has no weights yet")
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True)["model"])
 
 
 def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, distributed: bool) -> Path | None:
