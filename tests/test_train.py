@@ -422,3 +422,21 @@ def test_quickstart(tmp_path, monkeypatch):
     again = CliRunner().invoke(cli, ["run", "quickstart", "--steps", "4", "--eval-seeds", "64",
                                      "--embedder", "hashing"])
     assert again.exit_code == 0 and "is up to date" in again.output
+
+
+def test_lightgbm_baseline_uses_visible_features_only(shop, tmp_path):
+    from tributary_core.baselines import lightgbm_baseline, task_features
+
+    sampler = Sampler([shop], tasks=["big_order"])
+    task = sampler.tasks[0]
+    X, names, cats = task_features(shop, task, task.seeds[:20])
+    assert X.shape == (20, len(names))
+    assert "amount" not in names  # hidden for this task
+    assert "paid" in names and "user_id__users_age" in names  # its own row, and one hop out
+    assert [names[i] for i in cats] == ["user_id__users_kind"]  # text (note) is left out
+    results = lightgbm_baseline([shop], tasks=["big_order", "user_kind"], rounds=20)
+    assert set(results["shop/big_order"]["metrics"]) == {"auroc", "accuracy"}
+    out = CliRunner().invoke(cli, ["run", "baseline", "--db", str(shop.path), "--tasks", "big_order",
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["shop/big_order"]["labelled"] > 0

@@ -376,3 +376,33 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
             click.echo(f"{task:<44} {name:<10} {_num(value):>10} {_num(entry['baseline'].get(name)):>10}")
             task = ""
     stage(f"done: curves in {out / 'curves.png'}, metrics in {out / 'metrics.jsonl'}")
+
+
+@run.command("baseline")
+@click.option("--db", "dbs", multiple=True, required=True, help="A store: a path or a name.")
+@click.option("--tasks", default=None, help="Comma-separated task names [default: all].")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option("--max-train", type=click.IntRange(min=100), default=200_000, show_default=True,
+              help="Training seeds per task at most (sampled).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def baseline_command(dbs: tuple[str, ...], tasks: str | None, split: str, max_train: int, seed: int,
+                     as_json: bool) -> None:
+    """LightGBM on the anchor row's and its parents' features (the RelBench-style baseline),
+    on the same seeds and splits as `run train` with default split settings."""
+    import json
+
+    from tributary_core.baselines import lightgbm_baseline
+    from tributary_core.store import open_store
+
+    stores = [open_store(_store_path(d)) for d in dbs]
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    results = lightgbm_baseline(stores, tasks=names, split=split, max_train=max_train, seed=seed)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"{'task':<44} {'metric':<10} {'LightGBM':>10}  ({split} split)")
+    for task, entry in results.items():
+        for name, value in entry["metrics"].items():
+            click.echo(f"{task:<44} {name:<10} {_num(value):>10}")
+            task = ""

@@ -1,0 +1,159 @@
+"""The tabular baseline: LightGBM on the anchor row's features plus those of the rows it
+references one hop away (the RelBench-style baseline), on the same seeds, splits and
+observation-time cut-offs as Tributary.
+
+Features come from the store, so they are exactly what a context can show: the anchor row's
+columns minus the task's hidden columns and the target itself; each parent's columns when the
+parent is not after the observation time (else missing). Numbers are their z-scores, times their
+15 features, booleans 0/1, categories their vocabulary ids as LightGBM categorical features,
+identifiers present/absent; text is left out. Predictions are scored by the task's own loss
+head, so the metrics are the ones ``tributary run evaluate`` reports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tributary_core.errors import TributaryError
+from tributary_core.registry import get_registry
+from tributary_core.sampler import HashSplit, Sampler, TemporalSplit
+from tributary_core.sampler.batch import target_arrays
+from tributary_core.sampler.kernel import NO_TIME
+from tributary_core.store import Store
+
+__all__ = ["lightgbm_baseline", "task_features"]
+
+
+def task_features(store: Store, task: Any, seeds: np.ndarray) -> tuple[np.ndarray, list[str], list[int]]:
+    """``(X [n, f] float64 with NaN for missing, feature names, categorical feature indices)``."""
+    registry = get_registry()
+    view = task.view
+    meta = store.tasks[view.name].meta if view.name in store.tasks else {}
+    hidden = set(meta.get("hidden_columns") or ())
+    anchor_table = task.graph.table_names[view.anchor_table]
+    rows = view.anchor_rows[seeds]
+    obs = view.observation_time[seeds]
+    columns: list[np.ndarray] = []
+    names: list[str] = []
+    categorical: list[int] = []
+
+    def add(table: str, row_idx: np.ndarray, present: np.ndarray, prefix: str, skip: set[str]) -> None:
+        t = store.tables[table]
+        safe = np.where(present, row_idx, 0)
+        for cname, cmeta in t.columns.items():
+            stype = registry.semantic_type(cmeta["stype"])
+            if stype.is_ignored or cname in skip or stype.name == "text":
+                continue
+            valid = np.asarray(t.valid(cname))[safe] & present
+            slot = stype.batch_slot
+            if slot == "none":
+                columns.append(np.where(present, valid.astype(float), np.nan))
+                names.append(f"{prefix}{cname}:present")
+            elif slot == "timestamp":
+                values = np.asarray(t.field(cname, "value"))[safe]
+                for j in range(values.shape[1]):
+                    columns.append(np.where(valid, values[:, j], np.nan))
+                    names.append(f"{prefix}{cname}:{j}")
+            else:
+                field = "index" if slot == "vocab" else "value"
+                whole = np.asarray(t.field(cname, field))
+                values = whole[safe].astype(np.float64)
+                if slot == "vocab":  # a column's vocabulary ids, renumbered from 0
+                    ok = np.asarray(t.valid(cname))
+                    values -= float(whole[ok].min()) if ok.any() else 0.0
+                    categorical.append(len(columns))
+                columns.append(np.where(valid, values, np.nan))
+                names.append(f"{prefix}{cname}")
+
+    skip = {c for c in store.tables[anchor_table].columns if f"{anchor_table}.{c}" in hidden}
+    if meta.get("target_is_anchor_column") or view.name.endswith(":mask"):
+        skip.add(meta.get("target_column") or view.name.split(".", 1)[1][: -len(":mask")])
+    add(anchor_table, rows, np.ones(len(rows), bool), "", skip)
+    for fk in store.foreign_keys:
+        if fk.child_table != anchor_table:
+            continue
+        parent = np.asarray(fk.parent)[rows].astype(np.int64)
+        present = parent >= 0
+        ptime = store.tables[fk.parent_table].time
+        if ptime is not None:
+            t = np.asarray(ptime)[np.where(present, parent, 0)]
+            present &= (t == NO_TIME) | (t <= obs)
+        add(fk.parent_table, parent, present, f"{fk.column}->{fk.parent_table}.", set())
+    X = np.column_stack(columns) if columns else np.zeros((len(rows), 0))
+    names = [re.sub(r"[^0-9A-Za-z_]", "_", n) for n in names]  # LightGBM refuses JSON specials
+    return X, names, categorical
+
+
+def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = None,
+                      split: str = "test", splitter: HashSplit | TemporalSplit | None = None,
+                      max_train: int = 200_000, seed: int = 0, rounds: int = 500) -> dict[str, Any]:
+    """Per task: LightGBM trained on the training split (early-stopped on validation), scored on
+    ``split`` with the task's loss-head metrics."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise TributaryError("the LightGBM baseline needs lightgbm: "
+                             "pip install 'tributary[baselines]'") from None
+    import torch
+
+    registry = get_registry()
+    splits = {name: Sampler(stores, tasks=tasks, split=name, splitter=splitter, seed=seed)
+              for name in ("train", "val", split)}
+    results: dict[str, Any] = {}
+    for task in splits["train"].tasks:
+        stype = registry.semantic_type(task.view.stype)
+        if not stype.target_losses:
+            continue
+        head = registry.loss_head(stype.target_losses[0])
+        parts = {}
+        for name, sampler in splits.items():
+            t = next(x for x in sampler.tasks if x.key == task.key)
+            seeds = t.seeds
+            if name == "train" and len(seeds) > max_train:
+                seeds = np.random.default_rng(seed).choice(seeds, max_train, replace=False)
+            number, ts, boolean, vocab, valid = target_arrays(t.view, seeds)
+            X, names, cats = task_features(t.graph.store, t, seeds)
+            parts[name] = (X[valid], number[valid], ts[valid], boolean[valid], vocab[valid])
+        if any(len(p[0]) == 0 for p in parts.values()):
+            continue
+        params: dict[str, Any] = {"learning_rate": 0.05, "num_leaves": 31, "verbose": -1,
+                                  "seed": seed, "num_threads": 0, "min_data_in_leaf": 20}
+        cands = task.view.candidates
+        if head.name == "bce":
+            params["objective"] = "binary"
+            y = {k: v[3].astype(float) for k, v in parts.items()}
+        elif head.name == "infonce":
+            lookup = {int(c): i for i, c in enumerate(cands)}
+            y = {k: np.array([lookup.get(int(c), -1) for c in v[4]]) for k, v in parts.items()}
+            keep = {k: y[k] >= 0 for k in y}
+            parts = {k: tuple(a[keep[k]] for a in v) for k, v in parts.items()}
+            y = {k: y[k][keep[k]] for k in y}
+            params.update(objective="multiclass", num_class=len(cands))
+        else:
+            params["objective"] = "huber"
+            y = {k: (v[2][:, -1] if task.view.stype == "timestamp" else v[1]).astype(float)
+                 for k, v in parts.items()}
+        train_set = lgb.Dataset(parts["train"][0], y["train"], feature_name=names,
+                                categorical_feature=cats, free_raw_data=False,
+                                params={"verbose": -1})
+        val_set = lgb.Dataset(parts["val"][0], y["val"], reference=train_set, params={"verbose": -1})
+        model = lgb.train(params, train_set, num_boost_round=rounds, valid_sets=[val_set],
+                          callbacks=[lgb.early_stopping(30, verbose=False)])
+        raw = model.predict(parts[split][0], raw_score=True)
+        target_y = y[split]
+        if head.name == "bce":
+            pred, target = torch.from_numpy(raw), torch.from_numpy(target_y)
+        elif head.name == "infonce":
+            pred, target = torch.from_numpy(np.asarray(raw)), torch.from_numpy(target_y).long()
+        else:
+            width = 15 if task.view.stype == "timestamp" else 1
+            pred = torch.from_numpy(np.repeat(raw[:, None], width, 1)).float()
+            target = torch.from_numpy(np.repeat(target_y[:, None], width, 1)).float()
+        results[task.key] = {"split": split, "labelled": int(len(target_y)), "features": len(names),
+                             "rounds": int(model.best_iteration or rounds),
+                             "metrics": head.compute_metrics(pred, target, task.stats)}
+    return results
