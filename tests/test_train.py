@@ -289,6 +289,9 @@ def test_cli_evaluate_and_predict(shop, tmp_path):
     assert set(data["shop/big_order"]["metrics"]) == {"auroc", "accuracy"}
     table = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run")])
     assert "baseline" in table.output and "shop/user_kind" in table.output
+    capped = json.loads(CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run"),
+                                                 "--max-seeds", "2", "--json"]).output)
+    assert all(e["labelled"] <= 2 for e in capped.values())
     pred = CliRunner().invoke(cli, ["run", "predict", "--run", str(tmp_path / "run"), "--task",
                                     "user_kind", "--rows", "0-2,4", "--out", str(tmp_path / "p.parquet")])
     assert pred.exit_code == 0, pred.output

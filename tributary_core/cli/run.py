@@ -248,14 +248,17 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Contexts per forward pass [default: the run's].")
+@click.option("--max-seeds", type=click.IntRange(min=1), default=None,
+              help="Evaluate at most this many seeds per task (evenly spaced) [default: all].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def evaluate_command(run_dir: Path, split: str, batch_size: int | None, as_json: bool) -> None:
+def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: int | None,
+                     as_json: bool) -> None:
     """Metrics of a trained run per task, beside the majority/mean of the training labels."""
     import json
 
     from tributary_core.train.evaluate import evaluate
 
-    results = evaluate(run_dir, split=split, batch_size=batch_size)
+    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
