@@ -200,6 +200,8 @@ def test_training_runs_and_writes_a_run(shop, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 25))
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert any("val_loss" in r for r in rows)
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert state["step"] == 24

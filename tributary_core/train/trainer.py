@@ -263,9 +263,11 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
         if step % config.val_every == 0 or step == config.steps:
             row.update(validate(net, val, embeddings, device, config))
             tick = time.perf_counter()
-        if log is not None:
+        if log is not None:  # strict JSON: no NaN or Infinity
+            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in row.items()}
             with open(log, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(clean) + "\n")
         if progress is not None and rank == 0:
             progress(row)
         if step % config.ckpt_every == 0 or step == config.steps:
@@ -354,7 +356,9 @@ def validate(net: nn.Module, val: Sampler, embeddings: Mapping[str, Any], device
             losses.extend(task_losses)
             if preds and sum(len(p) for p in preds):
                 metrics = head.compute_metrics(torch.cat(preds), torch.cat(targets), task.stats)
-                out[f"val/{task.key}/{head.metrics[0]}"] = metrics[head.metrics[0]]
+                value = metrics[head.metrics[0]]
+                # undefined (one class only in the validation batches): null, as JSON has no NaN
+                out[f"val/{task.key}/{head.metrics[0]}"] = None if value != value else value
     if losses:
         out["val_loss"] = float(np.mean(losses))
     net.train()
