@@ -17,19 +17,11 @@ from tributary_core.sampler.kernel import (
     SLOT_VOCAB,
     sample_contexts,
 )
+from tributary_core.sampler.splits import mix64
 
 __all__ = ["Batch", "sample_batch", "context_seeds", "target_arrays"]
 
 _M64 = (1 << 64) - 1
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 def context_seeds(sampler_seed: int, task: str, anchor_rows: np.ndarray, draw: int = 0) -> np.ndarray:
@@ -37,7 +29,7 @@ def context_seeds(sampler_seed: int, task: str, anchor_rows: np.ndarray, draw: i
     only, so a context is the same whichever batch, rank or thread builds it."""
     base = (zlib.crc32(task.encode()) << 32) ^ (sampler_seed & 0xFFFFFFFF) ^ ((draw & 0xFFFF) << 16)
     rows = np.asarray(anchor_rows, dtype=np.int64).astype(np.uint64)
-    return _splitmix(_splitmix(rows ^ np.uint64(base & _M64)))
+    return mix64(mix64(rows ^ np.uint64(base & _M64)))
 
 
 @attrs.define(eq=False)

@@ -25,7 +25,9 @@ SPLITS = ("train", "val", "test")
 _NO_CUTOFF = np.iinfo(np.int64).max
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's step and finaliser on uint64 arrays (wrapping arithmetic): a stable hash for
+    splits and per-context random streams."""
     with np.errstate(over="ignore"):
         z = x + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -53,7 +55,7 @@ class HashSplit:
     def assign(self, task: str, anchor_rows: np.ndarray, observation_time: np.ndarray) -> np.ndarray:
         """0 (train), 1 (val) or 2 (test) per seed."""
         salt = np.uint64((zlib.crc32(f"{task}\0{self.seed}".encode()) << 32) | (self.seed & 0xFFFFFFFF))
-        h = _mix(np.asarray(anchor_rows, dtype=np.int64).astype(np.uint64) ^ salt)
+        h = mix64(np.asarray(anchor_rows, dtype=np.int64).astype(np.uint64) ^ salt)
         u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
         edges = np.cumsum(self.ratios)[:2]
         return np.searchsorted(edges, u, side="right").astype(np.int8)
