@@ -16,7 +16,7 @@ from tributary_core.registry import get_registry
 from tributary_core.sampler import SampledTask
 from tributary_core.sampler.batch import target_arrays
 from tributary_core.timeconv import format_epoch_us
-from tributary_core.train.trainer import Run, batch_loss, load_run
+from tributary_core.train.trainer import Run, batch_loss, labelled, load_run
 
 __all__ = ["evaluate", "predict"]
 
@@ -30,10 +30,7 @@ def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tens
                "candidates": (torch.from_numpy(task.view.candidates)
                               if task.view.candidates is not None else None)}
     target = head.target(tensors)
-    keep = torch.from_numpy(valid)
-    if target.dim() == 1 and target.dtype == torch.long:
-        keep &= target >= 0
-    return target, keep
+    return target, labelled(target, tensors["target_is_null"])
 
 
 @torch.no_grad()
@@ -58,13 +55,9 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         for batch in sampler.evaluation(task.key):
             loss, out = batch_loss(run.model, batch, run.embeddings, run.device, run.config.null_weight)
             losses.append(float(loss) * len(batch))
-            t = batch.to_torch(run.device)
-            target = head.target(t)
-            keep = ~t["target_is_null"]
-            if target.dim() == 1 and target.dtype == torch.long:
-                keep &= target >= 0
+            keep = out["labelled"]
             preds.append(out["prediction"][keep].float().cpu())
-            targets.append(target[keep].cpu())
+            targets.append(out["target"][keep].cpu())
         n = sum(len(t) for t in targets)
         entry: dict[str, Any] = {"split": split, "seeds": int(len(task.seeds)), "labelled": n,
                                  "loss": (sum(losses) / len(task.seeds)) if len(task.seeds) else None,

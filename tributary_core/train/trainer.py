@@ -124,10 +124,20 @@ def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
                                  dropout=config.dropout)
 
 
+def labelled(target: torch.Tensor, is_null: torch.Tensor) -> torch.Tensor:
+    """Which targets carry a label: not null, and for class indices (InfoNCE) one of the
+    candidates (index >= 0)."""
+    keep = ~is_null
+    if target.dim() == 1 and target.dtype == torch.long:
+        keep = keep & (target >= 0)
+    return keep
+
+
 def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                device: torch.device, null_weight: float) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The training loss of one batch: the target head's loss on non-null targets plus
-    ``null_weight`` times the null head's loss. Returns (loss, outputs)."""
+    """The training loss of one batch: the target head's loss on labelled targets plus
+    ``null_weight`` times the null head's loss. Returns (loss, outputs); with a prediction the
+    outputs also hold the head's ``target`` and the ``labelled`` mask."""
     registry = get_registry()
     tensors = batch.to_torch(device)
     col, voc = embeddings[batch.database]
@@ -140,9 +150,8 @@ def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[to
     if "prediction" in out:
         head = registry.loss_head(core.loss_of[batch.target_stype])
         target = head.target(tensors)
-        keep = ~tensors["target_is_null"]
-        if target.dim() == 1 and target.dtype == torch.long:
-            keep = keep & (target >= 0)
+        keep = labelled(target, tensors["target_is_null"])
+        out["target"], out["labelled"] = target, keep
         if bool(keep.any()):
             loss = loss + head.loss(out["prediction"][keep].float(), target[keep])
         else:
@@ -348,10 +357,9 @@ def validate(net: nn.Module, val: Sampler, embeddings: Mapping[str, Any], device
             task_losses.append(float(loss))
             if "prediction" in result:
                 head = get_registry().loss_head(getattr(net, "module", net).loss_of[batch.target_stype])
-                t = batch.to_torch(device)
-                keep = ~t["target_is_null"]
+                keep = result["labelled"]
                 preds.append(result["prediction"][keep].float().cpu())
-                targets.append(head.target(t)[keep].cpu())
+                targets.append(result["target"][keep].cpu())
         if task_losses:
             losses.extend(task_losses)
             if preds and sum(len(p) for p in preds):
