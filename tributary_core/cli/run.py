@@ -262,16 +262,23 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    click.echo(f"{'task':<44} {'metric':<10} {'model':>10} {'baseline':>10}  ({split} split)")
-    for task, entry in results.items():
-        for name, value in entry["metrics"].items():
-            base = entry["baseline"].get(name)
-            click.echo(f"{task:<44} {name:<10} {_num(value):>10} {_num(base):>10}")
-            task = ""
+    _metrics_table(results, split, ("model", "baseline"))
 
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _metrics_table(results: dict, split: str, columns: tuple[str, ...]) -> None:
+    """One line per task and metric: the model's value (``entry["metrics"]``) and, with a
+    second column, the baseline's (``entry["baseline"]``)."""
+    click.echo(f"{'task':<44} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)
+               + f"  ({split} split)")
+    for task, entry in results.items():
+        for name, value in entry["metrics"].items():
+            cells = [_num(value)] + [_num(entry["baseline"].get(name)) for _ in columns[1:]]
+            click.echo(f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells))
+            task = ""
 
 
 @run.command("predict")
@@ -373,11 +380,7 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
     launch(config, out, force=force, progress=True)
     stage("evaluating on the test split")
     results = evaluate(out, split="test", batch_size=512, max_seeds=eval_seeds)
-    click.echo(f"{'task':<44} {'metric':<10} {'model':>10} {'baseline':>10}  (test split)")
-    for task, entry in results.items():
-        for name, value in entry["metrics"].items():
-            click.echo(f"{task:<44} {name:<10} {_num(value):>10} {_num(entry['baseline'].get(name)):>10}")
-            task = ""
+    _metrics_table(results, "test", ("model", "baseline"))
     stage(f"done: curves in {out / 'curves.png'}, metrics in {out / 'metrics.jsonl'}")
 
 
@@ -404,8 +407,4 @@ def baseline_command(dbs: tuple[str, ...], tasks: str | None, split: str, max_tr
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    click.echo(f"{'task':<44} {'metric':<10} {'LightGBM':>10}  ({split} split)")
-    for task, entry in results.items():
-        for name, value in entry["metrics"].items():
-            click.echo(f"{task:<44} {name:<10} {_num(value):>10}")
-            task = ""
+    _metrics_table(results, split, ("LightGBM",))
