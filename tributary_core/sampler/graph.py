@@ -3,6 +3,7 @@ and column tables, and per-task views (seeds, targets, hidden columns)."""
 
 from __future__ import annotations
 
+import weakref
 from functools import cached_property
 from typing import Any
 
@@ -59,6 +60,10 @@ class _Flat:
             at += n
         self.parts = []
         return out
+
+
+#: Graphs already built, by opened store (dropped with the store).
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SamplerGraph:
@@ -155,7 +160,14 @@ class SamplerGraph:
 
     @classmethod
     def from_store(cls, store: Store, registry: Registry | None = None) -> SamplerGraph:
-        return cls(store, registry)
+        """The sampler graph of ``store``, built once per opened store (with the default
+        registry): the training and validation samplers of a run share one in-memory copy."""
+        if registry is not None:
+            return cls(store, registry)
+        graph = _GRAPHS.get(store)
+        if graph is None:
+            graph = _GRAPHS[store] = cls(store)
+        return graph
 
     @property
     def nbytes(self) -> int:
@@ -286,7 +298,7 @@ class TaskView:
         for table in graph.table_names:
             for column, meta in graph.store.tables[table].columns.items():
                 if registry.semantic_type(meta["stype"]).target_losses:
-                    out.append(cls.for_column(graph, table, column))
+                    out.append(graph.task(f"{table}.{column}:mask"))
         return out
 
     def __len__(self) -> int:
