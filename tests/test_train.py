@@ -408,6 +408,10 @@ def test_init_refuses_another_architecture(shop, tmp_path):
     train(small_config(shop, steps=2, val_every=2, ckpt_every=2), tmp_path / "a")
     with pytest.raises(TributaryError, match=r"--init .*: its d_model is 24, this run's 48"):
         train(small_config(shop, steps=2, d_model=48, init=str(tmp_path / "a")), tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # a refused run leaves no folder behind
+    with pytest.raises(TributaryError, match=r"no task 'nope' in the stores"):
+        train(small_config(shop, tasks=["nope"]), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow

@@ -208,7 +208,6 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     stores = [open_store(p) for p in config.stores]
-    resume_from = _prepare_folder(out, config, force, rank, distributed)
     torch.manual_seed(config.seed)
     d_text = stores[0].embedder.dimension
     sampler = Sampler(stores, tasks=config.tasks, split="train", splitter=config.splitter(),
@@ -220,12 +219,14 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
                   seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
                   pretrain=config.pretrain)
     model = build_model(config, d_text).to(device)
-    if config.init and resume_from is None:
+    if config.init:  # a resumed run's checkpoint replaces these weights below
         _initialise(model, config, stores, device)
     if config.freeze_backbone:
         for pname, param in model.named_parameters():
             param.requires_grad_(pname.startswith(("heads.", "null_head.")))
     embeddings = {s.name: _embeddings(s, device) for s in stores}
+    # the folder is touched only once the settings proved usable: a mistake leaves nothing
+    resume_from = _prepare_folder(out, config, force, rank, distributed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
