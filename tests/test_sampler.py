@@ -288,6 +288,26 @@ def test_temporal_split():
     assert got[6] == HashSplit().assign("t", np.array([6]), obs[6:])[0]  # untimed: hashed
 
 
+def test_tasks_on_one_table_share_each_rows_split(shop):
+    """A row is in one split for every task anchored on its table, cell-masking tasks included:
+    multi-task training never shows a test row's label under another task's name."""
+    split = HashSplit(ratios=(0.5, 0.25, 0.25))
+    sampler = {name: Sampler([shop], tasks=None, pretrain=True, split=name, splitter=split)
+               for name in ("train", "val", "test")}
+    for name, s in sampler.items():
+        by_task = {t.view.name: set(t.view.anchor_rows[t.seeds].tolist()) for t in s.tasks
+                   if t.graph.table_names[t.view.anchor_table] == "orders"}
+        assert {"big_order", "orders.amount:mask", "orders.paid:mask"} <= set(by_task)
+        for other in sampler.values():
+            if other is s:
+                continue
+            for t in other.tasks:
+                if t.graph.table_names[t.view.anchor_table] == "orders":
+                    rows = set(t.view.anchor_rows[t.seeds].tolist())
+                    assert not rows & by_task["big_order"], (name, t.view.name)
+        assert by_task["orders.amount:mask"] >= by_task["big_order"]
+
+
 # -- the loader ---------------------------------------------------------------------------------
 
 
@@ -305,7 +325,7 @@ def test_sampler_streams_weighted_tasks_from_its_split(shop):
                   splitter=HashSplit(ratios=(0.5, 0.25, 0.25)))
     seen = [int(r) for b in val.evaluation("big_order") for r in b.anchor_row]
     view = val.graphs["shop"].task("big_order")
-    expected = HashSplit(ratios=(0.5, 0.25, 0.25)).assign("big_order", view.anchor_rows,
+    expected = HashSplit(ratios=(0.5, 0.25, 0.25)).assign("orders", view.anchor_rows,
                                                           view.observation_time)
     assert sorted(seen) == sorted(view.anchor_rows[expected == 1].tolist())
     first = [b.number.copy() for b in val.evaluation("big_order")]

@@ -117,7 +117,8 @@ class Sampler:
             for db, t in matches:
                 graph = self.graphs[db]
                 view = graph.task(t)
-                assigned = self.splitter.assign(t, view.anchor_rows, view.observation_time)
+                assigned = self.splitter.assign(graph.table_names[view.anchor_table], view.anchor_rows,
+                                                view.observation_time)
                 mine = shard(np.flatnonzero(assigned == self.split_id), self.rank, self.world_size)
                 out.append(SampledTask(graph, view, float(weight), mine))
         return out

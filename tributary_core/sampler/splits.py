@@ -1,8 +1,12 @@
 """Train/validation/test splits of a task's seeds, and shards of a split for distributed ranks.
 
-- :class:`HashSplit`: a stable hash of (task, anchor row, split seed) -> a number in [0, 1)
-  compared with the cumulative ratios. Every seed of one anchor row (a plane seen at several
-  observation times) lands in the same split, so an entity never straddles two.
+- :class:`HashSplit`: a stable hash of (anchor table, anchor row, split seed) -> a number in
+  [0, 1) compared with the cumulative ratios. Every seed of one anchor row (a plane seen at
+  several observation times) lands in the same split, so an entity never straddles two; and
+  because the hash keys on the anchor *table*, not the task, a row is in the same split for every
+  task anchored on its table, cell-masking tasks included. Training several tasks at once (or
+  pre-training by cell masking) therefore never shows the model a test row's label under
+  another task's name (``flight_delayed`` is a function of ``flight_dep_delay``).
 - :class:`TemporalSplit`: by observation time, the RelBench way: before ``val_start`` train,
   before ``test_start`` validation, else test. Seeds without an observation time (tasks on an
   untimed table) fall back to the hash split.
@@ -52,9 +56,9 @@ class HashSplit:
             raise TributaryError(f"split ratios must be three non-negative numbers summing to 1, "
                                  f"got {self.ratios}")
 
-    def assign(self, task: str, anchor_rows: np.ndarray, observation_time: np.ndarray) -> np.ndarray:
-        """0 (train), 1 (val) or 2 (test) per seed."""
-        salt = np.uint64((zlib.crc32(f"{task}\0{self.seed}".encode()) << 32) | (self.seed & 0xFFFFFFFF))
+    def assign(self, table: str, anchor_rows: np.ndarray, observation_time: np.ndarray) -> np.ndarray:
+        """0 (train), 1 (val) or 2 (test) per seed of a task anchored on ``table``."""
+        salt = np.uint64((zlib.crc32(f"{table}\0{self.seed}".encode()) << 32) | (self.seed & 0xFFFFFFFF))
         h = mix64(np.asarray(anchor_rows, dtype=np.int64).astype(np.uint64) ^ salt)
         u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
         edges = np.cumsum(self.ratios)[:2]
@@ -71,12 +75,12 @@ class TemporalSplit:
         if self.val_start > self.test_start:
             raise TributaryError("temporal split: the validation start must not be after the test start")
 
-    def assign(self, task: str, anchor_rows: np.ndarray, observation_time: np.ndarray) -> np.ndarray:
+    def assign(self, table: str, anchor_rows: np.ndarray, observation_time: np.ndarray) -> np.ndarray:
         obs = np.asarray(observation_time, dtype=np.int64)
         out = np.where(obs < self.val_start, 0, np.where(obs < self.test_start, 1, 2)).astype(np.int8)
         untimed = obs == _NO_CUTOFF
         if untimed.any():
-            out[untimed] = self.fallback.assign(task, np.asarray(anchor_rows)[untimed], obs[untimed])
+            out[untimed] = self.fallback.assign(table, np.asarray(anchor_rows)[untimed], obs[untimed])
         return out
 
 
