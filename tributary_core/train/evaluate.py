@@ -15,10 +15,11 @@ from tributary_core.errors import TributaryError
 from tributary_core.registry import get_registry
 from tributary_core.sampler import SampledTask
 from tributary_core.sampler.batch import target_arrays
+from tributary_core.store import Store, open_store
 from tributary_core.timeconv import format_epoch_us
-from tributary_core.train.trainer import Run, batch_loss, labelled, load_run
+from tributary_core.train.trainer import Run, batch_loss, labelled, load_run, store_embeddings
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "evenly_spaced"]
 
 
 def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,27 +34,51 @@ def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tens
     return target, labelled(target, tensors["target_is_null"])
 
 
+def evenly_spaced(seeds: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``seeds``, evenly spaced (the same subset every time)."""
+    if limit is None or len(seeds) <= limit:
+        return seeds
+    return seeds[np.linspace(0, len(seeds) - 1, limit).astype(np.int64)]
+
+
 @torch.no_grad()
 def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None,
-             max_seeds: int | None = None) -> dict[str, Any]:
-    """Per task of the run: the model's metrics on ``split`` beside those of the majority/mean
-    of the training split's labels. ``max_seeds`` caps each task's evaluated seeds (an evenly
-    spaced subset of the split, the same every time)."""
+             max_seeds: int | None = None, stores: Sequence[Store | str | Path] | None = None,
+             tasks: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per task: the model's metrics on ``split`` beside those of the majority/mean of the
+    training split's labels. ``max_seeds`` caps each task's evaluated seeds (an evenly spaced
+    subset of the split, the same every time).
+
+    By default the run's own stores and tasks. ``stores`` (and ``tasks``, default all of their
+    SQL tasks) evaluate it elsewhere: on another database, or on tasks it never trained on
+    (zero-shot). Those stores need the run's embedder identity; splits and context settings are
+    the run's."""
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
-    sampler = run.sampler(split, batch_size=batch_size or run.config.batch_size)
-    train = run.sampler("train")
+    batch_size = batch_size or run.config.batch_size
+    if stores is None and tasks is None:
+        sampler, train = run.sampler(split, batch_size=batch_size), run.sampler("train")
+        embeddings = run.embeddings
+    else:
+        opened = [s if isinstance(s, Store) else open_store(s) for s in (stores or run.stores)]
+        mine = run.stores[0].embedder
+        for store in opened:
+            if store.embedder != mine:
+                raise TributaryError(f"store {store.name!r} was embedded with "
+                                     f"{store.embedder.describe()}, the run with {mine.describe()}")
+        sampler, train = (run.sampler(name, batch_size=batch_size, stores=opened, tasks=tasks,
+                                      pretrain=False) for name in (split, "train"))
+        embeddings = {**run.embeddings, **{s.name: store_embeddings(s, run.device) for s in opened}}
     results: dict[str, Any] = {}
     for task in sampler.tasks:
         loss_name = run.model.loss_of.get(task.view.stype)
         if loss_name is None:
             continue
-        if max_seeds is not None and len(task.seeds) > max_seeds:
-            task.seeds = task.seeds[np.linspace(0, len(task.seeds) - 1, max_seeds).astype(np.int64)]
+        task.seeds = evenly_spaced(task.seeds, max_seeds)
         head = registry.loss_head(loss_name)
         preds, targets, losses = [], [], []
         for batch in sampler.evaluation(task.key):
-            loss, out = batch_loss(run.model, batch, run.embeddings, run.device, run.config.null_weight)
+            loss, out = batch_loss(run.model, batch, embeddings, run.device, run.config.null_weight)
             losses.append(float(loss) * len(batch))
             keep = out["labelled"]
             preds.append(out["prediction"][keep].float().cpu())

@@ -100,17 +100,19 @@ class Run:
     def __init__(self, config: TrainConfig, model: RelationalTransformer, stores: list[Store],
                  device: torch.device) -> None:
         self.config, self.model, self.stores, self.device = config, model, stores, device
-        self.embeddings = {s.name: _embeddings(s, device) for s in stores}
+        self.embeddings = {s.name: store_embeddings(s, device) for s in stores}
 
     def sampler(self, split: str, **kw: Any) -> Sampler:
+        """A sampler with the run's settings; keywords override them (``stores``, ``tasks``,
+        ``pretrain``, ``batch_size``, ...)."""
         c = self.config
-        kw.setdefault("batch_size", c.batch_size)
-        return Sampler(self.stores, tasks=c.tasks, split=split, splitter=c.splitter(),
+        kw = {"batch_size": c.batch_size, "tasks": c.tasks, "pretrain": c.pretrain, **kw}
+        return Sampler(kw.pop("stores", self.stores), split=split, splitter=c.splitter(),
                        context_len=c.seq_len, width=c.width, seed=c.seed,
-                       n_threads=c.sampler_threads, pretrain=c.pretrain, **kw)
+                       n_threads=c.sampler_threads, **kw)
 
 
-def _embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def store_embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     col = torch.from_numpy(np.asarray(store.column_embeddings, dtype=np.float32)).to(device)
     voc = torch.from_numpy(np.asarray(store.vocab_embeddings, dtype=np.float32)).to(device)
     return col, voc
@@ -224,7 +226,7 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     if config.freeze_backbone:
         for pname, param in model.named_parameters():
             param.requires_grad_(pname.startswith(("heads.", "null_head.")))
-    embeddings = {s.name: _embeddings(s, device) for s in stores}
+    embeddings = {s.name: store_embeddings(s, device) for s in stores}
     # the folder is touched only once the settings proved usable: a mistake leaves nothing
     resume_from = _prepare_folder(out, config, force, rank, distributed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
