@@ -5,6 +5,6 @@
 beside ``out`` and renamed into place when complete, so a failed fetch leaves nothing behind.
 """
 
-from tributary_core.datasets.fetch import DATASETS, FetchResult, fetch_dataset
+from tributary_core.datasets.fetch import DATASETS, FetchResult, fetch_dataset, prepare_store
 
-__all__ = ["DATASETS", "FetchResult", "fetch_dataset"]
+__all__ = ["DATASETS", "FetchResult", "fetch_dataset", "prepare_store"]

@@ -12,7 +12,7 @@ import attrs
 from tributary_core.atomic import staged_folder
 from tributary_core.errors import TributaryError
 
-__all__ = ["DATASETS", "FetchResult", "fetch_dataset"]
+__all__ = ["DATASETS", "FetchResult", "fetch_dataset", "prepare_store"]
 
 MANIFEST = "_manifest.json"
 
@@ -82,3 +82,33 @@ def fetch_dataset(name: str, out: str | Path, *, force: bool = False,
         (tmp / MANIFEST).write_text(json.dumps(
             {"dataset": name, "options": options, "source": source, "rows": rows}, indent=2))
     return FetchResult(name=name, path=out, rows=rows, source=source, written=True)
+
+
+def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
+                  progress: Any = None, log: Callable[[str], None] | None = None) -> Path:
+    """The store of a bundled database, made if missing: fetch ``root/raw/NAME``, then
+    preprocess it with ``root/metadata/NAME.json`` into ``root/processed/NAME`` with the embedder
+    backend ``embedder``. A store already made with that embedder identity is kept as it is."""
+    from tributary_core.preprocess import preprocess
+    from tributary_core.store import open_store
+
+    root = Path(root)
+    raw, store_dir = root / "raw" / name, root / "processed" / name
+    metadata = root / "metadata" / f"{name}.json"
+    if not metadata.exists():
+        raise TributaryError(f"{metadata} not found: run from the repository root")
+    say = log or (lambda _text: None)
+    say(f"fetching {name} into {raw}")
+    fetch_dataset(name, raw)
+    current = None
+    if (store_dir / "metadata.json").exists():
+        try:
+            current = open_store(store_dir, verify=False).embedder
+        except Exception:  # noqa: BLE001 - a damaged store is rebuilt
+            current = None
+    if current != embedder.identity:
+        say(f"preprocessing into {store_dir} with {embedder.identity.describe()}")
+        preprocess(metadata, raw, store_dir, embedder=embedder, force=True, progress=progress)
+    else:
+        say(f"{store_dir} is up to date ({embedder.identity.describe()})")
+    return store_dir
