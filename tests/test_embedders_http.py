@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from conftest import write_tables
 from test_preprocess import ODD_METADATA, odd_tables
-from tributary_plugins.embedders.openai_compatible import embeddings_endpoint, parse_retry_after
+from tributary_plugins.embedders.openai_compatible import embeddings_endpoint
 
 from tributary_core import get_registry
 from tributary_core.embed_cache import EmbeddingCache, embed_texts
 from tributary_core.errors import TributaryError
+from tributary_core.http import parse_retry_after
 from tributary_core.serve import EmbeddingServer, Faults
 from tributary_core.store import open_store
 

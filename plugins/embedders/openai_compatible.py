@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import os
-import random
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, ClassVar
@@ -29,10 +26,7 @@ import numpy as np
 
 from tributary_core.embedder import DEFAULT_DIMENSION, Embedder
 from tributary_core.errors import TributaryError
-
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: The longest single wait a ``Retry-After`` header can impose.
-MAX_RETRY_AFTER = 300.0
+from tributary_core.http import RETRY_STATUS, backoff_delay, parse_retry_after
 
 
 def embeddings_endpoint(base_url: str) -> str:
@@ -43,21 +37,6 @@ def embeddings_endpoint(base_url: str) -> str:
     if url.endswith("/v1"):
         return url + "/embeddings"
     return url + "/v1/embeddings"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number (fractions allowed) or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
 
 
 class OpenAICompatibleEmbedder(Embedder):
@@ -194,9 +173,7 @@ class OpenAICompatibleEmbedder(Embedder):
                 last = f"HTTP {response.status_code}{self._detail(response)}"
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt < self.max_retries:
-                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
-                if retry_after is not None:
-                    delay = retry_after + random.uniform(0.0, 0.1 * retry_after + 0.01)
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after)
                 if self._closed.wait(delay):
                     raise TributaryError(f"embedder {self.name!r} was closed")
         raise TributaryError(self._redact(
