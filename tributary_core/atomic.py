@@ -1,4 +1,5 @@
-"""Folders that appear whole or not at all (fetched datasets, preprocessed stores)."""
+"""Files and folders that appear whole or not at all (fetched datasets, preprocessed stores,
+written metadata)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["staged_folder"]
+__all__ = ["staged_folder", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -53,3 +54,15 @@ def _sweep_stale(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except OSError:  # alive but not ours (EPERM): leave it
             continue
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: a reader
+    sees the old file or the whole new one, and a failure leaves no partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ def sandbox_connection(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     zone UTC, and no other data can be reached."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     for name, data in tables.items():
         con.register(name, data)
         con.execute(f"CREATE VIEW {quote_identifier(name + '.parquet')} AS "
