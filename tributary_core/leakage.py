@@ -85,7 +85,7 @@ def check_leakage(metadata: Metadata | str | Path, raw_dir: str | Path, *, sampl
     con = sandbox_connection(datasets)
     try:
         for name, task in md.tasks.items():
-            read = _tables_read(con, task.query, md.tables)
+            read = tables_read(con, task.query, md.tables)
             anchor_timed = task.anchor_table in timed
             if not task.observation_time_column and not anchor_timed and read & timed:
                 findings.append(Finding(
@@ -103,7 +103,7 @@ def check_leakage(metadata: Metadata | str | Path, raw_dir: str | Path, *, sampl
     return findings
 
 
-def _tables_read(con: Any, query: str, tables: Iterable[str]) -> set[str]:
+def tables_read(con: Any, query: str, tables: Iterable[str]) -> set[str]:
     names = set(tables)
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])

@@ -98,3 +98,77 @@ def check_leakage(path: Path, raw_dir: Path, sample: int, seed: int, auroc: floa
                    f"{sum(len(s) for s in scores.values())} visible columns", err=True)
     if findings:
         raise SystemExit(1)
+
+
+@metadata.command("draft")
+@click.argument("raw_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the draft here [default: print it on stdout].")
+@click.option("--name", default=None, help="The database's name [default: RAW_DIR's folder name].")
+@click.option("--agent", type=click.Choice(["openrouter"]), default=None,
+              help="Refine the offline draft with an LLM agent (key in OPENROUTER_API_KEY).")
+@click.option("--model", default=None, help="The agent's chat model [default: openai/gpt-4.1-mini].")
+@click.option("--base-url", default=None,
+              help="The agent's OpenAI-compatible API [default: $OPENROUTER_BASE_URL or OpenRouter's].")
+@click.option("--max-turns", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Requests the agent may make.")
+@click.option("--max-fixes", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Invalid answers sent back for correction before giving up.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=180.0, show_default=True,
+              help="Seconds to wait for one answer.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def draft(raw_dir: Path, out: Path | None, name: str | None, agent: str | None, model: str | None,
+          base_url: str | None, max_turns: int, max_fixes: int, timeout: float, force: bool) -> None:
+    """Draft a metadata.json for the parquet files in RAW_DIR.
+
+    Offline: semantic types, primary and foreign keys, temporal columns and a cell-masking task
+    per informative column, each guess explained in its description. With --agent, an LLM
+    refines that draft with tools over the data and proposes derived tasks; its answer must
+    validate against the data. Review the result before using it.
+    """
+    import os
+
+    from tributary_core.atomic import atomic_write_text
+    from tributary_core.draft import draft_metadata
+    from tributary_core.draft.agent import check_answer
+    from tributary_core.errors import TributaryError
+
+    if out is not None and out.exists() and not force:
+        raise TributaryError(f"{out} exists; use --force to replace it")
+
+    def say(text: str) -> None:
+        click.echo(text, err=True)
+
+    data = draft_metadata(raw_dir, name=name, log=say)
+    if agent == "openrouter":
+        from tributary_core.draft.agent import DEFAULT_MODEL, OPENROUTER_URL, DraftAgent
+
+        url = base_url or os.environ.get("OPENROUTER_BASE_URL") or OPENROUTER_URL
+        with DraftAgent(raw_dir, api_key=os.environ.get("OPENROUTER_API_KEY", ""),
+                        model=model or DEFAULT_MODEL, base_url=url, max_turns=max_turns,
+                        max_fixes=max_fixes, timeout=timeout, log=say) as bot:
+            try:
+                result = bot.run(data)
+            finally:
+                say(f"agent usage: {bot.usage.describe()}")
+        data = result.metadata
+        say(f"agent: {result.tool_calls} tool call(s), {result.fixes} answer(s) corrected")
+    else:
+        from tributary_core.draft.heuristics import read_tables
+        from tributary_core.sql import sandbox_connection
+
+        con = sandbox_connection(read_tables(raw_dir))
+        try:
+            problems, _ = check_answer(data, raw_dir, con)
+        finally:
+            con.close()
+        if problems:  # a bug in the heuristics, not the user's: say so plainly
+            raise TributaryError(f"the offline draft does not validate ({problems[0]}); "
+                                 "please report this")
+    text = json.dumps(data, indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        say(f"wrote {out}: {len(data['tables'])} tables, {len(data.get('tasks', {}))} tasks; "
+            f"review it, then `tributary metadata validate {out} --raw {raw_dir}`")
