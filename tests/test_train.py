@@ -40,50 +40,7 @@ def small_config(store, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-# -- loss heads -------------------------------------------------------------------------------
-
-
-def _fake_targets(stype: str, n: int, k: int) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {"target_stype": stype, "target_number": torch.randn(n, generator=g),
-            "target_timestamp": torch.randn(n, 15, generator=g),
-            "target_boolean": torch.arange(n) % 2 == 0, "target_vocab": torch.arange(n) % k + 10,
-            "target_is_null": torch.arange(n) % 3 == 0,
-            "candidates": torch.arange(10, 10 + k, dtype=torch.int32)}
-
-
-def _cases():
-    registry = get_registry()
-    out = []
-    for name, cls in registry.semantic_types.items():
-        for loss in cls.target_losses:
-            out.append((loss, name))
-    out.append(("null", "boolean"))
-    return sorted(set(out))
-
-
-@pytest.mark.parametrize(("loss_name", "stype"), _cases())
-def test_loss_head_contract(loss_name, stype):
-    """What every registered loss head must do, for each type that trains with it."""
-    head = get_registry().loss_head(loss_name)
-    assert head.metrics, f"{loss_name} names no metrics"
-    module = head.build_head(16, 8, stype)
-    hidden = torch.randn(6, 16, requires_grad=True)
-    candidates = torch.randn(3, 8)
-    batch = _fake_targets(stype, 6, 3)
-    prediction = module(hidden, candidates)
-    target = head.target(batch)
-    loss = head.loss(prediction, target)
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    grads = [p.grad for p in module.parameters()] + [hidden.grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    metrics = head.compute_metrics(prediction.detach(), target, {"std": 2.0})
-    assert set(metrics) == set(head.metrics)
-    base = head.baseline(target, 6)
-    assert base.shape[0] == 6 and set(head.compute_metrics(base, target, {})) == set(head.metrics)
-    assert len(head.decode(prediction.detach())) == 6
-    assert set(head.higher_is_better) == set(head.metrics)
+# -- loss heads (their contract runs through tributary_core.testing in test_contracts.py) -------
 
 
 @settings(max_examples=100, deadline=None)

@@ -19,7 +19,7 @@ from tributary_core.metadata import (
     validate_metadata,
 )
 from tributary_core.registry import Registry, get_registry, hookimpl, reset_registry
-from tributary_core.semantic_type import EncodedColumn, SemanticType
+from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType, Vocabulary
 
 try:
     __version__ = version("tributary")
@@ -37,12 +37,14 @@ __all__ = [
     "Metadata",
     "MetadataError",
     "PluginError",
+    "Prepared",
     "Problem",
     "Registry",
     "SemanticType",
     "Table",
     "Task",
     "TributaryError",
+    "Vocabulary",
     "get_registry",
     "hookimpl",
     "load_metadata",
