@@ -14,3 +14,5 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "bootstrap: installing tributary with its test, datasets, tpch, local-model, plot and baselines extras" >&2
 "$PYTHON" -m pip install --quiet -e ".[test,datasets,tpch,local,plot,baselines]"
+echo "bootstrap: installing the example plugin package examples/tributary-counts" >&2
+"$PYTHON" -m pip install --quiet --no-deps -e examples/tributary-counts

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from tributary_core import __version__
+from tributary_core import __version__, get_registry
 from tributary_core.cli import cli
 
 
@@ -74,9 +74,12 @@ def test_validate_errors_are_one_line_each_with_exit_2(tiny_metadata, tiny_raw, 
     result = CliRunner().invoke(cli, ["metadata", "validate", str(path)])
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if ": error: " in line]
+    registered = ", ".join(sorted(get_registry().semantic_types))  # built-ins and installed plugins
+    assert {"boolean", "categorical", "identifier", "ignored", "numerical", "text", "timestamp"} <= set(
+        get_registry().semantic_types)
     assert errors == [
         f"{path}: error: $.tables.orders.columns.amount.stype: unknown stype 'money'; registered: "
-        "boolean, categorical, identifier, ignored, numerical, text, timestamp",
+        f"{registered} (a plugin's type needs its package installed: see `tributary plugins list`)",
         f"{path}: error: $.tasks.order_returned.anchor_key: table 'orders' has no column 'oid'",
     ]
     assert "Traceback" not in result.output

@@ -113,7 +113,8 @@ class _StaticChecks:
         cls = self.registry.semantic_types.get(name)
         if cls is None:
             known = ", ".join(sorted(self.registry.semantic_types))
-            self.error(path, f"unknown stype {name!r}; registered: {known}")
+            self.error(path, f"unknown stype {name!r}; registered: {known} (a plugin's type needs its "
+                             f"package installed: see `tributary plugins list`)")
             return None
         return cls()
 
