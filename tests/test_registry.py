@@ -60,10 +60,21 @@ CLASH_SOURCE = """
 """
 
 
+#: the fake distributions these tests install
+FAKE_DISTRIBUTIONS = "tributary-fakecounts,numbers-plus,broken-plugin,fancy-embed,other-hash"
+
+
+@pytest.fixture(autouse=True)
+def only_fake_distributions(monkeypatch):
+    """Plugins really installed here (the example package tributary-counts) stay out, so these
+    tests see the built-ins and their own fakes only; a test may set the variables itself."""
+    monkeypatch.setenv("TRIBUTARY_PLUGINS", FAKE_DISTRIBUTIONS)
+
+
 @pytest.fixture
 def counts_plugin(tmp_path, monkeypatch):
     install_fake_distribution(
-        tmp_path / "site", monkeypatch, dist="tributary-counts", module="tributary_counts_fake",
+        tmp_path / "site", monkeypatch, dist="tributary-fakecounts", module="tributary_counts_fake",
         source=COUNTS_SOURCE,
         entry_points='[tributary.semantic_types]\ncounts = tributary_counts_fake\n')
 
@@ -89,7 +100,7 @@ def test_third_party_distribution_is_found(counts_plugin):
     registry = Registry()
     assert "count" in registry.semantic_types
     [count] = [c for c in registry.components() if c.name == "count"]
-    assert (count.source.distribution, count.source.version) == ("tributary-counts", "0.3")
+    assert (count.source.distribution, count.source.version) == ("tributary-fakecounts", "0.3")
 
 
 def test_duplicate_from_distribution_names_both_sources(tmp_path, monkeypatch):
@@ -178,8 +189,9 @@ def test_disable_autoload_keeps_builtins_only(counts_plugin, monkeypatch):
     monkeypatch.setenv("TRIBUTARY_DISABLE_PLUGIN_AUTOLOAD", "1")
     registry = Registry()
     assert set(registry.semantic_types) == BUILTIN_STYPES
-    assert [(s.distribution, reason) for s, reason in registry.skipped] == [
-        ("tributary-counts", "TRIBUTARY_DISABLE_PLUGIN_AUTOLOAD is set")]
+    skipped = [(s.distribution, reason) for s, reason in registry.skipped]
+    assert ("tributary-fakecounts", "TRIBUTARY_DISABLE_PLUGIN_AUTOLOAD is set") in skipped
+    assert {reason for _, reason in skipped} == {"TRIBUTARY_DISABLE_PLUGIN_AUTOLOAD is set"}
 
 
 def test_disable_autoload_also_skips_a_broken_plugin(tmp_path, monkeypatch):
@@ -194,7 +206,7 @@ def test_disable_autoload_also_skips_a_broken_plugin(tmp_path, monkeypatch):
 def test_plugins_env_narrows_autoload(counts_plugin, monkeypatch):
     monkeypatch.setenv("TRIBUTARY_PLUGINS", "some-other-dist")
     assert "count" not in Registry().semantic_types
-    monkeypatch.setenv("TRIBUTARY_PLUGINS", "some-other-dist, Tributary_Counts")
+    monkeypatch.setenv("TRIBUTARY_PLUGINS", "some-other-dist, Tributary_FakeCounts")
     assert "count" in Registry().semantic_types
 
 

@@ -329,13 +329,13 @@ def test_ddp_two_gloo_processes_match_one_process(shop, tmp_path):
     torch.manual_seed(config.seed)
     model = build_model(config, shop.embedder.dimension)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    from tributary_core.train.trainer import _embeddings, _schedule
+    from tributary_core.train.trainer import _schedule, store_embeddings
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
     samplers = [Sampler([shop], batch_size=3, context_len=config.seq_len, width=config.width,
                         seed=config.seed, rank=r, world_size=2, splitter=config.splitter())
                 for r in range(2)]
-    emb = {shop.name: _embeddings(shop, torch.device("cpu"))}
+    emb = {shop.name: store_embeddings(shop, torch.device("cpu"))}
     losses = []
     for step in range(1, config.steps + 1):
         parts = [batch_loss(model, s.batch_at(step), emb, torch.device("cpu"), config.null_weight)[0]
