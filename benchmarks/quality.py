@@ -85,6 +85,7 @@ def main() -> None:
     results = Results(args.out / "results.json")
     if not args.render_only:
         run_all(args, results)
+    _step_times(results.data, args.out)
     kept = ""
     if args.doc.exists() and DISCUSSION in args.doc.read_text():
         kept = args.doc.read_text().split(DISCUSSION, 1)[1]
@@ -107,6 +108,9 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     results.data.setdefault("settings", {"steps": args.steps, "pretrain_steps": args.pretrain_steps,
                                          "eval_seeds": args.eval_seeds, "max_train": args.max_train,
                                          "model": MODEL})
+    results.data["machine"] = {"cpu": platform.processor() or platform.machine(),
+                               "cores": os.cpu_count(), "torch": torch.__version__,
+                               "torch_threads": torch.get_num_threads()}
     n = args.eval_seeds
 
     def fit(name: str, dbs: list[str], steps: int, **kw: Any) -> Callable[[], dict[str, Any]]:
@@ -119,8 +123,12 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
                                  ckpt_every=steps, **MODEL, **kw)
             print(f"  training {name}: {steps} steps on {', '.join(dbs)}", file=sys.stderr, flush=True)
             train(config, args.out / name, force=True)
-            val = [(r["step"], r["val_loss"]) for r in read_metrics(args.out / name) if "val_loss" in r]
-            return {"steps": steps, "dbs": dbs, "init": kw.get("init"), "val_loss": val}
+            rows = read_metrics(args.out / name)
+            val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+            # time in training steps alone (the rest is validation, checkpoints, start-up)
+            step_s = sum(config.batch_size / r["seeds_per_s"] for r in rows if r.get("seeds_per_s"))
+            return {"steps": steps, "dbs": dbs, "init": kw.get("init"), "val_loss": val,
+                    "step_s": round(step_s, 1)}
         return go
 
     def scored(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
@@ -144,9 +152,16 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
         init = str(args.out / f"c-{other(db)}")
         results.stage(f"train/f-{db}", fit(f"f-{db}", [db], args.steps, init=init))
         results.stage(f"eval/f-{db}", scored(f"f-{db}"))
-    results.data["machine"] = {"cpu": platform.processor() or platform.machine(),
-                               "cores": os.cpu_count(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads()}
+
+
+def _step_times(data: dict[str, Any], out: Path) -> None:
+    """``step_s`` of runs recorded without it, from their metrics.jsonl."""
+    for name, entry in data.items():
+        path = out / name.split("/", 1)[-1] / "metrics.jsonl"
+        if name.startswith("train/") and "step_s" not in entry and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            size = data.get("settings", {}).get("model", MODEL)["batch_size"]
+            entry["step_s"] = round(sum(size / r["seeds_per_s"] for r in rows if r.get("seeds_per_s")), 1)
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -308,14 +323,17 @@ def _budgets(data: dict[str, Any]) -> list[str]:
     machine = data.get("machine", {})
     lines = ["## Budgets", "",
              f"Measured on {machine.get('cores', '?')} CPU cores ({machine.get('cpu', '?')}), torch "
-             f"{machine.get('torch', '?')} with {machine.get('torch_threads', '?')} threads; CPU time "
-             "is the process's (all threads).", "",
-             "| stage | steps | wall | CPU |", "|---|---:|---:|---:|"]
+             f"{machine.get('torch', '?')} with {machine.get('torch_threads', '?')} threads. Wall time "
+             "includes validation (every 100 steps, 8 batches per task) and checkpoints; \"training "
+             "steps\" is the sum of the steps' own times; CPU time is the process's, all threads.", "",
+             "| stage | steps | wall | of which training steps | CPU |", "|---|---:|---:|---:|---:|"]
     for name, entry in data.items():
         if "/" not in name or "wall_s" not in entry:
             continue
         steps = entry.get("steps", "")
-        lines.append(f"| {name} | {steps} | {entry['wall_s'] / 60:.1f} min | {entry['cpu_s'] / 60:.1f} min |")
+        step_s = f"{entry['step_s'] / 60:.1f} min" if "step_s" in entry else ""
+        lines.append(f"| {name} | {steps} | {entry['wall_s'] / 60:.1f} min | {step_s} | "
+                     f"{entry['cpu_s'] / 60:.1f} min |")
     return lines + [""]
 
 
