@@ -86,6 +86,7 @@ def main() -> None:
     if not args.render_only:
         run_all(args, results)
     _step_times(results.data, args.out)
+    results.data.setdefault("machine", _machine())
     kept = ""
     if args.doc.exists() and DISCUSSION in args.doc.read_text():
         kept = args.doc.read_text().split(DISCUSSION, 1)[1]
@@ -108,15 +109,13 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     results.data.setdefault("settings", {"steps": args.steps, "pretrain_steps": args.pretrain_steps,
                                          "eval_seeds": args.eval_seeds, "max_train": args.max_train,
                                          "model": MODEL})
-    results.data["machine"] = {"cpu": platform.processor() or platform.machine(),
-                               "cores": os.cpu_count(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads()}
+    results.data["machine"] = _machine()
     n = args.eval_seeds
 
     def fit(name: str, dbs: list[str], steps: int, **kw: Any) -> Callable[[], dict[str, Any]]:
         def go() -> dict[str, Any]:
             # validation every 100 steps, 8 batches per task; cell-masking runs (one task per
-            # column: 100 on Lahman) validate once at the end, 1 batch per task
+            # column: 197 on Lahman) validate once at the end, 1 batch per task
             every, batches = (steps, 1) if kw.get("pretrain") else (100, 8)
             config = TrainConfig(stores=[stores[d] for d in dbs], steps=steps,
                                  warmup=max(steps // 10, 1), val_every=every, val_batches=batches,
@@ -152,6 +151,11 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
         init = str(args.out / f"c-{other(db)}")
         results.stage(f"train/f-{db}", fit(f"f-{db}", [db], args.steps, init=init))
         results.stage(f"eval/f-{db}", scored(f"f-{db}"))
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def _step_times(data: dict[str, Any], out: Path) -> None:
@@ -215,7 +219,7 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Model quality",
         "",
-        "Regenerate this page (about 75 minutes on 2 CPU cores; finished stages are kept in",
+        "Regenerate this page (about 80 minutes on 2 CPU cores; finished stages are kept in",
         "`runs/quality/results.json`):",
         "",
         "```bash",
@@ -298,8 +302,21 @@ def _fine_tuning(data: dict[str, Any]) -> list[str]:
             continue
         level = c["val_loss"][-1][1]
         reach_f = _first_reaching(f["val_loss"], level)
-        lines.append(f"| {db} | {level:.4f} | {_first_reaching(c['val_loss'], level)} | "
-                     f"{reach_f if reach_f is not None else 'not reached'} | {f['val_loss'][-1][1]:.4f} |")
+        reached = reach_f if reach_f is not None else "not reached"
+        lines.append(f"| {db} | {level:.4f} | {_first_reaching(c['val_loss'], level)} | {reached} | "
+                     f"{f['val_loss'][-1][1]:.4f} |")
+    curves = {db: (data.get(f"train/c-{db}", {}).get("val_loss"),
+                   data.get(f"train/f-{db}", {}).get("val_loss")) for db in DBS}
+    curves = {db: (c, f) for db, (c, f) in curves.items() if c and f}
+    if curves:
+        lines += ["", "The validation curves, step by step:", "",
+                  "| step | " + " | ".join(f"{db} (c) | {db} (f)" for db in curves) + " |",
+                  "|---:|" + "---:|---:|" * len(curves)]
+        for i, (step, _) in enumerate(next(iter(curves.values()))[0]):
+            cells = []
+            for c, f in curves.values():
+                cells += [f"{c[i][1]:.3f}" if i < len(c) else "", f"{f[i][1]:.3f}" if i < len(f) else ""]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
