@@ -175,6 +175,10 @@ TITLES = {"a": "(a) majority/mean", "b": "(b) LightGBM", "c": "(c) this db", "d"
           "e": "(e) zero-shot", "f": "(f) fine-tuned"}
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def _task_metrics(data: dict[str, Any], db: str) -> dict[str, dict[str, Any]]:
     """task -> {"metric", "higher", column -> value}."""
     from tributary_core.registry import get_registry
@@ -233,7 +237,7 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "- **(a)** majority class / mean of the training split's labels.",
         "- **(b)** LightGBM on the anchor row's features and its one-hop parents' "
-        f"(`tributary run baseline`), at most {s.get('max_train', '?'):,} training seeds per task, "
+        f"(`tributary run baseline`), at most {_count(s.get('max_train'))} training seeds per task, "
         "early-stopped on the validation split.",
         f"- **(c)** Tributary on that database alone, {s.get('steps', '?')} steps.",
         f"- **(d)** one Tributary model on both databases, {2 * int(s.get('steps', 0))} steps "
