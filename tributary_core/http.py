@@ -1,12 +1,18 @@
-"""What every HTTP client in Tributary (embedders, the drafting agent) retries, and how long."""
+"""What every HTTP client in Tributary (embedders, the drafting agent) retries, how long it
+waits, and how it reports a server's error: :func:`post_with_retries`, :func:`error_detail`."""
 
 from __future__ import annotations
 
 import email.utils
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["RETRY_STATUS", "MAX_RETRY_AFTER", "parse_retry_after", "backoff_delay"]
+import httpx
+
+__all__ = ["RETRY_STATUS", "MAX_RETRY_AFTER", "parse_retry_after", "backoff_delay", "error_detail",
+           "post_with_retries"]
 
 #: Statuses worth another try: timeouts, rate limits, and server-side failures.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -35,3 +41,49 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     if retry_after is not None:
         return retry_after + random.uniform(0.0, 0.1 * retry_after + 0.01)
     return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def error_detail(response: httpx.Response) -> str:
+    """``": <the server's message>"`` (its ``error.message`` if it sent one), one line, at most
+    200 characters; empty when the body says nothing."""
+    try:
+        payload = response.json()
+        err = payload.get("error", payload) if isinstance(payload, dict) else payload
+        message = err.get("message") if isinstance(err, dict) else err
+        text = str(message if message is not None else payload)
+    except ValueError:
+        text = response.text
+    text = " ".join(text.split())[:200]
+    return f": {text}" if text else ""
+
+
+def post_with_retries(client: httpx.Client, url: str, body: Any, *, max_retries: int,
+                      backoff_base: float, backoff_max: float,
+                      before_attempt: Callable[[int], None] = lambda _attempt: None,
+                      wait: Callable[[float, str], None] = lambda delay, _last: time.sleep(delay),
+                      ) -> tuple[httpx.Response | None, str]:
+    """POST ``body`` as JSON until the answer is final: ``(response, "")`` for a 200 or a status
+    not worth retrying, ``(None, last failure)`` once ``max_retries`` retries are spent.
+
+    Timeouts, dropped connections and :data:`RETRY_STATUS` are retried after
+    :func:`backoff_delay` (honouring ``Retry-After``). ``before_attempt(attempt)`` runs before
+    each try (to count it, or to raise when the caller was closed); ``wait(delay, last)`` does
+    the waiting (to log it, or to wake early and raise)."""
+    last = ""
+    for attempt in range(max_retries + 1):
+        before_attempt(attempt)
+        retry_after = None
+        try:
+            response = client.post(url, json=body)
+        except httpx.TimeoutException:
+            last = "the request timed out"
+        except httpx.TransportError as exc:
+            last = f"the connection failed ({type(exc).__name__})"
+        else:
+            if response.status_code == 200 or response.status_code not in RETRY_STATUS:
+                return response, ""
+            last = f"HTTP {response.status_code}{error_detail(response)}"
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if attempt < max_retries:
+            wait(backoff_delay(attempt, backoff_base, backoff_max, retry_after), last)
+    return None, last

@@ -26,7 +26,7 @@ import numpy as np
 
 from tributary_core.embedder import DEFAULT_DIMENSION, Embedder
 from tributary_core.errors import TributaryError
-from tributary_core.http import RETRY_STATUS, backoff_delay, parse_retry_after
+from tributary_core.http import error_detail, post_with_retries
 
 
 def embeddings_endpoint(base_url: str) -> str:
@@ -151,34 +151,29 @@ class OpenAICompatibleEmbedder(Embedder):
 
     def _request(self, texts: list[str]) -> np.ndarray:
         body = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
-        last = ""
-        for attempt in range(self.max_retries + 1):
+
+        def before_attempt(attempt: int) -> None:
             if self._closed.is_set():
                 raise TributaryError(f"embedder {self.name!r} was closed")
             with self._count_lock:
                 self.requests += 1
                 self.retries += attempt > 0
-            retry_after = None
-            try:
-                response = self._client.post(self.endpoint, json=body)
-            except httpx.TimeoutException:
-                last = "the request timed out"
-            except httpx.TransportError as exc:
-                last = f"the connection failed ({type(exc).__name__})"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response, texts)
-                if response.status_code not in RETRY_STATUS:
-                    raise TributaryError(self._refused(response))
-                last = f"HTTP {response.status_code}{self._detail(response)}"
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if attempt < self.max_retries:
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after)
-                if self._closed.wait(delay):
-                    raise TributaryError(f"embedder {self.name!r} was closed")
-        raise TributaryError(self._redact(
-            f"embedder {self.name!r}: {self.endpoint}: gave up after {self.max_retries + 1} "
-            f"attempts; the last: {last}"))
+
+        def pause(delay: float, _last: str) -> None:
+            if self._closed.wait(delay):
+                raise TributaryError(f"embedder {self.name!r} was closed")
+
+        response, last = post_with_retries(
+            self._client, self.endpoint, body, max_retries=self.max_retries,
+            backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+            before_attempt=before_attempt, wait=pause)
+        if response is None:
+            raise TributaryError(self._redact(
+                f"embedder {self.name!r}: {self.endpoint}: gave up after {self.max_retries + 1} "
+                f"attempts; the last: {last}"))
+        if response.status_code != 200:
+            raise TributaryError(self._refused(response))
+        return self._parse(response, texts)
 
     def _parse(self, response: httpx.Response, texts: list[str]) -> np.ndarray:
         where = f"embedder {self.name!r}: {self.endpoint}"
@@ -221,17 +216,6 @@ class OpenAICompatibleEmbedder(Embedder):
 
     # -- messages --------------------------------------------------------------------------
 
-    def _detail(self, response: httpx.Response) -> str:
-        try:
-            payload = response.json()
-            err = payload.get("error", payload) if isinstance(payload, dict) else payload
-            message = err.get("message") if isinstance(err, dict) else err
-            text = str(message if message is not None else payload)
-        except ValueError:
-            text = response.text
-        text = " ".join(text.split())[:200]
-        return f": {text}" if text else ""
-
     def _refused(self, response: httpx.Response) -> str:
         hint = ""
         if response.status_code in (401, 403) and self.key_env:
@@ -240,7 +224,7 @@ class OpenAICompatibleEmbedder(Embedder):
             hint = " (check the base URL and the model name)"
         return self._redact(
             f"embedder {self.name!r}: {self.endpoint} refused the request: HTTP "
-            f"{response.status_code} {response.reason_phrase}{self._detail(response)}{hint}")
+            f"{response.status_code} {response.reason_phrase}{error_detail(response)}{hint}")
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text

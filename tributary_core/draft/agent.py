@@ -35,7 +35,7 @@ import httpx
 
 from tributary_core.draft.heuristics import profile_tables, read_tables
 from tributary_core.errors import MetadataError, TributaryError
-from tributary_core.http import RETRY_STATUS, backoff_delay, parse_retry_after
+from tributary_core.http import error_detail, post_with_retries
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
 
 __all__ = ["Usage", "AgentResult", "DraftAgent", "OPENROUTER_URL", "DEFAULT_MODEL", "check_answer"]
@@ -246,33 +246,26 @@ class DraftAgent:
     def _complete(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"model": self.model, "messages": messages, "tools": TOOLS, "tool_choice": "auto",
                 "temperature": 0, "usage": {"include": True}}
-        last = ""
-        for attempt in range(self.max_retries + 1):
+
+        def before_attempt(attempt: int) -> None:
             self.usage.requests += 1
             self.usage.retries += attempt > 0
-            retry_after = None
-            try:
-                response = self._client.post(self.url, json=body)
-            except httpx.TimeoutException:
-                last = "the request timed out"
-            except httpx.TransportError as exc:
-                last = f"the connection failed ({type(exc).__name__})"
-            else:
-                if response.status_code == 200:
-                    return self._parse(response)
-                if response.status_code not in RETRY_STATUS:
-                    hint = f" (check {self.key_env})" if response.status_code in (401, 403) else ""
-                    raise TributaryError(self._redact(
-                        f"{self.url} refused the request: HTTP {response.status_code}"
-                        f"{_detail(response)}{hint}"))
-                last = f"HTTP {response.status_code}{_detail(response)}"
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if attempt < self.max_retries:
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after)
-                self.say(f"{last}; retrying in {delay:.1f} s")
-                time.sleep(delay)
-        raise TributaryError(self._redact(f"{self.url}: gave up after {self.max_retries + 1} attempts; "
-                                          f"the last: {last}"))
+
+        def wait(delay: float, last: str) -> None:
+            self.say(f"{last}; retrying in {delay:.1f} s")
+            time.sleep(delay)
+
+        response, last = post_with_retries(self._client, self.url, body, max_retries=self.max_retries,
+                                           backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                                           before_attempt=before_attempt, wait=wait)
+        if response is None:
+            raise TributaryError(self._redact(f"{self.url}: gave up after {self.max_retries + 1} "
+                                              f"attempts; the last: {last}"))
+        if response.status_code != 200:
+            hint = f" (check {self.key_env})" if response.status_code in (401, 403) else ""
+            raise TributaryError(self._redact(f"{self.url} refused the request: HTTP "
+                                              f"{response.status_code}{error_detail(response)}{hint}"))
+        return self._parse(response)
 
     def _parse(self, response: httpx.Response) -> dict[str, Any]:
         try:
@@ -361,17 +354,6 @@ class DraftAgent:
                 raise ValueError("run_query takes exactly one SELECT statement")
             return self._query(sql)
         raise ValueError(f"no tool {name!r}; tools: {', '.join(t['function']['name'] for t in TOOLS)}")
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        payload = response.json()
-        err = payload.get("error", payload) if isinstance(payload, dict) else payload
-        text = str(err.get("message", err) if isinstance(err, dict) else err)
-    except ValueError:
-        text = response.text
-    text = " ".join(text.split())[:200]
-    return f": {text}" if text else ""
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
