@@ -33,7 +33,7 @@ import attrs
 import duckdb
 import httpx
 
-from tributary_core.draft.heuristics import profile_tables, read_tables
+from tributary_core.draft.heuristics import key_inclusion, profile_tables, read_tables
 from tributary_core.errors import MetadataError, TributaryError
 from tributary_core.http import error_detail, post_with_retries
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
@@ -341,12 +341,9 @@ class DraftAgent:
         if name == "check_foreign_key":
             table, parent = self._table(args), self._table(args, "parent_table")
             column, key = self._column(table, args), self._column(parent, args, "parent_column")
-            c, k = q(column), q(key)
-            return self._query(
-                f"SELECT count(*) AS distinct_values, count(p.v) AS found_in_parent, "
-                f"round(count(p.v) / greatest(count(*), 1), 4) AS match_rate FROM (SELECT DISTINCT {c} AS v "
-                f"FROM {q(table)} WHERE {c} IS NOT NULL) AS d LEFT JOIN (SELECT DISTINCT {k} AS v FROM "
-                f"{q(parent)}) AS p ON d.v = p.v")[0]
+            distinct, found = key_inclusion(self.con, table, column, parent, key)
+            return {"distinct_values": distinct, "found_in_parent": found,
+                    "match_rate": round(found / max(distinct, 1), 4)}
         if name == "run_query":
             sql = str(args.get("sql", ""))
             statements = duckdb.extract_statements(sql)

@@ -41,7 +41,8 @@ import pyarrow.dataset as pads
 from tributary_core.errors import TributaryError
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
 
-__all__ = ["ColumnProfile", "TableProfile", "profile_tables", "draft_metadata", "read_tables"]
+__all__ = ["ColumnProfile", "TableProfile", "profile_tables", "draft_metadata", "read_tables",
+           "key_inclusion"]
 
 _KEY_NAME = re.compile(r"(^id$|_id$|[a-z0-9]ID$|[a-z0-9]Id$|key$|_code$)")
 #: a short table prefix in front of column names (TPC-H's ``l_orderkey``, ``o_orderkey``)
@@ -189,7 +190,8 @@ def _foreign_keys(con: Any, profiles: dict[str, TableProfile], keys: dict[str, s
                 named = _names_agree(col.name, pk)
                 if not named and (col.kind == "int" or pname == tname):
                     continue
-                rate = _inclusion(con, tname, col.name, pname, pk)
+                distinct, hit = key_inclusion(con, tname, col.name, pname, pk)
+                rate = hit / distinct if distinct else 0.0
                 if rate < (min_named if named else min_unnamed):
                     continue
                 score = (named, rate, -parent.distinct)
@@ -200,13 +202,14 @@ def _foreign_keys(con: Any, profiles: dict[str, TableProfile], keys: dict[str, s
     return found
 
 
-def _inclusion(con: Any, table: str, column: str, parent: str, key: str) -> float:
+def key_inclusion(con: Any, table: str, column: str, parent: str, key: str) -> tuple[int, int]:
+    """``(distinct non-null values of table.column, how many of them are values of parent.key)``."""
     c, k = quote_identifier(column), quote_identifier(key)
     sql = (f"SELECT count(*) AS n, count(p.v) AS hit FROM (SELECT DISTINCT {c} AS v FROM "
            f"{quote_identifier(table)} WHERE {c} IS NOT NULL) AS d LEFT JOIN (SELECT DISTINCT {k} AS v "
            f"FROM {quote_identifier(parent)}) AS p ON d.v = p.v")
     row = fetch_arrow(con.sql(sql)).to_pylist()[0]
-    return row["hit"] / row["n"] if row["n"] else 0.0
+    return int(row["n"]), int(row["hit"])
 
 
 def _stype(col: ColumnProfile, table: TableProfile, is_key: bool, fk: tuple | None,
