@@ -43,11 +43,8 @@ from tributary_core.semantic_type import Prepared, SemanticType, Vocabulary
 
 __all__ = ["check_semantic_type", "check_loss_head", "fake_batch"]
 
-SLOTS = ("number", "timestamp", "boolean", "vocab", "none")
-_SLOT_WIDTH = {"number": 1, "timestamp": 15, "boolean": 1, "none": 0}
 
-
-def _instance(obj: Any, base: type) -> Any:
+def _instance(obj: Any) -> Any:
     return obj() if isinstance(obj, type) else obj
 
 
@@ -68,11 +65,13 @@ def _same(a: Any, b: Any) -> bool:
 def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Array | pa.ChunkedArray, *,
                         d_model: int = 16, d_text: int = 8, registry: Any = None) -> None:
     """Check ``stype`` against the contract on ``column``, a sample it must accept."""
-    st = _instance(stype, SemanticType)
+    from tributary_core.sampler.graph import SLOTS  # the slots the sampler knows
+
+    st = _instance(stype)
     who = f"semantic type {getattr(st, 'name', type(st).__name__)!r}"
     assert isinstance(st, SemanticType), f"{who}: not a SemanticType subclass"
     assert isinstance(st.name, str) and st.name, f"{who}: name must be a non-empty string"
-    assert st.batch_slot in SLOTS, f"{who}: batch_slot {st.batch_slot!r} is not one of {SLOTS}"
+    assert st.batch_slot in SLOTS, f"{who}: batch_slot {st.batch_slot!r} is not one of {sorted(SLOTS)}"
     if registry is None:
         from tributary_core.registry import get_registry
 
@@ -153,6 +152,8 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
 def _check_value_encoder(st: SemanticType, who: str, encoded: Any, d_model: int, d_text: int) -> None:
     import torch
 
+    from tributary_core.nn.encoders import SLOT_WIDTH
+
     module = st.value_encoder(d_model, d_text)
     assert isinstance(module, torch.nn.Module), f"{who}: value_encoder() must return a torch module"
     valid = np.flatnonzero(encoded.valid)
@@ -165,7 +166,7 @@ def _check_value_encoder(st: SemanticType, who: str, encoded: Any, d_model: int,
         inputs = torch.randn(len(valid), d_text)
     else:
         inputs = torch.zeros(len(valid), 0)
-    width = d_text if slot == "vocab" else _SLOT_WIDTH[slot]
+    width = d_text if slot == "vocab" else SLOT_WIDTH[slot]
     assert inputs.shape == (len(valid), width), f"{who}: slot {slot!r} input should be (N, {width})"
     out = module(inputs)
     assert tuple(out.shape) == (len(valid), d_model), \
@@ -199,7 +200,7 @@ def check_loss_head(head: LossHead | type[LossHead], target_stype: str, *, slot:
     looked up in the registry unless ``slot`` is given)."""
     import torch
 
-    h = _instance(head, LossHead)
+    h = _instance(head)
     who = f"loss head {getattr(h, 'name', type(h).__name__)!r} for {target_stype!r}"
     assert isinstance(h, LossHead), f"{who}: not a LossHead subclass"
     assert h.metrics, f"{who}: names no metrics"
