@@ -124,10 +124,8 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
             train(config, args.out / name, force=True)
             rows = read_metrics(args.out / name)
             val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-            # time in training steps alone (the rest is validation, checkpoints, start-up)
-            step_s = sum(config.batch_size / r["seeds_per_s"] for r in rows if r.get("seeds_per_s"))
             return {"steps": steps, "dbs": dbs, "init": kw.get("init"), "val_loss": val,
-                    "step_s": round(step_s, 1)}
+                    "step_s": _seconds_in_steps(rows, config.batch_size)}
         return go
 
     def scored(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
@@ -158,14 +156,21 @@ def _machine() -> dict[str, Any]:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def _seconds_in_steps(rows: list[dict[str, Any]], batch_size: int) -> float:
+    """Time a run spent in its training steps alone (the rest is validation, checkpoints and
+    start-up), from its metrics.jsonl rows."""
+    return round(sum(batch_size / r["seeds_per_s"] for r in rows if r.get("seeds_per_s")), 1)
+
+
 def _step_times(data: dict[str, Any], out: Path) -> None:
     """``step_s`` of runs recorded without it, from their metrics.jsonl."""
+    from tributary_core.train.trainer import read_metrics
+
+    size = data.get("settings", {}).get("model", MODEL)["batch_size"]
     for name, entry in data.items():
-        path = out / name.split("/", 1)[-1] / "metrics.jsonl"
-        if name.startswith("train/") and "step_s" not in entry and path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            size = data.get("settings", {}).get("model", MODEL)["batch_size"]
-            entry["step_s"] = round(sum(size / r["seeds_per_s"] for r in rows if r.get("seeds_per_s")), 1)
+        run = out / name.split("/", 1)[-1]
+        if name.startswith("train/") and "step_s" not in entry and (run / "metrics.jsonl").exists():
+            entry["step_s"] = _seconds_in_steps(read_metrics(run), size)
 
 
 # -- the page -----------------------------------------------------------------------------------
