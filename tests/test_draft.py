@@ -90,6 +90,11 @@ def test_cli_draft_writes_a_valid_file_and_refuses_mistakes(raw, tmp_path):
     assert checked.exit_code == 0 and "valid against" in checked.output
     again = CliRunner().invoke(cli, ["metadata", "draft", str(raw), "--out", str(out)])
     assert again.exit_code == 2 and "exists; use --force" in again.output
+    named = CliRunner().invoke(cli, ["metadata", "draft", str(raw), "--name", "bad/name",
+                                     "--out", str(tmp_path / "named.json")])
+    assert named.exit_code == 2 and "Traceback" not in named.output
+    assert f"{raw}: the draft does not validate: $.name: name 'bad/name'" in named.output
+    assert "(choose another with --name)" in named.output and not (tmp_path / "named.json").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     none = CliRunner().invoke(cli, ["metadata", "draft", str(empty), "--out", str(tmp_path / "x.json")])

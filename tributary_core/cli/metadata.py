@@ -162,9 +162,9 @@ def draft(raw_dir: Path, out: Path | None, name: str | None, agent: str | None, 
             problems, _ = check_answer(data, raw_dir, con)
         finally:
             con.close()
-        if problems:  # a bug in the heuristics, not the user's: say so plainly
-            raise TributaryError(f"the offline draft does not validate ({problems[0]}); "
-                                 "please report this")
+        if problems:  # names the data or --name brought in (else a bug in the heuristics)
+            hint = " (choose another with --name)" if problems[0].startswith("$.name:") else ""
+            raise TributaryError(f"{raw_dir}: the draft does not validate: {problems[0]}{hint}")
     text = json.dumps(data, indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
