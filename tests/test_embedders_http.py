@@ -1,12 +1,17 @@
-"""The HTTP embedders against real servers on 127.0.0.1: `tributary serve`'s EmbeddingServer
-(with injected faults) and a deliberately broken server for bad responses."""
+"""The HTTP embedders against real servers on 127.0.0.1: `tributary serve`'s EmbeddingServer,
+a subclass of it defined here that fails on purpose (the fault injection lives in the tests,
+not in the server), and a deliberately broken server for bad responses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import random
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -14,6 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import attrs
 import httpx
 import numpy as np
 import pytest
@@ -25,7 +31,7 @@ from tributary_core import get_registry
 from tributary_core.embed_cache import EmbeddingCache, embed_texts
 from tributary_core.errors import TributaryError
 from tributary_core.http import parse_retry_after
-from tributary_core.serve import EmbeddingServer, Faults
+from tributary_core.serve import EmbeddingRequestHandler, EmbeddingServer
 from tributary_core.store import open_store
 
 SECRET = "sk-test-5ecret-DO-NOT-LEAK-0123456789"
@@ -38,9 +44,85 @@ def hashing(dimension=32):
 
 def client(url, name="http", **kw):
     kw.setdefault("batch_size", 16)
-    kw.setdefault("timeout", 5.0)
+    kw.setdefault("timeout", 10.0)
     kw.setdefault("backoff_base", 0.01)
     return get_registry().create_embedder(name, base_url=url, dimension=32, **kw)
+
+
+# -- a server that fails on purpose (test-side) -------------------------------------------------
+
+
+@attrs.define
+class Faults:
+    """Fail ``rate`` of embedding requests, choosing among ``kinds`` with a seeded generator.
+
+    A kind is ``"timeout"`` (hold the request until the client hangs up), ``"reset"`` (drop the
+    connection with a TCP reset) or an HTTP status such as ``"429"`` (sent with ``Retry-After``)
+    or ``"401"``. ``schedule`` fixes the first requests' fates (``None``: answer normally)
+    before the random draws start.
+    """
+
+    rate: float = 0.2
+    kinds: tuple[str, ...] = ("429", "500", "timeout", "reset")
+    seed: int = 0
+    schedule: tuple[str | None, ...] = ()
+    retry_after: float = 0.2
+
+
+class _FaultyHandler(EmbeddingRequestHandler):
+    app: FaultyServer
+
+    def embed_request(self, length):
+        # Reached once the key, the length and the admission are checked, like the real answer.
+        fault = self.app.draw()
+        if fault is None:
+            return super().embed_request(length)
+        self.rfile.read(length)  # the body is consumed, so the connection stays usable
+        if fault == "429":
+            self.send_json(429, {"error": {"message": "rate limited (injected)"}},
+                           {"Retry-After": f"{self.app.faults.retry_after:g}"})
+        elif fault.isdigit():
+            self.send_json(int(fault), {"error": {"message": f"HTTP {fault} (injected)"}})
+        elif fault == "timeout":
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # hold it until the client gives up and hangs up
+                self.rfile.read(1)
+        elif fault == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+        return None
+
+
+class FaultyServer(EmbeddingServer):
+    """An EmbeddingServer whose embedding requests fail as ``faults`` says; counts every
+    attempt that reached it (``attempts``) and every fault injected (``fault_counts``)."""
+
+    handler_class = _FaultyHandler
+
+    def __init__(self, embedder, *, faults: Faults | None = None, **kw):
+        self.faults = faults or Faults(rate=0.0)
+        self.fault_counts: dict[str, int] = {}
+        self.attempts = 0
+        self._rng = random.Random(self.faults.seed)
+        super().__init__(embedder, **kw)
+
+    def draw(self) -> str | None:
+        with self._lock:
+            n = self.attempts
+            self.attempts += 1
+            if n < len(self.faults.schedule):
+                kind = self.faults.schedule[n]
+            elif self._rng.random() < self.faults.rate:
+                kind = self._rng.choice(self.faults.kinds)
+            else:
+                kind = None
+            if kind is not None:
+                self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
+            return kind
+
+
+# -- the embedders against the server -----------------------------------------------------------
 
 
 @pytest.fixture
@@ -56,21 +138,27 @@ def test_clean_run_matches_the_backend(clean_vectors):
 
 def test_faults_at_20_percent_give_the_same_vectors(clean_vectors, caplog):
     caplog.set_level(logging.DEBUG)
-    # seed 11 draws every kind of fault among the 26 requests this run makes
-    faults = Faults(rate=0.2, seed=11, retry_after=0.05, stall=1.0)
-    with EmbeddingServer(hashing(), api_key=SECRET, faults=faults) as server, \
-            client(server.url, api_key=SECRET, timeout=0.3, concurrency=4) as emb:
+    # Every kind first (the schedule), then 20% drawn. A "timeout" holds its request until the
+    # client's 1 s timeout closes the connection. A slow machine may make a healthy request
+    # time out too: that is one more retry, so the counts are bounds, not exact numbers.
+    faults = Faults(rate=0.2, seed=11, retry_after=0.05,
+                    schedule=("429", "500", "timeout", "reset"))
+    batches = len(TEXTS) // 16
+    with FaultyServer(hashing(), api_key=SECRET, faults=faults) as server, \
+            client(server.url, api_key=SECRET, timeout=1.0, concurrency=4) as emb:
         vectors = emb.embed(TEXTS)
     np.testing.assert_array_equal(vectors, clean_vectors)
-    assert set(server.stats.faults) == {"429", "500", "timeout", "reset"}
-    assert emb.retries == sum(server.stats.faults.values())
-    assert server.stats.requests == len(TEXTS) // 16
+    assert set(server.fault_counts) == {"429", "500", "timeout", "reset"}
+    assert emb.requests - emb.retries == batches  # one first attempt per batch
+    assert emb.retries >= sum(server.fault_counts.values())  # every fault was retried
+    assert server.attempts <= emb.requests  # nothing reached the server that was not sent
+    assert server.stats.requests >= batches  # each batch answered with vectors at least once
     assert SECRET not in caplog.text
 
 
 def test_retry_after_is_honoured():
     faults = Faults(schedule=("429",), retry_after=0.6)
-    with EmbeddingServer(hashing(), faults=faults) as server, client(server.url) as emb:
+    with FaultyServer(hashing(), faults=faults) as server, client(server.url) as emb:
         start = time.perf_counter()
         emb.embed(["x"])
         elapsed = time.perf_counter() - start
@@ -80,12 +168,12 @@ def test_retry_after_is_honoured():
 @pytest.mark.parametrize("status", ["400", "401", "403", "404"])
 def test_client_errors_are_not_retried(status, capfd, caplog):
     caplog.set_level(logging.DEBUG)
-    with EmbeddingServer(hashing(), faults=Faults(schedule=(status,))) as server, \
+    with FaultyServer(hashing(), faults=Faults(schedule=(status,))) as server, \
             client(server.url, api_key=SECRET) as emb, pytest.raises(TributaryError) as info:
         emb.embed(["x"])
     message = str(info.value)
     assert f"refused the request: HTTP {status}" in message and "(injected)" in message
-    assert emb.requests == 1 and server.stats.faults == {status: 1}
+    assert emb.requests == 1 and server.fault_counts == {status: 1}
     if status in ("401", "403"):
         assert "(check TRIBUTARY_EMBEDDER_API_KEY)" in message
     out, err = capfd.readouterr()
@@ -105,10 +193,10 @@ def test_wrong_key_against_a_keyed_server():
 
 def test_gives_up_after_max_retries():
     gave_up = r"gave up after 3 attempts; the last: HTTP 503: HTTP 503 \(injected\)"
-    with EmbeddingServer(hashing(), faults=Faults(rate=1.0, kinds=("503",))) as server, \
+    with FaultyServer(hashing(), faults=Faults(rate=1.0, kinds=("503",))) as server, \
             client(server.url, max_retries=2) as emb, pytest.raises(TributaryError, match=gave_up):
         emb.embed(["x"])
-    assert server.stats.faults == {"503": 3}
+    assert server.fault_counts == {"503": 3}
 
 
 def test_server_reduces_when_asked_and_checks_requests():
@@ -246,8 +334,7 @@ def test_second_preprocess_sends_nothing_and_a_killed_run_resumes(tmp_path):
     args = ["run", "preprocess", "--db", "odd", "--metadata", str(md), "--raw", str(raw),
             "--embedder", "http", "--dimension", "32", "-E", "batch_size=1", "-E", "concurrency=1"]
     # 1. a run killed with SIGKILL after a few batches came back
-    slow = Faults(rate=0.0)
-    with EmbeddingServer(_Slow(hashing(), 0.05), faults=slow) as server:
+    with EmbeddingServer(_Slow(hashing(), 0.05)) as server:
         env["TRIBUTARY_EMBEDDER_URL"] = server.url
         proc = _cli(*args, "--out", str(tmp_path / "killed"), env=env)
         deadline = time.monotonic() + 60
@@ -256,10 +343,12 @@ def test_second_preprocess_sends_nothing_and_a_killed_run_resumes(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_after = server.stats.texts
+        port = server.port
     assert proc.returncode == -signal.SIGKILL and killed_after >= 4
     assert not (tmp_path / "killed").exists()
-    # 2. the resumed run asks only for what the killed one had not finished
-    with EmbeddingServer(hashing()) as server:
+    # 2. the resumed run asks only for what the killed one had not finished, of a server at the
+    # same URL (the cache keeps each URL's vectors apart)
+    with EmbeddingServer(hashing(), port=port) as server:
         env["TRIBUTARY_EMBEDDER_URL"] = server.url
         proc = _cli(*args, "--out", str(tmp_path / "killed"), env=env)
         out, err = proc.communicate(timeout=120)

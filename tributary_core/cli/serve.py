@@ -44,13 +44,20 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
         if not api_key:
             raise TributaryError(f"--api-key-env: environment variable {api_key_env} is not set")
     embedder = make_embedder(backend, model, dimension, embedder_options)
-    load = getattr(embedder, "load", None)
-    if load is not None:
-        load()
-    server = EmbeddingServer(embedder, host, port, api_key=api_key, access_log=not quiet)
-    auth = " (API key required)" if api_key else ""
-    click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth} (Ctrl-C stops)", err=True)
     try:
+        # Take the port before loading the model, so that a port in use fails at once.
+        server = EmbeddingServer(embedder, host, port, api_key=api_key, access_log=not quiet)
+    except BaseException:
+        embedder.close()
+        raise
+    try:
+        embedder.load()
+        auth = " (API key required)" if api_key else ""
+        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: no --api-key-env: anyone who can reach {host}:{server.port} "
+                       f"can use this server", err=True)
+        click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth} (Ctrl-C stops)",
+                   err=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
