@@ -84,3 +84,21 @@ def test_bad_settings_are_clear_errors():
         reg.create_embedder("local", model="bert")
     with pytest.raises(TributaryError, match=r"precision must be auto, fp32 or bf16, not 'fp8'"):
         reg.create_embedder("local", precision="fp8")
+
+
+def test_a_model_giving_nan_is_refused_naming_the_string():
+    # A real model with one damaged weight row (the token "carrier"): its NaN reaches only the
+    # strings holding that token, and the base class refuses the batch, naming the string.
+    import torch
+
+    emb = get_registry().create_embedder("local", precision="fp32", dimension=16)
+    emb.load()
+    (token,) = emb._tokenizer.encode("carrier", add_special_tokens=False).ids
+    with torch.no_grad():
+        emb._model.embeddings.word_embeddings.weight[token] = float("nan")
+    assert np.isfinite(emb.embed(["origin is JFK"])).all()
+    message = (r"^embedder 'local' \(model 'all-MiniLM-L6-v2'\) returned non-finite values "
+               r"\(NaN or infinity\) for 'carrier is UA'; nothing from this batch is used$")
+    with pytest.raises(TributaryError, match=message):
+        emb.embed(["origin is JFK", "carrier is UA"])
+    emb.close()

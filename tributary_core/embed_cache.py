@@ -1,7 +1,10 @@
 """A content-addressed on-disk cache of embeddings, shared by every database and run.
 
 Layout: ``<root>/<backend>-<digest>/`` per embedder identity (backend, model, dimension,
-reduction; ``identity.json`` says which), holding append-only *segment* files. Each process
+reduction) and source (:attr:`Embedder.source <tributary_core.embedder.Embedder.source>`: empty
+for a model run here, the endpoint without credentials for a server, so one server's vectors are
+never served for another's; ``identity.json`` says which), holding append-only *segment* files.
+The folder is made when the first block is written. Each process
 that writes opens a segment of its own (``O_CREAT | O_EXCL``), so two writers never touch the
 same file. A segment is a sequence of blocks::
 
@@ -12,7 +15,8 @@ same file. A segment is a sequence of blocks::
 A block is written with one ``write`` after its batch comes back, so a run killed half-way
 keeps every batch it finished. A reader stops at a torn or damaged block (a short read, a bad
 magic) and checks each block's CRC before using its vectors, so a crash can cost re-embedding,
-never a wrong vector.
+never a wrong vector. A cached vector that is zero or not finite (written by an older version
+that did not check) is a miss, and :meth:`EmbeddingCache.append` refuses one.
 """
 
 from __future__ import annotations
@@ -67,25 +71,41 @@ class _Block:
 
 
 class EmbeddingCache:
-    """The cache entries of one embedder identity under ``root``."""
+    """The cache entries of one embedder identity (and ``source``) under ``root``.
 
-    def __init__(self, root: str | Path, identity: EmbedderIdentity) -> None:
+    :func:`embed_texts` narrows a cache opened without a source to its embedder's source.
+    """
+
+    def __init__(self, root: str | Path, identity: EmbedderIdentity, *, source: str = "") -> None:
+        self.root = Path(root)
         self.identity = identity
-        spec = json.dumps(attrs.asdict(identity), sort_keys=True)
-        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
-        self.dir = Path(root) / f"{identity.backend}-{digest}"
+        self.source = source
+        fields = attrs.asdict(identity)
+        if source:  # no source: the folder of caches written before sources were recorded
+            fields["source"] = source
+        self._spec = json.dumps(fields, sort_keys=True)
+        digest = hashlib.sha256(self._spec.encode()).hexdigest()[:16]
+        self.dir = self.root / f"{identity.backend}-{digest}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TributaryError(f"embedding cache {self.dir}: cannot create it ({exc.strerror})") from None
+        if not self.dir.exists() and not os.access(self.root, os.W_OK | os.X_OK):
+            raise TributaryError(f"embedding cache {self.dir}: cannot create it (permission denied)")
+        self._dim = identity.dimension
+        self._fd: int | None = None
+        self._segment: Path | None = None
+
+    def _make_dir(self) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             label = self.dir / "identity.json"
             if not label.exists():
                 tmp = self.dir / f".identity.{uuid.uuid4().hex}.tmp"
-                tmp.write_text(spec + "\n")
+                tmp.write_text(self._spec + "\n")
                 os.replace(tmp, label)
         except OSError as exc:
             raise TributaryError(f"embedding cache {self.dir}: cannot create it ({exc.strerror})") from None
-        self._dim = identity.dimension
-        self._fd: int | None = None
-        self._segment: Path | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -144,6 +164,7 @@ class EmbeddingCache:
             if not damaged:
                 break
             usable = [b for b in usable if b not in set(damaged)]
+        found &= _usable(vectors)
         return found, vectors[found]
 
     def _read_block(self, block: _Block) -> np.ndarray | None:
@@ -165,10 +186,13 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.shape != (len(keys), self._dim):
             raise ValueError(f"cache append: vectors {vectors.shape} for {len(keys)} keys")
+        if not _usable(vectors).all():
+            raise ValueError("cache append: a vector is zero or not finite")
         payload = np.ascontiguousarray(keys, dtype="<u8").tobytes() + vectors.tobytes()
         data = _HEADER.pack(MAGIC, len(keys), self._dim, zlib.crc32(payload)) + payload
         try:
             if self._fd is None:
+                self._make_dir()
                 name = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
                 self._segment = self.dir / name
                 self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
@@ -198,6 +222,13 @@ class EmbeddingCache:
     def entries(self) -> int:
         """How many complete entries the cache holds (duplicates across writers included)."""
         return sum(b.count for b in self._blocks()[0])
+
+
+def _usable(vectors: np.ndarray) -> np.ndarray:
+    """Per row: finite values and a finite, non-zero norm."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    return np.isfinite(vectors).all(axis=1) & np.isfinite(norms) & (norms > 0)
 
 
 @attrs.define
@@ -245,6 +276,11 @@ def embed_texts(
     if cache is not None and unique:
         if cache.identity != embedder.identity:
             raise ValueError("embed_texts: the cache belongs to another embedder identity")
+        if cache.source != embedder.source:
+            if cache.source:
+                raise ValueError("embed_texts: the cache belongs to another embedder source")
+            cache.close()
+            cache = EmbeddingCache(cache.root, cache.identity, source=embedder.source)
         keys = text_keys(unique)
         found, vectors = cache.lookup(keys)
         out[found] = vectors

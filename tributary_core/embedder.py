@@ -2,7 +2,10 @@
 
 A backend subclasses :class:`Embedder` and implements :meth:`Embedder._embed_batch`, which
 returns the model's *native* vectors (any width ``W >= D``). The base class plans batches (by
-count and by characters), checks every batch (count, width, finite values) and reduces it to D.
+count and by characters), checks every batch and reduces it to D. The check, which every
+backend's output passes through before it is used or cached, refuses a batch with a wrong
+shape, a width that differs from the backend's earlier batches, a non-finite value, a
+non-finite norm or a zero vector, naming the backend and the offending string.
 Backends are chosen by name from the ``tributary.embedders`` entry-point group.
 
 Reduction (``"ortho-v1"``, recorded in the store's embedder identity): a model giving exactly D
@@ -123,12 +126,15 @@ class Embedder:
     options: ClassVar[dict[str, Callable[[str], Any]]] = {}
     #: False for backends cheaper to run than to look up (the test-only ``hashing``).
     cacheable: ClassVar[bool] = True
+    native_width: int | None = None
 
     def __init__(self, *, model: str | None = None, dimension: int = DEFAULT_DIMENSION) -> None:
         if dimension < 1:
             raise TributaryError(f"embedder {self.name!r}: dimension must be >= 1, got {dimension}")
         self.model = model or self.default_model
         self.dimension = dimension
+        #: The native width of the first batch; every later batch must have the same.
+        self.native_width: int | None = None
 
     @property
     def identity(self) -> EmbedderIdentity:
@@ -136,6 +142,13 @@ class Embedder:
             backend=self.name, model=self.model, dimension=self.dimension,
             reduction=self.reduction,
         )
+
+    @property
+    def source(self) -> str:
+        """Where the vectors come from beyond the identity: ``""`` for a model run here, a
+        server's endpoint (without credentials or query) for an HTTP backend. The embedding
+        cache keeps each source's vectors apart; it never holds a secret."""
+        return ""
 
     # -- what callers use ------------------------------------------------------------------
 
@@ -194,7 +207,9 @@ class Embedder:
                 f"embedder {self.name!r}: model {self.model!r} gives {native.shape[1]} values per "
                 f"string, fewer than the requested dimension {self.dimension}; pass --dimension "
                 f"{native.shape[1]} or less")
-        return reduce_vectors(native, self.dimension)
+        reduced = reduce_vectors(native, self.dimension)
+        self._check_norms(texts, reduced, "after the ortho-v1 reduction ")
+        return reduced
 
     def load(self) -> None:
         """Load the model or open connections now rather than on the first batch (optional)."""
@@ -214,16 +229,44 @@ class Embedder:
         """Embed one batch: ``(len(texts), W)`` floats, W the model's width. Backends implement this."""
         raise NotImplementedError(f"embedder {self.name!r} does not implement _embed_batch()")
 
+    def _where(self) -> str:
+        source = f" at {self.source}" if self.source else ""
+        return f"embedder {self.name!r} (model {self.model!r}){source}"
+
     def _check(self, texts: list[str], vectors: np.ndarray) -> None:
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+        """Refuse a degenerate batch (see the module docstring) before anything uses it."""
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts) or vectors.shape[1] < 1:
             raise TributaryError(
-                f"embedder {self.name!r} (model {self.model!r}) returned shape {vectors.shape} "
-                f"for {len(texts)} strings"
-            )
-        if not np.isfinite(vectors).all():
+                f"{self._where()} returned shape {vectors.shape} for {len(texts)} strings")
+        width = vectors.shape[1]
+        if self.native_width is None:
+            self.native_width = width
+        elif width != self.native_width:
             raise TributaryError(
-                f"embedder {self.name!r} (model {self.model!r}) returned non-finite values"
-            )
+                f"{self._where()} returned {width} values per string for {_shown(texts[0])}, "
+                f"after {self.native_width} for earlier strings; nothing from this batch is used")
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise TributaryError(
+                f"{self._where()} returned non-finite values (NaN or infinity) for "
+                f"{_shown(texts[bad])}; nothing from this batch is used")
+        self._check_norms(texts, vectors, "")
+
+    def _check_norms(self, texts: list[str], vectors: np.ndarray, stage: str) -> None:
+        with np.errstate(over="ignore", under="ignore"):
+            norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms <= 0))
+        if len(bad):
+            what = "a zero vector" if norms[bad[0]] <= 0 else "a vector whose norm overflows"
+            raise TributaryError(
+                f"{self._where()} returned {what} {stage}for {_shown(texts[int(bad[0])])}; "
+                f"nothing from this batch is used")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} model={self.model!r} D={self.dimension}>"
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted on one line, cut to about ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -7,8 +7,10 @@ least what ``Retry-After`` asks, fractional seconds included), 408, 5xx, timeout
 connections, up to ``max_retries`` times; any other status (400, 401, 403, 404, ...) fails at
 once with the server's message. Every response is checked: one embedding per input, indices a
 permutation of ``0..n-1`` (results are put back in input order), one width for all, finite
-values. The API key goes only into the ``Authorization`` header: it is removed from every
-message this module writes, and the embedder's ``repr`` leaves it out.
+values (the base class then refuses zero vectors and non-finite norms). The API key goes only
+into the ``Authorization`` header: it is removed from every message this module writes, and the
+embedder's ``repr`` leaves it out. Messages, the ``repr`` and the cache's :attr:`source` show the
+endpoint without any user:password or query string (:func:`public_url`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import base64
 import binascii
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, ClassVar
@@ -37,6 +40,13 @@ def embeddings_endpoint(base_url: str) -> str:
     if url.endswith("/v1"):
         return url + "/embeddings"
     return url + "/v1/embeddings"
+
+
+def public_url(url: str) -> str:
+    """``url`` without user:password, query or fragment: what may be shown and cached."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class OpenAICompatibleEmbedder(Embedder):
@@ -85,6 +95,7 @@ class OpenAICompatibleEmbedder(Embedder):
             raise TributaryError(f"embedder {self.name!r}: concurrency >= 1, max_retries >= 0 and "
                                  f"timeout > 0 are required")
         self.endpoint = embeddings_endpoint(base_url)
+        self._public_endpoint = public_url(self.endpoint)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.encoding_format = encoding_format
@@ -141,8 +152,14 @@ class OpenAICompatibleEmbedder(Embedder):
             self._pool = None
         self._client.close()
 
+    @property
+    def source(self) -> str:
+        """The endpoint, without credentials or query: one server's vectors are cached apart
+        from another's."""
+        return self._public_endpoint
+
     def __repr__(self) -> str:  # never the key
-        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self.endpoint!r}>"
+        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self.source!r}>"
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -169,14 +186,14 @@ class OpenAICompatibleEmbedder(Embedder):
             before_attempt=before_attempt, wait=pause)
         if response is None:
             raise TributaryError(self._redact(
-                f"embedder {self.name!r}: {self.endpoint}: gave up after {self.max_retries + 1} "
+                f"embedder {self.name!r}: {self.source}: gave up after {self.max_retries + 1} "
                 f"attempts; the last: {last}"))
         if response.status_code != 200:
             raise TributaryError(self._refused(response))
         return self._parse(response, texts)
 
     def _parse(self, response: httpx.Response, texts: list[str]) -> np.ndarray:
-        where = f"embedder {self.name!r}: {self.endpoint}"
+        where = f"embedder {self.name!r}: {self.source}"
         try:
             payload = response.json()
         except ValueError:
@@ -190,7 +207,8 @@ class OpenAICompatibleEmbedder(Embedder):
         rows: list[np.ndarray | None] = [None] * len(texts)
         for pos, item in enumerate(data):
             index = item.get("index", pos) if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < len(texts) or rows[index] is not None:
+            if (not isinstance(index, int) or isinstance(index, bool)
+                    or not 0 <= index < len(texts) or rows[index] is not None):
                 raise TributaryError(f"{where}: response item {pos} has index {index!r}; the "
                                      f"indices must be 0..{len(texts) - 1}, each once")
             rows[index] = self._vector(item.get("embedding"), where, pos)
@@ -211,7 +229,12 @@ class OpenAICompatibleEmbedder(Embedder):
             return np.frombuffer(raw, dtype="<f4")
         if isinstance(value, list) and value and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return np.asarray(value, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                try:
+                    return np.asarray(value, dtype=np.float64).astype(np.float32)
+                except OverflowError:  # an integer too large for any float
+                    raise TributaryError(f"{where}: embedding {pos} holds a number too large "
+                                         f"for a float") from None
         raise TributaryError(f"{where}: embedding {pos} is neither a list of numbers nor base64")
 
     # -- messages --------------------------------------------------------------------------
@@ -223,7 +246,7 @@ class OpenAICompatibleEmbedder(Embedder):
         elif response.status_code == 404:
             hint = " (check the base URL and the model name)"
         return self._redact(
-            f"embedder {self.name!r}: {self.endpoint} refused the request: HTTP "
+            f"embedder {self.name!r}: {self.source} refused the request: HTTP "
             f"{response.status_code} {response.reason_phrase}{error_detail(response)}{hint}")
 
     def _redact(self, text: str) -> str:
@@ -239,7 +262,7 @@ class OpenAICompatibleEmbedder(Embedder):
             response.raise_for_status()
             ids = [m["id"] for m in response.json()["data"]]
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            raise TributaryError(self._redact(f"{where} {url} did not list the served model; "
+            raise TributaryError(self._redact(f"{where} {public_url(url)} did not list the served model; "
                                               f"pass --model")) from None
         if len(ids) != 1:
             raise TributaryError(f"{where} the server offers {len(ids)} models; pass --model")
