@@ -137,3 +137,28 @@ def test_self_reference_back_to_the_anchor_keeps_the_target_masked(tmp_path):
     others = [p for p in range(batch.n_cells[i])
               if batch.row[i, p] != 0 and batch.cell_col[i, p] == salary_col]
     assert len(others) == 1
+
+
+def test_tables_read_fails_closed_and_ignores_case():
+    from tributary_core.errors import TributaryError
+    from tributary_core.leakage import tables_read
+    from tributary_core.sql import sandbox_connection
+
+    con = sandbox_connection({"orders": pa.table({"order_id": [1]}), "users": pa.table({"u": [1]})})
+    names = ["orders", "users"]
+    assert tables_read(con, "SELECT * FROM ORDERS JOIN \"Users\" ON true", names) == {"orders", "users"}
+    assert tables_read(con, "SELECT * FROM 'orders.parquet'", names) == {"orders"}
+    for bad in ("SELEC order_id FROM orders", "PIVOT orders ON order_id USING count(*)"):
+        with pytest.raises(TributaryError, match=r"^task 't': cannot tell which tables the query reads"):
+            tables_read(con, bad, names, where="task 't'")
+
+
+def test_boolean_labels_read_no_as_false():
+    from tributary_core.leakage import _bins, _label
+
+    column = pa.chunked_array([pa.array(["yes", "no", "No ", "N", "true", "false", None, "maybe"])])
+    values, ok = _label(column, "boolean")
+    assert ok.tolist() == [True] * 6 + [False, False]
+    assert values[ok].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    bins = _bins(column, "boolean", np.arange(8))
+    assert bins[0] == bins[4] != bins[1] == bins[2] == bins[3] == bins[5] and bins[6] == bins[7] == 0

@@ -67,6 +67,22 @@ SHOP_METADATA = {
 }
 
 
+#: The shop with tasks that hide foreign-key columns: an order task observed after the order
+#: (so earlier orders show their keys and later ones do not) and a task on the untimed items.
+HIDDEN_FK_METADATA = {**SHOP_METADATA, "tasks": {
+    **SHOP_METADATA["tasks"],
+    "paid_later": {
+        "query": "SELECT order_id, ts + INTERVAL 2 DAY AS at, paid FROM orders",
+        "anchor_table": "orders", "anchor_key": "order_id", "target_column": "paid",
+        "target_stype": "boolean", "observation_time_column": "at",
+        "hidden_columns": ["orders.user_id", "orders.prev_id", "orders.paid"]},
+    "item_price": {
+        "query": "SELECT item_id, price FROM items", "anchor_table": "items",
+        "anchor_key": "item_id", "target_column": "price", "target_stype": "numerical",
+        "hidden_columns": ["items.order_id"]},
+}}
+
+
 def shop_tables(rng: np.random.Generator, n_users: int, n_orders: int, n_items: int) -> dict:
     users = pa.table({
         "user_id": pa.array(np.arange(n_users), pa.int64()),
@@ -94,11 +110,12 @@ def shop_tables(rng: np.random.Generator, n_users: int, n_orders: int, n_items: 
     return {"users": users, "orders": orders, "items": items}
 
 
-def make_shop(root: Path, seed: int, n_users: int, n_orders: int, n_items: int, dimension: int = 4):
+def make_shop(root: Path, seed: int, n_users: int, n_orders: int, n_items: int, dimension: int = 4,
+              metadata: dict = SHOP_METADATA):
     rng = np.random.default_rng(seed)
     raw = write_tables(root / "raw", shop_tables(rng, n_users, n_orders, n_items))
     md = root / "shop.json"
-    md.write_text(json.dumps(SHOP_METADATA))
+    md.write_text(json.dumps(metadata))
     embedder = get_registry().create_embedder("hashing", dimension=dimension)
     preprocess(md, raw, root / "store", embedder=embedder, force=True)
     return open_store(root / "store")
@@ -151,16 +168,33 @@ def check_batch(store, graph, task_name, batch, L, width):
             time = tables[t].time
             assert time is None or time[r] == NO_TIME or time[r] <= obs, (t, r, obs)
         # hidden columns: never on anchor-table rows at or after the observation time
-        for t, c, k, _ in ctx["cells"]:
-            if f"{t}.{c}" in meta["hidden_columns"]:
-                r = ctx["rows"][k][1]
-                assert k != 0 and tables[t].time is not None and tables[t].time[r] < obs
+        def hides(k, ctx=ctx, obs=obs):
+            t, r, _ = ctx["rows"][k]
+            return t == meta["anchor_table"] and (
+                k == 0 or tables[t].time is None or tables[t].time[r] == NO_TIME
+                or tables[t].time[r] >= obs)
+
+        for t, c, k, target in ctx["cells"]:
+            if f"{t}.{c}" in meta["hidden_columns"] and not target:
+                assert not hides(k), (t, c, k)
+        # ... nor their edges: a row that hides a key is not linked to the parent through it
+        def cut(k, fk, ctx=ctx, hides=hides):
+            return hides(k) and fk.child_table == ctx["rows"][k][0] and \
+                f"{fk.child_table}.{fk.column}" in meta["hidden_columns"]
+
+        index = {x[:2]: k for k, x in enumerate(ctx["rows"])}
+        for k, (t, r, _) in enumerate(ctx["rows"]):
+            expected = sorted(index[(fk.parent_table, int(fk.parent[r]))]
+                              for fk in store.foreign_keys
+                              if fk.child_table == t and fk.parent[r] >= 0 and not cut(k, fk)
+                              and (fk.parent_table, int(fk.parent[r])) in index)
+            assert sorted(ctx["parents"][k]) == expected, (k, ctx["parents"][k], expected)
         # rows appear once; hops: the anchor 0, others >= 1
         assert len(set(x[:2] for x in ctx["rows"])) == len(ctx["rows"])
         assert ctx["rows"][0][2] == 0 and all(h >= 1 for *_, h in ctx["rows"][1:])
         # items can only be reached from their order: at most `width` per order
         items_of: dict[int, int] = {}
-        for t, r, _ in ctx["rows"]:
+        for t, r, _ in ctx["rows"][1:]:
             if t == "items":
                 parent = int(store.foreign_keys[_fk(store, "items", "order_id")].parent[r])
                 items_of[parent] = items_of.get(parent, 0) + 1
@@ -168,9 +202,9 @@ def check_batch(store, graph, task_name, batch, L, width):
         # the frontier ran dry before L: every eligible parent of every row made it in
         if batch.n_cells[i] < L and batch.n_rows[i] < L:
             present = {x[:2] for x in ctx["rows"]}
-            for t, r, _ in ctx["rows"]:
+            for k, (t, r, _) in enumerate(ctx["rows"]):
                 for fk in store.foreign_keys:
-                    if fk.child_table != t or fk.parent[r] < 0:
+                    if fk.child_table != t or fk.parent[r] < 0 or cut(k, fk):
                         continue
                     p = int(fk.parent[r])
                     ptime = tables[fk.parent_table].time
@@ -187,10 +221,13 @@ def _fk(store, child: str, column: str) -> int:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), n_users=st.integers(1, 6), n_orders=st.integers(1, 30),
-       n_items=st.integers(0, 40), L=st.integers(1, 60), width=st.integers(0, 5),
+       n_items=st.integers(1, 40), L=st.integers(1, 60), width=st.integers(0, 5),
        sampler_seed=st.integers(0, 1000))
 def test_random_databases(tmp_path_factory, seed, n_users, n_orders, n_items, L, width, sampler_seed):
-    store = make_shop(tmp_path_factory.mktemp("rand"), seed, n_users, n_orders, n_items)
+    """Every property, and the kernel equal to the reference, on random shops whose tasks hide
+    plain columns and foreign-key columns (of a timed and of an untimed anchor table)."""
+    store = make_shop(tmp_path_factory.mktemp("rand"), seed, n_users, n_orders, n_items,
+                      metadata=HIDDEN_FK_METADATA)
     graph = SamplerGraph.from_store(store)
     for task_name in store.tasks:
         view = graph.task(task_name)
@@ -239,6 +276,50 @@ def test_values_are_the_stored_encodings(shop):
     task = shop.tasks["big_order"]
     np.testing.assert_array_equal(batch.target_is_null, ~task.target_valid)
     np.testing.assert_array_equal(batch.target_boolean, task.target("value") & task.target_valid)
+
+
+def one_order_per_user(root: Path, hide_key: bool):
+    """Each user has exactly one order, so an order's user is reachable only through
+    ``orders.user_id``; the task predicts that user's kind from the order."""
+    rng = np.random.default_rng(3)
+    tables = shop_tables(rng, 30, 30, 20)
+    tables["orders"] = tables["orders"].set_column(1, "user_id", pa.array(np.arange(30), pa.int64()))
+    tables["orders"] = tables["orders"].set_column(2, "prev_id", pa.nulls(30, pa.int64()))
+    raw = write_tables(root / "raw", tables)
+    md = {**SHOP_METADATA, "tasks": {"user_kind_of_order": {
+        "query": "SELECT o.order_id, u.kind FROM orders o JOIN users u USING (user_id)",
+        "anchor_table": "orders", "anchor_key": "order_id", "target_column": "kind",
+        "target_stype": "categorical",
+        "hidden_columns": ["orders.user_id"] if hide_key else []}}}
+    (root / "shop.json").write_text(json.dumps(md))
+    preprocess(root / "shop.json", raw, root / "store", force=True,
+               embedder=get_registry().create_embedder("hashing", dimension=4))
+    return root / "shop.json", raw, open_store(root / "store")
+
+
+@pytest.mark.parametrize("hide_key", [True, False])
+def test_hidden_foreign_key_hides_the_parent_everywhere(tmp_path, hide_key):
+    from tributary_core.baselines import task_features
+    from tributary_core.leakage import check_leakage
+
+    md, raw, store = one_order_per_user(tmp_path, hide_key)
+    graph = SamplerGraph.from_store(store)
+    view = graph.task("user_kind_of_order")
+    batch = sample_batch(graph, view, np.arange(len(view)), context_len=200, width=8)
+    users = graph.table_index["users"]
+    reached = [(batch.row_table[i, : batch.n_rows[i]] == users).any() for i in range(len(batch))]
+    # the sampler: no context reaches the user (without hiding, every one does)
+    assert not any(reached) if hide_key else all(reached)
+    # the baseline: no feature of the user
+    sampled = Sampler([store], tasks=["user_kind_of_order"]).tasks[0]
+    _, names, _ = task_features(store, sampled, sampled.seeds)
+    assert any(n.startswith("user_id__users_") for n in names) is not hide_key
+    # the leakage check: the user's columns are not tried (without hiding, kind is a proxy)
+    scores: dict = {}
+    findings = check_leakage(md, raw, scores=scores)
+    tried = [c for c in scores["user_kind_of_order"] if "(via user_id)" in c]
+    assert bool(tried) is not hide_key
+    assert any(f.column == "users.kind (via user_id)" for f in findings) is not hide_key
 
 
 def test_anchor_column_target_gets_candidates_and_label(shop):

@@ -4,7 +4,11 @@ observation-time cut-offs as Tributary.
 
 Features come from the store, so they are exactly what a context can show: the anchor row's
 columns minus the task's hidden columns and the target itself; each parent's columns when the
-parent is not after the observation time (else missing). Numbers are their z-scores, times their
+parent is not after the observation time (else missing). As in the sampler, a hidden
+foreign-key column hides its edge: the parent it references gives no features; a parent in the
+anchor table shows its hidden columns only when its time is known and before the observation
+time; and an anchor that references itself gives no parent features (a row appears once in a
+context). Numbers are their z-scores, times their
 15 features, booleans 0/1, categories their vocabulary ids as LightGBM categorical features,
 identifiers present/absent; text is left out. Predictions are scored by the task's own loss
 head, so the metrics are the ones ``tributary run evaluate`` reports.
@@ -73,16 +77,29 @@ def task_features(store: Store, task: Any, seeds: np.ndarray) -> tuple[np.ndarra
     if meta.get("target_is_anchor_column") or view.name.endswith(":mask"):
         skip.add(meta.get("target_column") or view.name.split(".", 1)[1][: -len(":mask")])
     add(anchor_table, rows, np.ones(len(rows), bool), "", skip)
+    hidden_here = {c for c in store.tables[anchor_table].columns if f"{anchor_table}.{c}" in hidden}
     for fk in store.foreign_keys:
-        if fk.child_table != anchor_table:
-            continue
+        if fk.child_table != anchor_table or fk.column in hidden_here:
+            continue  # the anchor's hidden key cell: the edge is hidden too
         parent = np.asarray(fk.parent)[rows].astype(np.int64)
         present = parent >= 0
         ptime = store.tables[fk.parent_table].time
+        t = None
         if ptime is not None:
             t = np.asarray(ptime)[np.where(present, parent, 0)]
             present &= (t == NO_TIME) | (t <= obs)
-        add(fk.parent_table, parent, present, f"{fk.column}->{fk.parent_table}.", set())
+        if fk.parent_table != anchor_table:
+            add(fk.parent_table, parent, present, f"{fk.column}->{fk.parent_table}.", set())
+            continue
+        # a parent in the anchor table: never the anchor itself, and its hidden cells show
+        # only where the sampler shows them (a known time before the observation time)
+        present &= parent != rows
+        shows = present & (t != NO_TIME) & (t < obs) if t is not None else np.zeros_like(present)
+        prefix = f"{fk.column}->{fk.parent_table}."
+        add(fk.parent_table, parent, present, prefix, hidden_here)
+        if hidden_here:
+            add(fk.parent_table, parent, shows, prefix, set(store.tables[anchor_table].columns)
+                - hidden_here)
     X = np.column_stack(columns) if columns else np.zeros((len(rows), 0))
     names = [re.sub(r"[^0-9A-Za-z_]", "_", n) for n in names]  # LightGBM refuses JSON specials
     return X, names, categorical

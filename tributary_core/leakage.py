@@ -7,7 +7,8 @@
    and the target itself; and one hop out, the columns of the rows the anchor references) is
    tried alone as a predictor of the label: the column is binned (64 quantile bins for numbers
    and times, the 64 commonest values for categories and text, presence for identifiers, one
-   bin for nulls), each bin predicts the mean (or majority) label of the first half of the
+   bin for nulls; a parent reached through a hidden foreign-key column is not tried: the sampler
+   does not follow that edge), each bin predicts the mean (or majority) label of the first half of the
    sample, and the second half scores it: AUROC for boolean labels, R² for numbers and times,
    accuracy (against the majority class) for categories. A column at or above the threshold
    (AUROC >= 0.98, R² >= 0.95, accuracy >= 0.98 where the majority is below it) is a likely
@@ -18,7 +19,8 @@
 3. **Tasks with no observation time that read timed tables.** Without an
    ``observation_time_column`` a task on an untimed anchor table is observed at no time at all
    (everything visible), so the rows its label was computed from are in its contexts. The
-   tables a query reads come from DuckDB's parse tree (``json_serialize_sql``).
+   tables a query reads come from DuckDB's parse tree (``json_serialize_sql``); a query whose
+   tree DuckDB cannot give is an error, never a silently skipped check.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -85,7 +88,7 @@ def check_leakage(metadata: Metadata | str | Path, raw_dir: str | Path, *, sampl
     con = sandbox_connection(datasets)
     try:
         for name, task in md.tasks.items():
-            read = tables_read(con, task.query, md.tables)
+            read = tables_read(con, task.query, md.tables, where=f"task {name!r}")
             anchor_timed = task.anchor_table in timed
             if not task.observation_time_column and not anchor_timed and read & timed:
                 findings.append(Finding(
@@ -103,21 +106,31 @@ def check_leakage(metadata: Metadata | str | Path, raw_dir: str | Path, *, sampl
     return findings
 
 
-def tables_read(con: Any, query: str, tables: Iterable[str]) -> set[str]:
-    names = set(tables)
+def tables_read(con: Any, query: str, tables: Iterable[str], *, where: str = "query") -> set[str]:
+    """The ``tables`` that ``query`` reads, from DuckDB's parse tree (names compared as DuckDB
+    does, ignoring case). Fails closed: a query DuckDB cannot serialize raises
+    :class:`TributaryError` (starting with ``where``) rather than reading as "no tables"."""
+    by_name: dict[str, set[str]] = {}
+    for t in tables:
+        by_name.setdefault(t.lower(), set()).add(t)
     try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
-    except Exception:  # noqa: BLE001 - an unparsable query was refused by validation already
-        return set()
+        text = con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0]
+        tree = json.loads(text)
+    except (duckdb.Error, json.JSONDecodeError, TypeError, IndexError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TributaryError(f"{where}: cannot tell which tables the query reads: {detail}") from None
+    if not isinstance(tree, dict) or tree.get("error") or not tree.get("statements"):
+        detail = tree.get("error_message") if isinstance(tree, dict) else None
+        raise TributaryError(f"{where}: cannot tell which tables the query reads: "
+                             f"{detail or 'DuckDB gave no parse tree'}")
     found: set[str] = set()
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if node.get("type") == "BASE_TABLE":
                 table = str(node.get("table_name", ""))
-                table = table[: -len(".parquet")] if table.endswith(".parquet") else table
-                if table in names:
-                    found.add(table)
+                table = table[: -len(".parquet")] if table.lower().endswith(".parquet") else table
+                found.update(by_name.get(table.lower(), ()))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -143,8 +156,8 @@ def _visible_columns(md: Metadata, task: Any) -> list[tuple[str, str, str, str, 
             continue  # the target cell itself is masked
         out.append(("a", task.anchor_table, cname, col.stype, ref))
     for i, (cname, col) in enumerate(anchor.columns.items()):
-        if not col.foreign_key:
-            continue
+        if not col.foreign_key or f"{task.anchor_table}.{cname}" in hidden:
+            continue  # a hidden key hides its edge: the sampler never reaches the parent by it
         parent, pkey = split_ref(col.foreign_key)
         for pc, pcol in md.tables[parent].columns.items():
             if registry.semantic_type(pcol.stype).is_ignored or pc == pkey:
@@ -162,8 +175,9 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
     q = quote_identifier
     select = [f"labels.{q(task.target_column)} AS __label"]
     joins = [f"JOIN {q(task.anchor_table)} a ON a.{q(anchor.primary_key)} = labels.{q(task.anchor_key)}"]
+    hidden = set(task.hidden_columns)
     for i, (cname, col) in enumerate(anchor.columns.items()):
-        if col.foreign_key:
+        if col.foreign_key and f"{task.anchor_table}.{cname}" not in hidden:
             parent, pkey = split_ref(col.foreign_key)
             joins.append(f"LEFT JOIN {q(parent)} p{i} ON p{i}.{q(pkey)} = a.{q(cname)}")
     for k, (alias, _table, cname, _stype, _where) in enumerate(cols):
@@ -173,7 +187,7 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
            + " ".join(joins))
     try:
         data = fetch_arrow(con.sql(sql))
-    except Exception as exc:  # noqa: BLE001
+    except duckdb.Error as exc:
         raise TributaryError(f"task {name!r}: the leakage query fails: {str(exc).splitlines()[0]}") from None
     label, label_ok = _label(data.column("__label"), task.target_stype)
     if label_ok.sum() < 20:
@@ -212,13 +226,20 @@ def _label(column: pa.ChunkedArray, stype: str) -> tuple[np.ndarray, np.ndarray]
         conv = to_epoch_us(column)
         return conv.values.astype(np.float64), conv.valid
     if stype == "boolean":
-        values = column.to_pylist()
-        ok = np.array([v is not None for v in values])
-        return np.array([1.0 if v else 0.0 for v in values]), ok
+        return _booleans(column)
     values = [None if v is None else str(v) for v in column.to_pylist()]
     codes = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
     return np.array([codes.get(v, -1) for v in values], dtype=np.float64), np.array(
         [v is not None for v in values])
+
+
+def _booleans(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(1.0 / 0.0 per cell, valid)``, read by the boolean semantic type itself, so "no",
+    "N" or 0 is false here exactly as preprocessing encodes it (and a cell it cannot read is
+    missing)."""
+    prepared = get_registry().semantic_type("boolean").prepare(column)
+    valid = np.asarray(prepared.valid, dtype=np.bool_)
+    return np.where(valid, np.asarray(prepared.values, dtype=np.float64), 0.0), valid
 
 
 def _bins(column: pa.ChunkedArray, stype: str, train: np.ndarray) -> np.ndarray:
@@ -231,9 +252,7 @@ def _bins(column: pa.ChunkedArray, stype: str, train: np.ndarray) -> np.ndarray:
             conv = to_epoch_us(column)
             values, ok = conv.values.astype(np.float64), conv.valid
         elif stype == "boolean":
-            raw = column.to_pylist()
-            ok = np.array([v is not None for v in raw])
-            values = np.array([1.0 if v in (True, 1, "true", "yes", "1") else 0.0 for v in raw])
+            values, ok = _booleans(column)
         else:
             try:
                 values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)

@@ -157,7 +157,11 @@ def check_answer(data: Any, raw_dir: Path, con: Any) -> tuple[list[str], dict[st
             problems.append(f"$.tasks.{name}.query: returns no rows")
         # stricter than check-leakage: the anchor row's own time is a safe cut-off only for a
         # label taken from the anchor row itself
-        others = (tables_read(con, task.query, md.tables) - {task.anchor_table}) & timed
+        try:
+            others = (tables_read(con, task.query, md.tables) - {task.anchor_table}) & timed
+        except TributaryError as exc:  # the check fails closed: report it, do not skip it
+            problems.append(f"$.tasks.{name}.query: {exc}")
+            continue
         if not task.observation_time_column and others:
             problems.append(f"$.tasks.{name}: reads timed table(s) {', '.join(sorted(others))} besides "
                             f"its anchor table but has no observation_time_column: the label may "

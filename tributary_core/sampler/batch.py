@@ -144,9 +144,9 @@ def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, cont
     row_parents = np.full((B, L, P), -1, dtype=np.int32)
     n_rows = np.zeros(B, dtype=np.int32)
     sample_contexts(*graph.kernel_graph_args(), task.anchor_table, anchor, obs, rng, task.hidden,
-                    task.target_col, task.col_embed, task.col_stype, L, width, n_threads, cell_col,
-                    column_id, stype, row, number, timestamp, boolean, vocab, is_null, is_target,
-                    n_cells, row_table, row_index, row_hops, row_parents, n_rows)
+                    task.hidden_fk, task.target_col, task.col_embed, task.col_stype, L, width,
+                    n_threads, cell_col, column_id, stype, row, number, timestamp, boolean, vocab,
+                    is_null, is_target, n_cells, row_table, row_index, row_hops, row_parents, n_rows)
     is_padding = np.arange(L, dtype=np.int32)[None, :] >= n_cells[:, None]
     t_number, t_ts, t_bool, t_vocab, valid = target_arrays(task, seeds)
     return Batch(

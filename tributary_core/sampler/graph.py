@@ -155,6 +155,9 @@ class SamplerGraph:
         self.timestamps = flat[SLOT_TIMESTAMP].build()
         self.vocab = flat[SLOT_VOCAB].build()
         self.bits = bits.build()
+        # each FK's column as a kernel column (-1 if ignored): hiding it hides the edge too
+        self.fk_col = np.array([self._column_or_none(fk.child_table, fk.column) for fk in fks],
+                               dtype=np.int64)
         self._code = code
         self._tasks: dict[str, TaskView] = {}
 
@@ -175,6 +178,18 @@ class SamplerGraph:
         return sum(a.nbytes for a in (self.time, self.parent, self.indptr, self.children,
                                       self.child_time, self.numbers, self.timestamps, self.vocab,
                                       self.bits))
+
+    def _column_or_none(self, table: str, column: str) -> int:
+        try:
+            return self.column_index(table, column)
+        except KeyError:
+            return -1
+
+    def hidden_edges(self, anchor_table: int, hidden: np.ndarray) -> np.ndarray:
+        """Per FK: True where its column is a hidden column of ``anchor_table``. The kernel
+        leaves out such an edge wherever it leaves out the cell (see the kernel's docstring)."""
+        col = self.fk_col
+        return (self.fk_child_table == anchor_table) & (col >= 0) & hidden[np.maximum(col, 0)]
 
     def column_index(self, table: str, column: str) -> int:
         t = self.table_index[table]
@@ -231,6 +246,7 @@ class TaskView:
         for ref in meta.get("hidden_columns") or ():
             table, column = ref.split(".", 1)
             self.hidden[graph.column_index(table, column)] = True
+        self.hidden_fk = graph.hidden_edges(self.anchor_table, self.hidden)
         self.candidates = (np.asarray(task.candidates, dtype=np.int32)
                            if task.candidates is not None else None)
         self.stats = meta.get("stats") or {}
@@ -261,6 +277,7 @@ class TaskView:
         view.target_column_id = -1
         view.target_col = -1
         view.hidden = np.zeros(graph.n_cols + 1, dtype=np.bool_)
+        view.hidden_fk = np.zeros(len(graph.fk_col), dtype=np.bool_)
         view.candidates = None
         view.stats = {}
         return view

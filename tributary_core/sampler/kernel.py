@@ -19,7 +19,13 @@ One context (DESIGN §5):
 
 The seed row's target cell comes first (position 0) with its value left out. Cells of a task's
 hidden columns are left out on rows of the anchor table whose time is not before the
-observation time (or unknown). Randomness is a splitmix64 stream per context, seeded from the
+observation time (or unknown): the anchor row always, others "at or after". A hidden
+foreign-key column also hides its *edge* on exactly those rows, in both directions: such a row
+does not push the parent it references through that key, a parent does not draw it as a child
+through that key (children are drawn only among those at a known time before the observation
+time, and never the anchor), and the adjacency does not list that parent. So the parent row is
+in a context only if another path reaches it, and even then nothing says the hidden key points
+at it. Randomness is a splitmix64 stream per context, seeded from the
 caller, so a context depends on its seed alone, never on the thread that built it.
 
 Rows are addressed as ``(table << 40) | row`` in the frontier and the seen-set.
@@ -125,6 +131,18 @@ def _upper_bound(arr, lo, hi, value):
 
 
 @numba.njit(cache=True, inline="always")
+def _lower_bound(arr, lo, hi, value):
+    """First index in ``arr[lo:hi]`` (sorted) whose value is >= ``value``."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, inline="always")
 def _row_time(time, time_off, t, r):
     if time_off[t] < 0:
         return NO_TIME
@@ -152,7 +170,8 @@ def _claim(set_keys, set_stamp, set_local, stamp, mask, node):
 def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table, fk_child_table,
              parent, parent_off, indptr, indptr_off, children, child_time, children_off, col_ptr,
              col_slot, col_src, col_valid, numbers, timestamps, bits, vocab_flat,
-             anchor_table, anchor_row, obs, seed, hidden, target_col, col_embed, col_stype, L, width,
+             anchor_table, anchor_row, obs, seed, hidden, hidden_fk, target_col, col_embed, col_stype,
+             L, width,
              heap_keys, heap_vals, set_keys, set_stamp, set_local, stamp, g_lo, g_cnt, g_limit,
              g_taken, g_chosen,
              cell_col, column_id, stype, cell_row, number, ts, boolean, vocab, is_null, is_target,
@@ -252,6 +271,8 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
         # -- parents, unless after the observation time ----------------------------------------
         for k in range(out_ptr[t], out_ptr[t + 1]):
             f = out_fk[k]
+            if hide and hidden_fk[f]:
+                continue  # a hidden foreign-key cell: its edge is hidden too
             p = np.int64(parent[parent_off[f] + r])
             if p < 0:
                 continue
@@ -266,17 +287,34 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
                 counter += 1
         # -- children: one frontier entry that yields up to `width` of them, lazily ------------
         total = np.int64(0)
+        n_pre = np.int64(0)
         for k in range(in_ptr[t + 1] - in_ptr[t]):
             f = in_fk[in_ptr[t] + k]
             base = children_off[f]
             lo = base + indptr[indptr_off[f] + r]
             hi = base + indptr[indptr_off[f] + r + 1]
+            if hidden_fk[f]:
+                # only children whose (hidden) key cell shows: at a known time before obs
+                lo = _upper_bound(child_time, lo, hi, NO_TIME)
+                end = _lower_bound(child_time, lo, hi, obs)
+                if parent[parent_off[f] + anchor_row] == r:
+                    # nor the anchor (its key cell never shows): marked as drawn already
+                    at = _row_time(time, time_off, anchor_table, anchor_row)
+                    j = _lower_bound(child_time, lo, end, at)
+                    while j < end and child_time[j] == at:
+                        if children[j] == anchor_row:
+                            g_chosen[local, n_pre] = total + j - lo
+                            n_pre += 1
+                            break
+                        j += 1
+            else:
+                end = _upper_bound(child_time, lo, hi, obs)
             g_lo[local, k] = lo
-            g_cnt[local, k] = _upper_bound(child_time, lo, hi, obs) - lo
+            g_cnt[local, k] = end - lo
             total += g_cnt[local, k]
-        g_taken[local] = 0
-        g_limit[local] = min(total, np.int64(width))
-        if g_limit[local] > 0:
+        g_taken[local] = n_pre
+        g_limit[local] = min(total - n_pre, np.int64(width)) + n_pre
+        if g_limit[local] > n_pre:
             size = _heap_push(heap_keys, heap_vals, size,
                               _key(np.int64(1), hops + 1, splitmix64(state), counter), -(local + 1))
             counter += 1
@@ -286,9 +324,15 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
     for i in range(nr):
         t = np.int64(row_table[b, i])
         r = row_index[b, i]
+        hide = False
+        if t == anchor_table:
+            rt = _row_time(time, time_off, t, r)
+            hide = i == 0 or rt == NO_TIME or rt >= obs
         m = 0
         for k in range(out_ptr[t], out_ptr[t + 1]):
             f = out_fk[k]
+            if hide and hidden_fk[f]:
+                continue
             p = np.int64(parent[parent_off[f] + r])
             if p < 0 or m >= n_par_slots:
                 continue
@@ -303,19 +347,20 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
 def sample_contexts(time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table, fk_child_table,
                     parent, parent_off, indptr, indptr_off, children, child_time, children_off,
                     col_ptr, col_slot, col_src, col_valid, numbers, timestamps, bits, vocab_flat,
-                    anchor_table, anchor_rows, obs_times, seeds, hidden, target_col, col_embed,
-                    col_stype, L, width, n_threads, cell_col, column_id, stype, cell_row, number, ts,
-                    boolean, vocab, is_null, is_target, n_cells, row_table, row_index, row_hops,
+                    anchor_table, anchor_rows, obs_times, seeds, hidden, hidden_fk, target_col,
+                    col_embed, col_stype, L, width, n_threads, cell_col, column_id, stype, cell_row,
+                    number, ts, boolean, vocab, is_null, is_target, n_cells, row_table, row_index, row_hops,
                     row_parents, n_rows):
     """Fill one batch: context ``b`` around ``anchor_rows[b]`` at ``obs_times[b]`` with random
     stream ``seeds[b]``.
 
     Output arrays must come zeroed, with -1 in ``cell_col``, ``column_id``, ``stype``,
-    ``row_table``, ``row_index`` and ``row_parents``. ``col_embed`` and ``col_stype`` map kernel
-    columns (the virtual target last) to column-embedding ids and stype codes. ``target_col``:
-    the kernel column of the target on the anchor row, the index past the last column for a
-    derived task's virtual cell, or -1 for none. ``n_threads`` chunks share the work; the
-    result does not depend on it.
+    ``row_table``, ``row_index`` and ``row_parents``. ``hidden`` marks hidden kernel columns and
+    ``hidden_fk`` the foreign keys whose (anchor-table) column is hidden. ``col_embed`` and
+    ``col_stype`` map kernel columns (the virtual target last) to column-embedding ids and
+    stype codes. ``target_col``: the kernel column of the target on the anchor row, the index
+    past the last column for a derived task's virtual cell, or -1 for none. ``n_threads``
+    chunks share the work; the result does not depend on it.
     """
     n = anchor_rows.shape[0]
     max_rows = row_table.shape[1]
@@ -340,7 +385,7 @@ def sample_contexts(time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_ta
         g_cnt = np.empty((max_rows, max_in), dtype=np.int64)
         g_limit = np.empty(max_rows, dtype=np.int64)
         g_taken = np.empty(max_rows, dtype=np.int64)
-        g_chosen = np.empty((max_rows, max(width, 1)), dtype=np.int64)
+        g_chosen = np.empty((max_rows, max(width, 1) + max_in), dtype=np.int64)
         lo = ch * n // chunks
         hi = (ch + 1) * n // chunks
         for b in range(lo, hi):
@@ -348,7 +393,7 @@ def sample_contexts(time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_ta
                      fk_child_table, parent, parent_off, indptr, indptr_off, children, child_time,
                      children_off, col_ptr, col_slot, col_src, col_valid, numbers, timestamps, bits,
                      vocab_flat, anchor_table, anchor_rows[b], obs_times[b], seeds[b], hidden,
-                     target_col, col_embed, col_stype, L, width, heap_keys, heap_vals, set_keys,
+                     hidden_fk, target_col, col_embed, col_stype, L, width, heap_keys, heap_vals, set_keys,
                      set_stamp, set_local,
                      b - lo + 1, g_lo, g_cnt, g_limit, g_taken, g_chosen, cell_col, column_id,
                      stype, cell_row, number, ts, boolean, vocab, is_null, is_target, n_cells,

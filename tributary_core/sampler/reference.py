@@ -52,12 +52,20 @@ def reference_context(store: Store, task: str, anchor_row: int, obs: int, seed: 
     target_column = meta["target_column"] if meta["target_is_anchor_column"] else None
     derived = not meta["target_is_anchor_column"]
     hidden = {tuple(ref.split(".", 1)) for ref in meta.get("hidden_columns") or ()}
+    # foreign keys whose anchor-table column is hidden: their edges hide with their cells
+    hidden_fk = {id(fk) for fk in fks if fk.child_table == anchor_table
+                 and (anchor_table, fk.column) in hidden}
     columns = {t: [c for c, m in store.tables[t].columns.items()
                    if not registry.semantic_type(m["stype"]).is_ignored] for t in tables}
 
     def row_time(t: str, r: int) -> int:
         times = store.tables[t].time
         return int(times[r]) if times is not None else NO_TIME
+
+    def hides(t: str, r: int, local: int) -> bool:
+        """Whether row ``r`` of ``t`` (context row ``local``) has its hidden cells left out."""
+        rt = row_time(t, r)
+        return t == anchor_table and (local == 0 or rt == NO_TIME or rt >= obs)
 
     out_fks = {t: [fk for fk in fks if fk.child_table == t] for t in tables}
     in_fks = {t: [fk for fk in fks if fk.parent_table == t] for t in tables}
@@ -94,13 +102,12 @@ def reference_context(store: Store, task: str, anchor_row: int, obs: int, seed: 
         t, r = node
         local = len(rows)
         rows.append((t, r, hops))
-        rt = row_time(t, r)
         is_anchor = local == 0
         if is_anchor and derived:
             cells.append((t, None, local, True))
         elif is_anchor and target_column is not None:
             cells.append((t, target_column, local, True))
-        hide = t == anchor_table and (is_anchor or rt == NO_TIME or rt >= obs)
+        hide = hides(t, r, local)
         for c in columns[t]:
             if len(cells) >= context_len:
                 break
@@ -108,6 +115,8 @@ def reference_context(store: Store, task: str, anchor_row: int, obs: int, seed: 
                 continue
             cells.append((t, c, local, False))
         for fk in out_fks[t]:
+            if hide and id(fk) in hidden_fk:
+                continue
             p = int(fk.parent[r])
             if p < 0:
                 continue
@@ -120,21 +129,36 @@ def reference_context(store: Store, task: str, anchor_row: int, obs: int, seed: 
                 heapq.heappush(heap, (_key(0, hops + 1, rng.next(), counter), pnode))
                 counter += 1
         slices = []
+        pre: list[int] = []  # children that must not be drawn: the anchor through a hidden key
+        total = 0
         for fk in in_fks[t]:
             lo, hi = int(fk.indptr[r]), int(fk.indptr[r + 1])
-            cnt = int(np.searchsorted(fk.child_time[lo:hi], obs, side="right"))
+            times = fk.child_time[lo:hi]
+            if id(fk) in hidden_fk:
+                # only the children whose hidden key cell shows: a known time before obs
+                start = int(np.searchsorted(times, NO_TIME, side="right"))
+                cnt = int(np.searchsorted(times, obs, side="left")) - start
+                lo += start
+                kids = [int(x) for x in fk.children[lo:lo + cnt]]
+                if int(fk.parent[anchor_row]) == r and anchor_row in kids:
+                    pre.append(total + kids.index(anchor_row))
+            else:
+                cnt = int(np.searchsorted(times, obs, side="right"))
             slices.append((fk, lo, cnt))
-        total = sum(s[2] for s in slices)
-        if min(total, width) > 0:
-            groups[local] = {"total": total, "limit": min(total, width), "chosen": [],
-                             "slices": slices}
+            total += cnt
+        limit = min(total - len(pre), width) + len(pre)
+        if limit > len(pre):
+            groups[local] = {"total": total, "limit": limit, "chosen": pre, "slices": slices}
             heapq.heappush(heap, (_key(1, hops + 1, rng.next(), counter), local))
             counter += 1
     index = {(t, r): i for i, (t, r, _h) in enumerate(rows)}
     parents = []
-    for t, r, _h in rows:
+    for local, (t, r, _h) in enumerate(rows):
         mine = []
+        hide = hides(t, r, local)
         for fk in out_fks[t]:
+            if hide and id(fk) in hidden_fk:
+                continue
             p = int(fk.parent[r])
             if p >= 0 and (fk.parent_table, p) in index:
                 mine.append(index[(fk.parent_table, p)])
