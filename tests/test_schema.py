@@ -47,3 +47,12 @@ def test_every_model_field_is_documented_in_the_schema():
     for name, definition in defs.items():
         for field, spec in definition["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"
+
+
+def test_schema_and_model_accept_a_table_description():
+    """docs/metadata.md allows a table ``description``: so do the schema and the model."""
+    data = copy.deepcopy(TINY_METADATA)
+    data["tables"]["orders"]["description"] = "one row per order"
+    jsonschema.validate(data, shipped_schema())
+    assert parse_metadata(data).tables["orders"].description == "one row per order"
+    assert "`description`" in (REPO / "docs" / "metadata.md").read_text()

@@ -94,6 +94,8 @@ STATIC_CASES = [
      "$.tasks.order_returned.target_stype", "unknown stype 'money'"),
     ("hidden-column", _set(f"{TASK}/hidden_columns", ["orders.nope"]),
      "$.tasks.order_returned.hidden_columns[0]", "is not a \"table.column\""),
+    ("hidden-other-table", _set(f"{TASK}/hidden_columns", ["customers.segment"]),
+     "$.tasks.order_returned.hidden_columns[0]", "is not a column of the anchor table 'orders'"),
     ("sql-parse", _set(f"{TASK}/query", "SELEC order_id FROM orders"),
      "$.tasks.order_returned.query", "SQL does not parse"),
     ("sql-two", _set(f"{TASK}/query", "SELECT 1; SELECT 2"),
@@ -214,6 +216,11 @@ DATA_CASES = [
      "$.tables.orders.columns.customer_id.foreign_key", "orders.customer_id is int64"),
     ("sql-binds", None, _set(f"{TASK}/query", "SELECT order_id, returned FROM order_lines"),
      "$.tasks.order_returned.query", "SQL fails in DuckDB"),
+    # binds, then fails on the data: preprocessing would refuse it after encoding every table
+    ("sql-fails-on-data", None,
+     _set(f"{TASK}/query", "SELECT order_id, CAST(CAST(order_id AS VARCHAR) || 'x' AS BOOLEAN) "
+                           "AS returned FROM orders"),
+     "$.tasks.order_returned.query", "SQL fails in DuckDB: Conversion Error"),
     ("sql-no-anchor-key", None, _set(f"{TASK}/query", "SELECT returned FROM orders"),
      "$.tasks.order_returned.anchor_key", "the query returns no column 'order_id'"),
     ("sql-no-target", None, _set(f"{TASK}/query", "SELECT order_id FROM orders"),
@@ -271,3 +278,37 @@ def test_report_json_roundtrip(tiny_metadata, tiny_raw, write_json):
     md = load_metadata(write_json(tiny_metadata))
     again = parse_metadata(json.loads(json.dumps(dump_metadata(md))))
     assert again == md
+
+
+def test_query_validation_refuses_preprocessing_refuses(tiny_metadata, tiny_raw, write_json, tmp_path):
+    """A query that validates is one preprocessing runs; one it refuses, validation refuses."""
+    from tributary_core import TributaryError, get_registry
+    from tributary_core.preprocess import preprocess
+
+    tiny_metadata["tasks"]["order_returned"]["query"] = (
+        "SELECT order_id, error('no returns here') AS returned FROM orders")
+    file = write_json(tiny_metadata)
+    [(path, message)] = _problems(validate_metadata(file, raw_dir=tiny_raw))
+    assert path == "$.tasks.order_returned.query" and "no returns here" in message
+    with pytest.raises(TributaryError, match="no returns here"):
+        preprocess(file, tiny_raw, tmp_path / "store",
+                   embedder=get_registry().create_embedder("hashing", dimension=4))
+
+
+def test_table_description_is_allowed(tiny_metadata, tiny_raw, write_json):
+    tiny_metadata["tables"]["orders"]["description"] = "one row per order"
+    md = load_metadata(write_json(tiny_metadata))
+    assert md.tables["orders"].description == "one row per order"
+    assert validate_metadata(write_json(tiny_metadata), raw_dir=tiny_raw).ok
+
+
+def test_unreadable_parquet_data_is_a_problem_not_a_crash(tiny_metadata, tiny_raw, write_json):
+    """A parquet file whose footer reads but whose data does not is reported, not raised."""
+    path = tiny_raw / "orders.parquet"
+    data = bytearray(path.read_bytes())
+    for i in range(8, len(data) // 2):  # scribble over the column chunks, keep the footer
+        data[i] = 0xFF
+    path.write_bytes(bytes(data))
+    report = validate_metadata(write_json(tiny_metadata), raw_dir=tiny_raw)
+    assert any(p.path == "$.tables.orders" and "is not a readable parquet file" in p.message
+               for p in report.errors), _problems(report)

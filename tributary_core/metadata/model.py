@@ -36,6 +36,8 @@ class Table:
     temporal_column: str | None = None
     #: Extension: take each row's time from its parent through this foreign-key column.
     temporal_from: str | None = None
+    #: What the table holds, for people reading the file (not embedded: column descriptions are).
+    description: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -26,7 +26,7 @@ from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType
-from tributary_core.sql import fetch_arrow, sandbox_connection
+from tributary_core.sql import sandbox_connection
 
 __all__ = ["ValidationReport", "validate_metadata"]
 
@@ -76,7 +76,9 @@ def validate_metadata(
     With ``raw_dir`` (one ``<table>.parquet`` per table): every parquet column annotated,
     Arrow types fit their stypes, primary keys unique and non-null, foreign keys of matching
     type (dangling values are warnings), values parse (times, booleans), and each task's SQL
-    binds in DuckDB and returns its anchor key, target and observation time.
+    runs in the same sandboxed DuckDB connection preprocessing uses (run to the end, so an
+    error that only shows on the data is caught here, not after the tables are encoded) and
+    returns its anchor key, target and observation time.
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -91,6 +93,17 @@ def validate_metadata(
     if raw_dir is not None and report.ok:
         _DataChecks(report.metadata, Path(raw_dir), registry, report).run()
     return report
+
+
+def run_task_query(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
+    """Run task SQL to the end on ``con`` (a :func:`~tributary_core.sql.sandbox_connection`, as
+    preprocessing uses), streaming its result away, and return the result's schema: an error
+    that needs the data (a failed cast, ``error()``) is raised here as a ``duckdb.Error``."""
+    relation = con.sql(query)
+    reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch)(65536)
+    for _batch in reader:
+        pass
+    return reader.schema
 
 
 def _first_line(exc: BaseException) -> str:
@@ -227,6 +240,11 @@ class _StaticChecks:
             if self.md.column(ref) is None:
                 self.error(jpath(*tpath, "hidden_columns", i),
                            f"{ref!r} is not a \"table.column\" of this database")
+            elif anchor is not None and split_ref(ref)[0] != task.anchor_table:  # type: ignore[index]
+                # the sampler hides cells of the anchor table only: refuse what it would ignore
+                self.error(jpath(*tpath, "hidden_columns", i),
+                           f"{ref!r} is not a column of the anchor table {task.anchor_table!r}: "
+                           "hidden_columns hide the anchor table's own columns only")
         self.check_query(task.query, jpath(*tpath, "query"))
 
     def check_query(self, query: str, path: str) -> None:
@@ -274,12 +292,16 @@ class _DataChecks:
             self.error("$", f"raw data directory {self.raw} does not exist")
             return
         self.check_files()
-        for tname, table in self.md.tables.items():
-            if tname in self.schemas:
-                self.check_columns(tname, table)
-        for tname, table in self.md.tables.items():
-            if tname in self.schemas:
-                self.check_keys(tname, table)
+        for check in (self.check_columns, self.check_keys):
+            for tname, table in self.md.tables.items():
+                if tname not in self.schemas:
+                    continue
+                try:
+                    check(tname, table)
+                except (pa.ArrowException, OSError) as exc:  # a footer that reads, data that not
+                    self.error(jpath("tables", tname), f"{self.paths[tname]} is not a readable "
+                                                       f"parquet file: {_first_line(exc)}")
+                    del self.schemas[tname]
         if self.md.tasks and len(self.schemas) == len(self.md.tables):
             self.check_tasks()
 
@@ -294,7 +316,7 @@ class _DataChecks:
                 continue
             try:
                 meta = pq.read_metadata(path)
-            except Exception as exc:  # pyarrow raises several types for a bad file
+            except (pa.ArrowException, OSError) as exc:
                 self.error(jpath("tables", tname), f"{path} is not a readable parquet file: "
                                                    f"{_first_line(exc)}")
                 continue
@@ -374,7 +396,7 @@ class _DataChecks:
     def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any) -> None:
         qpath = jpath("tasks", name, "query")
         try:
-            schema = fetch_arrow(con.sql(task.query).limit(0)).schema
+            schema = run_task_query(con, task.query)
         except duckdb.Error as exc:
             self.error(qpath, f"SQL fails in DuckDB: {_first_line(exc)}")
             return
