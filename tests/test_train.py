@@ -259,7 +259,7 @@ def test_cli_evaluate_and_predict(shop, tmp_path):
                                    "--out", str(tmp_path / "q.parquet")])
     assert bad.exit_code == 2 and "the run has no task 'nope'" in bad.output
     missing = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path)])
-    assert missing.exit_code == 2 and "is not a training run" in missing.output
+    assert missing.exit_code == 2 and "not a training run (no config.json)" in missing.output
 
 
 def _renamed_copy(store, root, name, dimension):

@@ -30,6 +30,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TributaryError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:
+            # a file the user named, or the disk, refused: a read-only folder, a full disk,
+            # a path under a file. Without a file name it may be a bug: keep the traceback.
+            if exc.filename is None or exc.strerror is None:
+                raise
+            raise UserError(f"{exc.filename}: {exc.strerror}") from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
 
 
 def _version() -> str:
@@ -61,7 +70,16 @@ def _register() -> None:
 _register()
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings from the core as one ``warning: ...`` line on stderr, without source lines."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     cli.main(args=argv, prog_name="tributary", standalone_mode=True)
 
 

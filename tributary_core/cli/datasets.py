@@ -36,6 +36,8 @@ def fetch(name: str, out: Path, scale: float | None, force: bool) -> None:
     if scale is not None:
         if name != "tpch":
             raise TributaryError("--scale applies to tpch only")
+        if not (scale > 0 and scale < float("inf")):
+            raise TributaryError(f"--scale {scale}: the scale factor must be a positive number")
         options["scale"] = scale
     elif name == "tpch":
         options["scale"] = 1.0

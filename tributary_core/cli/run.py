@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,6 +33,34 @@ class _Bars:
         if self.bar is not None and (done > self.done or note):
             self.bar.update(max(done - self.done, 0), current_item=note or None)
             self.done = max(done, self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+class TrainBar:
+    """Training progress on stderr, fed by the trainer's per-step callback on rank 0 (kept
+    picklable, so spawned ranks can carry it)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.bar: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"steps": self.steps, "bar": None}
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.steps, label="train", file=sys.stderr,
+                                         show_pos=True, width=30, item_show_func=lambda s: s)
+            self.bar.__enter__()
+            self.bar.update(row["step"] - 1)
+        note = f"loss {row['loss']:.4f}, {row['seeds_per_s']:,.0f} seeds/s"
+        if "val_loss" in row:
+            note += f", val {row['val_loss']:.4f}"
+        self.bar.update(1, current_item=note)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -114,7 +143,7 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     click.echo("  seconds     " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
 
 
-def _parse_cutoff(text: str) -> int:
+def _parse_cutoff(text: str, option: str = "--stats-cutoff") -> int:
     import pyarrow as pa
 
     from tributary_core.errors import TributaryError
@@ -122,7 +151,7 @@ def _parse_cutoff(text: str) -> int:
 
     conv = to_epoch_us(pa.array([text]))
     if not conv.valid[0]:
-        raise TributaryError(f"--stats-cutoff: {text!r} is not a time (use ISO 8601)")
+        raise TributaryError(f"{option}: {text!r} is not a time (use ISO 8601, e.g. 2013-10-01)")
     return int(conv.values[0])
 
 
@@ -210,24 +239,14 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
     Runs on the GPU when there is one (bf16 autocast). A run folder that already holds
     checkpoints is resumed from the latest. Under torchrun each rank trains on its shard.
     """
-    from tributary_core.errors import TributaryError
     from tributary_core.train.distributed import launch
     from tributary_core.train.trainer import TrainConfig
 
-    if (val_start is None) != (test_start is None):
-        raise TributaryError("--val-start and --test-start go together")
-    if freeze_backbone and init_run is None:
-        raise TributaryError("--freeze-backbone needs --init")
     if init_run is not None:  # the architecture comes from the run we start from
-        import json
+        from tributary_core.train.trainer import read_config
 
-        saved = init_run / "config.json"
-        if not saved.exists():
-            raise TributaryError(f"--init {init_run}: not a training run (no config.json)")
-        theirs = json.loads(saved.read_text())
-        d_model, layers, heads = theirs["d_model"], theirs["n_layers"], theirs["n_heads"]
-    if d_model % heads:
-        raise TributaryError(f"--d-model {d_model} must be a multiple of --heads {heads}")
+        theirs = read_config(init_run, option="--init")
+        d_model, layers, heads = theirs.d_model, theirs.n_layers, theirs.n_heads
     config = TrainConfig(
         stores=[_store_path(d) for d in dbs],
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
@@ -236,9 +255,10 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         n_heads=heads, val_every=val_every, val_batches=val_batches, ckpt_every=ckpt_every,
         seed=seed, sampler_threads=sampler_threads, pretrain=pretrain,
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
-        val_start=_parse_cutoff(val_start) if val_start else None,
-        test_start=_parse_cutoff(test_start) if test_start else None)
-    launch(config, out, nproc=nproc, force=force, progress=True)
+        val_start=_parse_cutoff(val_start, "--val-start") if val_start else None,
+        test_start=_parse_cutoff(test_start, "--test-start") if test_start else None)
+    config.check()
+    launch(config, out, nproc=nproc, force=force, progress=TrainBar(steps))
     click.echo(f"wrote {out}: model.pt, metrics.jsonl, curves.png; evaluate with "
                f"`tributary run evaluate --run {out}`")
 
@@ -317,12 +337,17 @@ def _parse_rows(text: str) -> list[int]:
         for part in text.split(","):
             part = part.strip()
             if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise TributaryError(f"--rows: {part!r} is an empty range (write low-high, "
+                                         f"e.g. 0-99)")
+                out.extend(range(a, b + 1))
             elif part:
                 out.append(int(part))
     except ValueError:
         raise TributaryError(f"--rows: {text!r} is not a list like 0,5,9 or 0-99") from None
+    if not out:
+        raise TributaryError(f"--rows: {text!r} names no seed")
     return out
 
 
@@ -364,7 +389,7 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
                          d_model=64, n_layers=3, n_heads=4, lr=1e-3, warmup=min(50, steps // 10),
                          val_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1))
     stage(f"training {steps} steps into {out}")
-    launch(config, out, force=force, progress=True)
+    launch(config, out, force=force, progress=TrainBar(steps))
     stage("evaluating on the test split")
     results = evaluate(out, split="test", batch_size=512, max_seeds=eval_seeds)
     _metrics_table(results, "test", ("model", "baseline"))

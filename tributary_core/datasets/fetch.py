@@ -11,6 +11,7 @@ import attrs
 
 from tributary_core.atomic import staged_folder
 from tributary_core.errors import TributaryError
+from tributary_core.folders import check_output_folder
 
 __all__ = ["DATASETS", "FetchResult", "fetch_dataset", "prepare_store"]
 
@@ -65,13 +66,19 @@ def fetch_dataset(name: str, out: str | Path, *, force: bool = False,
     """Write dataset ``name`` into ``out`` (see module docs).
 
     A complete earlier fetch with the same options is kept as is unless ``force``; a folder
-    that exists but is not such a fetch is never overwritten without ``force``.
+    that holds anything but a fetch is never replaced, with or without ``force``.
     """
     if name not in DATASETS:
         raise TributaryError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     out = Path(out)
-    manifest = _read_manifest(out) if out.exists() else None
-    if out.exists() and not force:
+    def is_fetch(path: Path) -> bool:
+        found = _read_manifest(path)
+        return isinstance(found, dict) and "dataset" in found
+
+    held = check_output_folder(out, force=force, is_ours=is_fetch, kind="fetched dataset",
+                               option="fetch into")
+    manifest = _read_manifest(out) if held else None
+    if held and not force:
         if manifest and manifest.get("dataset") == name and manifest.get("options") == options:
             return FetchResult(name=name, path=out, rows=manifest["rows"],
                                source=manifest["source"], written=False)
@@ -104,7 +111,7 @@ def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
     if (store_dir / "metadata.json").exists():
         try:
             current = open_store(store_dir, verify=False).embedder
-        except Exception:  # noqa: BLE001 - a damaged store is rebuilt
+        except (TributaryError, OSError, ValueError):  # a damaged or older store is rebuilt
             current = None
     if current != embedder.identity:
         say(f"preprocessing into {store_dir} with {embedder.identity.describe()}")

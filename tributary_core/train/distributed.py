@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +14,14 @@ from tributary_core.train.trainer import TrainConfig, train
 __all__ = ["launch"]
 
 
-def _bar(config: TrainConfig) -> Any:
-    import click
-
-    state = {"bar": None, "done": 0}
-
-    def progress(row: dict[str, Any]) -> None:
-        if state["bar"] is None:
-            state["bar"] = click.progressbar(length=config.steps, label="train", file=sys.stderr,
-                                             show_pos=True, width=30,
-                                             item_show_func=lambda s: s)
-            state["bar"].__enter__()
-            state["bar"].update(row["step"] - 1)
-        note = f"loss {row['loss']:.4f}, {row['seeds_per_s']:,.0f} seeds/s"
-        if "val_loss" in row:
-            note += f", val {row['val_loss']:.4f}"
-        state["bar"].update(1, current_item=note)
-
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].__exit__(None, None, None)
-
-    progress.close = close  # type: ignore[attr-defined]
-    return progress
-
-
 def launch(config: TrainConfig, out: str | Path, *, nproc: int = 1, force: bool = False,
-           progress: bool = False) -> Path:
+           progress: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Train in this process, in ``nproc`` spawned processes (gloo on CPU, NCCL on GPUs), or
-    as one rank of a ``torchrun`` job (``WORLD_SIZE`` set)."""
+    as one rank of a ``torchrun`` job (``WORLD_SIZE`` set).
+
+    ``progress`` is called by rank 0 with each step's metrics row (see :func:`train`); with
+    ``nproc > 1`` it must be picklable. Its ``close()``, if it has one, is called at the end.
+    The core draws nothing itself: the CLI passes a progress bar."""
     import torch.distributed as dist
 
     out = Path(out)
@@ -50,59 +29,72 @@ def launch(config: TrainConfig, out: str | Path, *, nproc: int = 1, force: bool 
         backend = "nccl" if _cuda() else "gloo"
         dist.init_process_group(backend)
         try:
-            bar = _bar(config) if progress and dist.get_rank() == 0 else None
-            train(config, out, progress=bar, force=force)
+            bar = progress if dist.get_rank() == 0 else None
+            try:
+                train(config, out, progress=bar, force=force)
+            finally:
+                _close(bar)
             return out
         finally:
             dist.destroy_process_group()
     if nproc == 1:
-        bar = _bar(config) if progress else None
         try:
-            train(config, out, progress=bar, force=force)
+            train(config, out, progress=progress, force=force)
             return out
         finally:
-            if bar is not None:
-                bar.close()
+            _close(progress)
     import logging
 
     import torch.multiprocessing as mp
 
     # when one rank stops with a user error, torch logs that it terminates the others: noise
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    import tempfile
+
+    config.check()
     port = _free_port()
-    out.mkdir(parents=True, exist_ok=True)
-    errors = [out / f".error-rank{r}" for r in range(nproc)]
-    for e in errors:
-        e.unlink(missing_ok=True)
-    try:
-        mp.spawn(_worker, args=(nproc, port, config, str(out), force, progress), nprocs=nproc, join=True)
-    except Exception:
-        for e in errors:
-            if e.exists():
-                message = e.read_text()
-                e.unlink()
-                raise TributaryError(message) from None
-        raise
+    # the ranks report user errors through files outside the run folder, so a refused run
+    # leaves nothing in --out
+    with tempfile.TemporaryDirectory(prefix="tributary-ranks-") as errors_dir:
+        errors = [Path(errors_dir) / f"rank{r}" for r in range(nproc)]
+        try:
+            mp.spawn(_worker, args=(nproc, port, config, str(out), force, progress, errors_dir),
+                     nprocs=nproc, join=True)
+        except Exception:
+            for e in errors:
+                if e.exists():
+                    raise TributaryError(e.read_text()) from None
+            raise
     return out
 
 
 def _worker(rank: int, world: int, port: int, config: TrainConfig, out: str, force: bool,
-            progress: bool) -> None:
+            progress: Callable[[dict[str, Any]], None] | None, errors_dir: str) -> None:
     import torch.distributed as dist
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     dist.init_process_group("nccl" if _cuda() else "gloo", rank=rank, world_size=world)
-    bar = _bar(config) if progress and rank == 0 else None
+    bar = progress if rank == 0 else None
     try:
         train(config, out, progress=bar, force=force and rank == 0)
     except TributaryError as exc:
-        Path(out, f".error-rank{rank}").write_text(str(exc))
+        Path(errors_dir, f"rank{rank}").write_text(str(exc))
+        raise SystemExit(2) from None
+    except OSError as exc:  # a file that cannot be written: one line, as in one process
+        if exc.filename is None or exc.strerror is None:
+            raise
+        Path(errors_dir, f"rank{rank}").write_text(f"{exc.filename}: {exc.strerror}")
         raise SystemExit(2) from None
     finally:
-        if bar is not None:
-            bar.close()
+        _close(bar)
         dist.destroy_process_group()
+
+
+def _close(progress: Any) -> None:
+    close = getattr(progress, "close", None)
+    if callable(close):
+        close()
 
 
 def _cuda() -> bool:

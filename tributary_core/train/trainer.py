@@ -30,7 +30,8 @@ from tributary_core.sampler.batch import Batch
 from tributary_core.store import Store, open_store
 from tributary_core.train.model import RelationalTransformer
 
-__all__ = ["TrainConfig", "train", "load_run", "Run", "batch_loss", "latest_checkpoint"]
+__all__ = ["TrainConfig", "train", "load_run", "Run", "batch_loss", "latest_checkpoint", "read_config",
+           "is_run_folder", "load_weights", "claim_run_folder"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -73,6 +74,59 @@ class TrainConfig:
     init: str | None = None
     #: With ``init``: train only the heads.
     freeze_backbone: bool = False
+    #: The semantic types the model was built with (one value encoder each), recorded when the
+    #: run starts so that installing or removing a plugin later does not change the model.
+    #: ``None`` (runs from before it was recorded): the installed types.
+    stypes: list[str] | None = None
+
+    def check(self) -> None:
+        """Refuse settings that cannot train: raises :class:`TributaryError` naming the setting
+        (and its command-line option) and the bad value. Called by :func:`train` before the run
+        folder is touched, so a refused run leaves nothing behind."""
+        def bad(field: str, option: str, rule: str) -> TributaryError:
+            return TributaryError(f"{option} {getattr(self, field)!r}: {rule}")
+
+        positive = {"lr": "--lr", "clip": "--clip"}
+        for field, option in positive.items():
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise bad(field, option, "must be a positive finite number")
+        for field, option in {"weight_decay": "--weight-decay", "dropout": "dropout",
+                              "null_weight": "null_weight"}.items():
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise bad(field, option, "must be a finite number >= 0")
+        if self.dropout >= 1:
+            raise bad("dropout", "dropout", "must be below 1")
+        for field, option, low in (("steps", "--steps", 1), ("batch_size", "--batch-size", 1),
+                                   ("seq_len", "--seq-len", 1), ("width", "--width", 0),
+                                   ("warmup", "--warmup", 0), ("d_model", "--d-model", 3),
+                                   ("n_layers", "--layers", 1), ("n_heads", "--heads", 1),
+                                   ("val_every", "--val-every", 1),
+                                   ("val_batches", "--val-batches", 1),
+                                   ("ckpt_every", "--ckpt-every", 1),
+                                   ("sampler_threads", "--sampler-threads", 1)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad(field, option, f"must be an integer >= {low}")
+        if self.d_model % self.n_heads:
+            raise TributaryError(f"--d-model {self.d_model} must be a multiple of --heads "
+                                 f"{self.n_heads}")
+        ratios = tuple(self.split_ratios)
+        if (len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios)
+                or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6)):
+            raise TributaryError(f"split_ratios {list(ratios)}: three shares >= 0 that add up to 1")
+        if (self.val_start is None) != (self.test_start is None):
+            raise TributaryError("--val-start and --test-start go together")
+        if self.val_start is not None and self.test_start < self.val_start:
+            raise TributaryError("--test-start must not be before --val-start")
+        if self.freeze_backbone and not self.init:
+            raise TributaryError("--freeze-backbone needs --init")
+        if not self.stores:
+            raise TributaryError("no store to train on (pass --db)")
+        if self.tasks is not None and not self.tasks and not self.pretrain:
+            raise TributaryError("--tasks '' selects no task; add --pretrain to train on cell "
+                                 "masking only, or name tasks")
 
     def splitter(self) -> HashSplit | TemporalSplit:
         hashed = HashSplit(ratios=tuple(self.split_ratios), seed=self.split_seed)
@@ -119,11 +173,43 @@ def store_embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
+    """The run's model, with a value encoder for each of ``config.stypes`` that is installed.
+
+    Batches number semantic types by the *installed* types (``stype_names()``), which change
+    when a plugin is installed or removed; ``model.code_map`` translates those codes into the
+    model's own order (-1: a type the model was built without), applied by :func:`batch_loss`.
+    Types of the run whose plugin is no longer installed are left out of the model (their
+    weights are skipped when loading) and listed in ``model.missing_stypes``."""
     from tributary_core.sampler import stype_names
 
-    return RelationalTransformer(stype_names(), d_text, d_model=config.d_model,
-                                 n_layers=config.n_layers, n_heads=config.n_heads,
-                                 dropout=config.dropout)
+    registry = get_registry()
+    installed = stype_names()
+    recorded = list(config.stypes) if config.stypes is not None else installed
+    names = [n for n in recorded if n in registry.semantic_types]
+    model = RelationalTransformer(names, d_text, d_model=config.d_model, n_layers=config.n_layers,
+                                  n_heads=config.n_heads, dropout=config.dropout)
+    model.code_map = torch.tensor([names.index(n) if n in names else -1 for n in installed],
+                                  dtype=torch.long)
+    model.installed_stypes = installed
+    model.missing_stypes = [n for n in recorded if n not in names]
+    return model
+
+
+def _recode(model: nn.Module, stype: torch.Tensor) -> torch.Tensor:
+    """Batch stype codes (installed order) -> the model's codes; padding (-1) stays -1."""
+    core = getattr(model, "module", model)
+    code_map = getattr(core, "code_map", None)
+    if code_map is None:
+        return stype
+    code_map = code_map.to(stype.device)
+    real = stype >= 0
+    out = torch.where(real, code_map[stype.clamp(min=0).long()], stype.long()).to(stype.dtype)
+    unknown = real & (out < 0)
+    if bool(unknown.any()):
+        name = core.installed_stypes[int(stype[unknown][0])]
+        raise TributaryError(f"the model was trained without semantic type {name!r}; train or "
+                             f"fine-tune a run on data with that type")
+    return out
 
 
 def labelled(target: torch.Tensor, is_null: torch.Tensor) -> torch.Tensor:
@@ -142,6 +228,7 @@ def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[to
     outputs also hold the head's ``target`` and the ``labelled`` mask."""
     registry = get_registry()
     tensors = batch.to_torch(device)
+    tensors["stype"] = _recode(model, tensors["stype"])
     col, voc = embeddings[batch.database]
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -162,8 +249,79 @@ def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[to
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    found = sorted((run / CHECKPOINTS).glob("step-*.pt"))
+    found = checkpoints(run)
     return found[-1] if found else None
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """The run's kept checkpoints, oldest first."""
+    return sorted((Path(run) / CHECKPOINTS).glob("step-*.pt"))
+
+
+def read_config(run: str | Path, *, option: str = "") -> TrainConfig:
+    """The :class:`TrainConfig` saved in a run folder; a one-line error when the folder is not
+    a run or its ``config.json`` is damaged (``option`` prefixes the message, e.g. ``--init``)."""
+    path = Path(run) / CONFIG
+    where = f"{option} {run}" if option else str(run)
+    if not path.exists():
+        raise TributaryError(f"{where}: not a training run (no {CONFIG})")
+    try:
+        return TrainConfig.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError):
+        raise TributaryError(f"{path}: not a training run's {CONFIG} (damaged or written by "
+                             f"another program)") from None
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a training run (a ``config.json`` that reads as a
+    :class:`TrainConfig`)."""
+    try:
+        read_config(path)
+    except TributaryError:
+        return False
+    return Path(path).is_dir()
+
+
+def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint or ``model.pt`` (loaded with ``weights_only=True``); a one-line error when
+    the file is truncated, damaged or not one of ours."""
+    import pickle
+    import zipfile
+
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise TributaryError(f"{path}: not a Tributary checkpoint (not a torch archive: empty, "
+                             f"truncated or written by another program)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError as exc:
+        if exc.filename is not None:  # the file itself could not be opened: said as it is
+            raise
+        raise TributaryError(f"{path}: not a readable Tributary checkpoint (truncated or damaged: "
+                             f"{exc.strerror or exc})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TributaryError(f"{path}: not a readable Tributary checkpoint (truncated, damaged or "
+                             f"written by another program: {first[:160]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise TributaryError(f"{path}: not a Tributary checkpoint (it holds no model weights)")
+    return state
+
+
+def load_into(model: nn.Module, state: Mapping[str, Any], path: Path) -> None:
+    """Load ``state["model"]`` into ``model``; a one-line error when the weights were made for
+    another architecture."""
+    weights = state["model"]
+    missing = getattr(model, "missing_stypes", ())
+    if missing:  # types whose plugin is gone: their encoders and heads are not in the model
+        drop = tuple(f"{part}.{n}." for n in missing for part in ("value", "heads"))
+        weights = {k: v for k, v in weights.items() if not k.startswith(drop)}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()
+        raise TributaryError(f"{path}: its weights do not fit this model ("
+                             f"{detail[1].strip() if len(detail) > 1 else detail[0][:160]})") from None
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -202,7 +360,13 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     (torchrun or ``--nproc``) every rank calls this; rank 0 writes the run folder."""
     import torch.distributed as dist
 
+    from tributary_core.memory import tune_allocator
+
     out = Path(out)
+    config.check()
+    if config.stypes is None:
+        config = attrs.evolve(config, stypes=_initial_stypes(config, out, force))
+    tune_allocator()  # a flat heap over hours of steps (see tributary_core.memory)
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -220,6 +384,10 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
                   batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
                   seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
                   pretrain=config.pretrain)
+    if not any(len(t.seeds) for t in sampler.tasks):
+        listing = ", ".join(f"{t.key} ({len(t.view):,} seeds in all)" for t in sampler.tasks)
+        raise TributaryError(f"nothing to train on: no task has seeds in the train split"
+                             f"{' of rank ' + str(rank) if distributed else ''} ({listing or 'no tasks'})")
     model = build_model(config, d_text).to(device)
     if config.init:  # a resumed run's checkpoint replaces these weights below
         _initialise(model, config, stores, device)
@@ -232,13 +400,7 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    start = 0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+    start, resume_from = _resume(out, model, optimizer, scheduler, device, resume_from)
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
@@ -299,13 +461,27 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     return model
 
 
+def _initial_stypes(config: TrainConfig, out: Path, force: bool) -> list[str]:
+    """The semantic types the model gets: those of the run it resumes, else of the run it
+    starts from (``--init``), else the installed ones."""
+    from tributary_core.sampler import stype_names
+
+    if not force and is_run_folder(out):
+        mine = read_config(out)
+        if mine.stypes is not None:
+            return list(mine.stypes)
+    if config.init:
+        theirs = read_config(config.init, option="--init")
+        if theirs.stypes is not None:
+            return list(theirs.stypes)
+    return stype_names()
+
+
 def _initialise(model: RelationalTransformer, config: TrainConfig, stores: list[Store],
                 device: torch.device) -> None:
     """Load the weights of the run ``config.init`` into ``model``."""
     init = Path(config.init)
-    if not (init / CONFIG).exists():
-        raise TributaryError(f"--init {init}: not a training run (no {CONFIG})")
-    theirs = TrainConfig.from_json(json.loads((init / CONFIG).read_text()))
+    theirs = read_config(init, option="--init")
     for key in ("d_model", "n_layers", "n_heads"):
         if getattr(theirs, key) != getattr(config, key):
             raise TributaryError(f"--init {init}: its {key} is {getattr(theirs, key)}, this run's "
@@ -318,33 +494,93 @@ def _initialise(model: RelationalTransformer, config: TrainConfig, stores: list[
     weights = init / MODEL if (init / MODEL).exists() else latest_checkpoint(init)
     if weights is None:
         raise TributaryError(f"--init {init}: the run has no weights yet")
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True)["model"])
+    load_into(model, load_weights(weights, device), weights)
+
+
+#: What a run folder holds; ``--force`` removes these and nothing else.
+RUN_ENTRIES = (CONFIG, METRICS, CHECKPOINTS, MODEL, "curves.png")
+
+
+def claim_run_folder(out: Path, force: bool) -> None:
+    """Check that ``out`` may hold this run, and with ``force`` empty it of an earlier run.
+
+    A run is written only into a new folder, an empty one, or one that already holds a run.
+    ``force`` replaces a run folder only, never the working directory or a folder above it;
+    it removes the run's own files (:data:`RUN_ENTRIES`) and leaves anything else there alone.
+    """
+    import shutil
+
+    from tributary_core.folders import check_output_folder
+
+    def ours(path: Path) -> bool:
+        if not (path / CONFIG).exists():
+            return False
+        read_config(path, option="--out")  # a damaged or foreign config.json: one line
+        return True
+
+    if not check_output_folder(out, force=force, is_ours=ours, kind="training run"):
+        return
+    if force:
+        for name in RUN_ENTRIES:
+            entry = out / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
 
 
 def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, distributed: bool) -> Path | None:
     """Create the run folder, or find the checkpoint to resume from."""
-    import shutil
-
     import torch.distributed as dist
 
-    resume = None
+    from tributary_core.atomic import atomic_write_text
+
     if rank == 0:
-        if force and out.exists():
-            shutil.rmtree(out)
+        claim_run_folder(out, force)
         saved = out / CONFIG
         if saved.exists():
-            old = json.loads(saved.read_text())
+            old = read_config(out).to_json()
             new = json.loads(json.dumps(config.to_json()))
-            diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+            old = json.loads(json.dumps(old))
+            # the step count may grow; the recorded types are not a setting the user chose
+            diff = sorted(k for k in new if k not in ("steps", "stypes") and old.get(k) != new[k])
             if diff:
                 raise TributaryError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                                      f"use another --out, or --force to start over")
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        (out / CONFIG).write_text(json.dumps(config.to_json(), indent=1))
+        atomic_write_text(out / CONFIG, json.dumps(config.to_json(), indent=1))
     if distributed:
         dist.barrier()
-    resume = latest_checkpoint(out)
-    return resume
+    return latest_checkpoint(out)
+
+
+def _resume(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, device: torch.device, latest: Path | None) -> tuple[int, Path | None]:
+    """Load the newest usable checkpoint (weights, optimizer, schedule); returns its step and
+    path, or (0, None) for a fresh run. A damaged checkpoint (a run killed while the disk was
+    full, say) is reported and the earlier kept one is used; when none is usable the run stops
+    with one line rather than silently starting over."""
+    import warnings
+
+    if latest is None:
+        return 0, None
+    damaged = []
+    for path in reversed(checkpoints(out)):
+        try:
+            state = load_weights(path, device)
+            if not all(k in state for k in ("step", "optimizer", "scheduler")):
+                raise TributaryError(f"{path}: not a training checkpoint (no optimizer state)")
+            load_into(model, state, path)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (TributaryError, ValueError, KeyError) as exc:
+            damaged.append(str(exc))
+            continue
+        for message in damaged:
+            warnings.warn(f"{message}; resuming from {path.name} instead", stacklevel=2)
+        return int(state["step"]), path
+    raise TributaryError(f"{out}: no usable checkpoint to resume from ({damaged[0]}); use --force "
+                         f"to start the run over")
 
 
 @torch.no_grad()
@@ -379,16 +615,14 @@ def validate(net: nn.Module, val: Sampler, embeddings: Mapping[str, Any], device
 def load_run(run: str | Path, *, device: torch.device | None = None) -> Run:
     """A trained run's model and stores (the final weights, else the latest checkpoint)."""
     run = Path(run)
-    if not (run / CONFIG).exists():
-        raise TributaryError(f"{run} is not a training run (no {CONFIG})")
-    config = TrainConfig.from_json(json.loads((run / CONFIG).read_text()))
+    config = read_config(run)
     device = device or _device()
     stores = [open_store(p) for p in config.stores]
     model = build_model(config, stores[0].embedder.dimension).to(device)
     weights = run / MODEL if (run / MODEL).exists() else latest_checkpoint(run)
     if weights is None:
         raise TributaryError(f"{run} has no weights yet (no {MODEL} and no checkpoint)")
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True)["model"])
+    load_into(model, load_weights(weights, device), weights)
     model.eval()
     return Run(config, model, stores, device)
 
