@@ -302,7 +302,8 @@ def test_wrong_version(store):
     data = bytearray(path.read_bytes())
     data[8:12] = (FORMAT_VERSION + 1).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreFileError, match=r"vocab_embeddings\.bin: format version 2"):
+    with pytest.raises(StoreFileError,
+                       match=rf"vocab_embeddings\.bin: format version {FORMAT_VERSION + 1}"):
         open_store(result.path)
 
 

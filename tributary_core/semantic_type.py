@@ -14,14 +14,22 @@ The life of a column, and the method that serves each step:
    type normalizes database-wide (timestamps do).
 4. ``vocabulary``: the strings to embed for the column's distinct values (categorical, text).
 5. ``encode``: prepared values + statistics (+ vocabulary ids) -> :class:`EncodedColumn`, the
-   arrays the store keeps. ``decode`` turns one stored cell back into a readable value.
+   arrays the store keeps; ``check_encoded`` may warn that the encoding lost information.
+   ``decode`` turns one stored cell back into a readable value.
 6. ``value_encoder``: the torch module turning a batch of encoded values into vectors (model).
+7. ``decode_prediction``: a head's predictions, in the scale the type stores, back in the
+   column's units (``tributary run predict``); ``label_values``: raw task labels as numbers
+   (the leakage check).
 
 A type that cannot be a prediction target leaves ``target_losses`` empty.
+
+The width of each batch slot has one home, :data:`SLOT_WIDTH` (:data:`TIMESTAMP_WIDTH` for the
+timestamp slot); the sampler, the value encoders, the loss heads and the baselines read it here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,7 +39,17 @@ import pyarrow as pa
 if TYPE_CHECKING:  # torch is heavy; only the model layer imports it for real
     import torch
 
-__all__ = ["SemanticType", "EncodedColumn", "Prepared", "Vocabulary"]
+__all__ = ["SemanticType", "EncodedColumn", "Prepared", "Vocabulary", "SLOT_WIDTH",
+           "TIMESTAMP_WIDTH"]
+
+#: Features per cell of the ``timestamp`` batch slot: 14 cyclic features and the z-scored
+#: epoch, which comes last (DESIGN §3).
+TIMESTAMP_WIDTH = 15
+#: Values per cell that each batch slot holds: ``number`` one z-score (or other float),
+#: ``timestamp`` :data:`TIMESTAMP_WIDTH` features, ``boolean`` one bit, ``vocab`` one
+#: vocabulary id (the model embeds it as ``d_text`` floats), ``none`` nothing.
+SLOT_WIDTH: Mapping[str, int] = {"number": 1, "timestamp": TIMESTAMP_WIDTH, "boolean": 1,
+                                 "vocab": 1, "none": 0}
 
 
 class Prepared:
@@ -115,9 +133,12 @@ class SemanticType:
             type, the default first. Empty: this type cannot be a prediction target.
         is_ignored: True only for the type that marks a column as skipped entirely.
         batch_slot: where the sampler puts this type's encoded cell in a batch: ``"number"``
-            (field ``value``, float32), ``"timestamp"`` (field ``value``, 15 float32),
-            ``"boolean"`` (field ``value``), ``"vocab"`` (field ``index``, a vocabulary id) or
-            ``"none"`` (presence only, as identifiers).
+            (field ``value``, float32), ``"timestamp"`` (field ``value``,
+            :data:`TIMESTAMP_WIDTH` float32), ``"boolean"`` (field ``value``), ``"vocab"``
+            (field ``index``, a vocabulary id) or ``"none"`` (presence only, as identifiers).
+
+    A type that can be a target may override :meth:`decode_prediction`; every type may override
+    :meth:`label_values`. The defaults read plain numbers.
     """
 
     name: ClassVar[str]
@@ -172,6 +193,13 @@ class SemanticType:
         :meth:`vocabulary`'s texts). Never modifies ``prepared``."""
         raise NotImplementedError(f"semantic type {self.name!r} does not implement encode()")
 
+    def check_encoded(self, prepared: Prepared, stats: Mapping[str, Any],
+                      encoded: EncodedColumn) -> str | None:
+        """None, or a short warning when the encoding lost information a user would want to
+        hear about (values that collapsed onto one code, cells dropped as out of range).
+        Preprocessing reports it with the table and column. The default finds nothing."""
+        return None
+
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         """One stored cell (field name -> that row's value) back to a readable Python value."""
@@ -181,14 +209,61 @@ class SemanticType:
 
     def value_encoder(self, d_model: int, d_text: int) -> torch.nn.Module:
         """The module mapping this type's cells, as its ``batch_slot`` holds them, to
-        ``(N, d_model)``: ``number`` (N, 1), ``timestamp`` (N, 15), ``boolean`` (N, 1),
-        ``vocab`` (N, d_text) text embeddings, ``none`` (N, 0). The default is
+        ``(N, d_model)``: ``number`` (N, 1), ``timestamp`` (N, :data:`TIMESTAMP_WIDTH`),
+        ``boolean`` (N, 1), ``vocab`` (N, d_text) text embeddings, ``none`` (N, 0). The default is
         :func:`tributary_core.nn.slot_encoder` for the slot."""
         if self.is_ignored:
             raise NotImplementedError(f"semantic type {self.name!r} has no cells to encode")
         from tributary_core.nn import slot_encoder
 
         return slot_encoder(self.batch_slot, d_model, d_text)
+
+    @property
+    def target_width(self) -> int:
+        """Values per cell in this type's batch slot (:data:`SLOT_WIDTH`): the width of its
+        ``target_*`` tensor per target, e.g. 1 for ``number``, :data:`TIMESTAMP_WIDTH` for
+        ``timestamp``. A regression head predicts this many values."""
+        try:
+            return SLOT_WIDTH[self.batch_slot]
+        except KeyError:
+            raise ValueError(f"semantic type {self.name!r} has batch_slot {self.batch_slot!r}; "
+                             f"expected one of {', '.join(sorted(SLOT_WIDTH))}") from None
+
+    # -- predictions and labels ------------------------------------------------------------
+
+    def decode_prediction(self, values: np.ndarray, stats: Mapping[str, Any]) -> pa.Array:
+        """Predictions in the scale this type stores, back in the column's units.
+
+        ``values`` (N,) float is what a regression head decodes: the predicted stored value (the
+        last one of the slot's values, for the timestamp slot the z-scored epoch); ``stats`` are
+        the target column's statistics as :meth:`fit` (and ``"database"``: :meth:`combine`)
+        made them. Returns one Arrow value per prediction. The default returns ``values`` as
+        float64 (the stored value is the value).
+
+        Heads whose predictions are not stored values (probabilities, categories, counts already
+        in the column's units) convert them themselves in :meth:`LossHead.to_user_units`.
+        """
+        return pa.array(np.asarray(values, dtype=np.float64))
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        """Raw values of this type, as DuckDB returns them from a task query (Python ``bool``,
+        ``int``, ``float``, ``str``, ``datetime``, ``date`` or None), as float64 numbers: the
+        labels and features the leakage check compares. NaN where a value is null or not a value
+        of this type.
+
+        The default reads each value with ``float()`` (booleans as 1/0) and gives NaN for None,
+        non-finite numbers and anything ``float()`` refuses."""
+        out = np.full(len(values), np.nan)
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if math.isfinite(number):
+                out[i] = number
+        return out
 
     @property
     def can_be_target(self) -> bool:

@@ -8,13 +8,32 @@ fail with a permission error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-__all__ = ["sandbox_connection", "fetch_arrow", "quote_identifier"]
+__all__ = ["sandbox_connection", "fetch_arrow", "quote_identifier", "run_query",
+           "run_interruptible", "QueryTimeout", "DEFAULT_QUERY_TIMEOUT_S"]
+
+T = TypeVar("T")
+
+#: Default time limit of one task query, in seconds (``--query-timeout``).
+DEFAULT_QUERY_TIMEOUT_S = 600.0
+#: How often the waiting thread wakes to check the clock (and to re-send an interrupt).
+_POLL_S = 0.05
+
+
+class QueryTimeout(Exception):
+    """A query ran past its time limit and was interrupted; ``seconds`` is the limit."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"interrupted after the {seconds:g} s limit")
+        self.seconds = seconds
 
 
 def quote_identifier(name: str) -> str:
@@ -28,13 +47,20 @@ def fetch_arrow(relation: Any) -> pa.Table:
     return method()
 
 
-def sandbox_connection(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
+def sandbox_connection(tables: Mapping[str, Any], *,
+                       threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory connection where each of ``tables`` (name -> Arrow table or dataset) is a
     relation of that name, also reachable as ``'<name>.parquet'`` (a view, not the file), time
-    zone UTC, and no other data can be reached."""
+    zone UTC, and no other data can be reached.
+
+    ``threads``: DuckDB's worker threads (None: its default, all cores). One thread makes a
+    query's floating-point aggregates (``sum``, ``avg`` of DOUBLE) add up in the same order on
+    every run, so the same data gives the same bits."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     for name, data in tables.items():
         con.register(name, data)
         con.execute(f"CREATE VIEW {quote_identifier(name + '.parquet')} AS "
@@ -42,3 +68,79 @@ def sandbox_connection(tables: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def run_query(con: duckdb.DuckDBPyConnection, query: str, *,
+              timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S) -> pa.Table:
+    """Run ``query`` on ``con`` and return its result as an Arrow table, interrupting DuckDB
+    when it runs past ``timeout_s`` seconds (None: no limit; raises :class:`QueryTimeout`) or
+    on Ctrl-C, after which KeyboardInterrupt is raised.
+
+    The query runs in a worker thread while the calling thread waits in short steps and calls
+    ``con.interrupt()`` when time is up. DuckDB does not stop for Ctrl-C by itself, and a
+    KeyboardInterrupt raised while it runs can leave the connection unusable, so from the main
+    thread SIGINT is caught for the duration of the query: it interrupts DuckDB, and once the
+    query has stopped KeyboardInterrupt is raised as usual. DuckDB errors are re-raised as they
+    are. ``con`` must not be used by another thread meanwhile.
+    """
+    return run_interruptible(con, lambda: fetch_arrow(con.sql(query)), timeout_s=timeout_s)
+
+
+def run_interruptible(con: duckdb.DuckDBPyConnection, call: Callable[[], T], *,
+                      timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S) -> T:
+    """``call()``, which runs queries on ``con``, with :func:`run_query`'s time limit and Ctrl-C
+    handling (for example a loop that streams a result away in batches)."""
+    outcome: dict[str, Any] = {}
+    ctrl_c: list[int] = []
+
+    def work() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        ctrl_c.append(signum)
+        con.interrupt()
+
+    worker = threading.Thread(target=work, name="tributary-query", daemon=True)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    start = time.monotonic()
+    try:
+        worker.start()
+        timed_out = False
+        while worker.is_alive():
+            worker.join(_POLL_S)
+            if ctrl_c or (timeout_s is not None and time.monotonic() - start > timeout_s):
+                timed_out = not ctrl_c
+                _stop(con, worker)
+    except KeyboardInterrupt:  # not the main thread, or a handler of our caller's raised it
+        _stop(con, worker)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if ctrl_c:
+        raise KeyboardInterrupt
+    if timed_out:
+        raise QueryTimeout(timeout_s)  # type: ignore[arg-type]
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _stop(con: duckdb.DuckDBPyConnection, worker: threading.Thread) -> None:
+    """Interrupt the query until its thread ends (an interrupt sent before DuckDB started the
+    query would be lost, so it is repeated). A KeyboardInterrupt while waiting is held back
+    until the worker has stopped, so the connection is never closed under a running query."""
+    pending: KeyboardInterrupt | None = None
+    while worker.is_alive():
+        try:
+            con.interrupt()
+            worker.join(_POLL_S)
+        except KeyboardInterrupt as exc:
+            pending = exc
+    if pending is not None:
+        raise pending

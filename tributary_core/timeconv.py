@@ -54,6 +54,28 @@ def _numpy(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values, valid
 
 
+#: Microseconds per unit of the time types coarser than µs.
+_PER_UNIT = {"s": 1_000_000, "ms": 1_000}
+_INT64 = np.iinfo(np.int64)
+
+
+def _scale_up(arr: pa.Array, factor: int) -> TimeConversion:
+    """Seconds or milliseconds (timestamps, date64) to µs. A value whose µs do not fit in
+    int64 (beyond about ±292,000 years) is not a usable time: invalid and counted, never
+    wrapped around into another date (as an unchecked cast would)."""
+    values, valid = _numpy(arr)
+    limit = _INT64.max // factor
+    out_of_range = valid & ((values > limit) | (values < -limit))
+    n_bad = int(out_of_range.sum())
+    example = None
+    if n_bad:
+        raw = int(values[int(np.argmax(out_of_range))])
+        example = f"{raw} {'ms' if factor == 1000 else 's'} since 1970 (out of range)"
+        valid = valid & ~out_of_range
+    return TimeConversion(np.where(valid, values * factor, 0).astype(np.int64), valid, n_bad,
+                          example)
+
+
 def to_epoch_us(column: pa.Array | pa.ChunkedArray) -> TimeConversion:
     """Convert a time-like Arrow column to UTC epoch microseconds (see module docs)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -63,9 +85,13 @@ def to_epoch_us(column: pa.Array | pa.ChunkedArray) -> TimeConversion:
     if pa.types.is_null(t):
         n = len(arr)
         return TimeConversion(np.zeros(n, np.int64), np.zeros(n, bool))
+    if pa.types.is_timestamp(t) and t.unit in ("s", "ms"):
+        return _scale_up(arr, _PER_UNIT[t.unit])
     if pa.types.is_timestamp(t):
         # safe=False: nanoseconds are truncated to microseconds, the store's resolution.
         return TimeConversion(*_numpy(pc.cast(arr, pa.timestamp("us", tz=t.tz), safe=False)))
+    if pa.types.is_date64(t):
+        return _scale_up(arr, 1000)
     if pa.types.is_date(t):
         return TimeConversion(*_numpy(pc.cast(arr, _US)))
     if not is_time_like(t):

@@ -4,10 +4,15 @@ Mean and standard deviation are taken over the valid cells: not null, not NaN, f
 read as a null; ±inf is not a usable number and is stored as null too (counted as invalid in
 the preprocessing report). A column whose values are all equal (or with no valid value) gets
 std 1, so its cells encode as 0.
+
+The statistics cannot overflow: values are scaled by a power of two before they are summed and
+squared (:func:`scaled_moments`), so a column holding values near 1e308 gets a finite mean and
+std like any other.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,26 +28,42 @@ from ._arrow import is_number, plain
 #: Cells per partial sum: the statistics are summed in fixed chunks, so the result does not
 #: depend on how many threads ran.
 CHUNK = 1 << 16
+#: Cells sampled by :meth:`Numerical.check_encoded` to look for values that collapsed together.
+CHECK_SAMPLE = 4096
 
 
 @numba.njit(cache=True, nogil=True)
-def moments(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_rows: bool):
-    """``(count, mean, m2)`` over cells with ``valid`` (and ``rows`` if ``use_rows``) and a
-    finite value; two passes (mean, then squared deviations), summed in fixed chunks."""
+def scaled_moments(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_rows: bool):
+    """``(count, mean / scale, m2 / scale², scale)`` over cells with ``valid`` (and ``rows`` if
+    ``use_rows``) and a finite value, where ``scale`` is the power of two at or just below the
+    largest magnitude: every scaled value lies in (-2, 2), so neither the sum nor the squares can
+    overflow, even for values near the float64 limit (1.8e308). Scaling by a power of two is
+    exact, so for ordinary values the results are those of the unscaled sums.
+
+    Three passes (largest magnitude, mean, squared deviations), summed in fixed chunks."""
     n = values.shape[0]
     n_chunks = (n + CHUNK - 1) // CHUNK
-    total = 0.0
     count = 0
+    biggest = 0.0
+    for i in range(n):
+        x = values[i]
+        if valid[i] and (not use_rows or rows[i]) and np.isfinite(x):
+            count += 1
+            biggest = max(biggest, abs(x))
+    if count == 0:
+        return 0, 0.0, 0.0, 1.0
+    scale = 1.0
+    if biggest > 0.0:
+        _, exponent = math.frexp(biggest)  # biggest = m * 2**exponent, 0.5 <= m < 1
+        scale = math.ldexp(1.0, exponent - 1)
+    total = 0.0
     for c in range(n_chunks):
         part = 0.0
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             x = values[i]
             if valid[i] and (not use_rows or rows[i]) and np.isfinite(x):
-                part += x
-                count += 1
+                part += x / scale
         total += part
-    if count == 0:
-        return 0, 0.0, 0.0
     mean = total / count
     m2 = 0.0
     for c in range(n_chunks):
@@ -50,19 +71,42 @@ def moments(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_rows: b
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             x = values[i]
             if valid[i] and (not use_rows or rows[i]) and np.isfinite(x):
-                d = x - mean
+                d = x / scale - mean
                 part += d * d
         m2 += part
-    return count, mean, m2
+    return count, mean, m2, scale
+
+
+@numba.njit(cache=True, nogil=True)
+def moments(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_rows: bool):
+    """``(count, mean, m2)`` over cells with ``valid`` (and ``rows`` if ``use_rows``) and a
+    finite value (see :func:`scaled_moments`). ``m2`` is the sum of squared deviations and can
+    itself exceed float64 for values beyond about 1e154; :meth:`Numerical.fit` uses the scaled
+    form, timestamps (int64 µs, at most 9.3e18) never come near."""
+    count, mean, m2, scale = scaled_moments(values, valid, rows, use_rows)
+    return count, mean * scale, m2 * scale * scale
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _zscore_range(values, valid, mean, inv, out, out_valid, lo, hi):
-    # Branch-free body so LLVM vectorizes it; validity is read and written as bytes.
+def _zscore_range(values, valid, mean, std, inv, out, out_valid, lo, hi):
+    # Branch-free body so LLVM vectorizes it; validity is read and written as bytes. Where
+    # x - mean overflows (values near the float64 limit), the halves are subtracted instead.
     for i in range(lo, hi):
         x = values[i]
-        ok = (valid[i] != 0) & (np.abs(x) < np.inf)
-        z = np.float32((x - mean) * inv)
+        d = x - mean
+        z = np.float32(d * inv if np.abs(d) < np.inf else (0.5 * x - 0.5 * mean) * (2.0 * inv))
+        ok = (valid[i] != 0) & (np.abs(x) < np.inf) & (np.abs(z) < np.inf)
+        out[i] = z if ok else np.float32(0.0)
+        out_valid[i] = ok
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _zscore_range_tiny(values, valid, mean, std, inv, out, out_valid, lo, hi):
+    # A subnormal std has no finite inverse: divide.
+    for i in range(lo, hi):
+        x = values[i]
+        z = np.float32((x - mean) / std)
+        ok = (valid[i] != 0) & (np.abs(x) < np.inf) & (np.abs(z) < np.inf)
         out[i] = z if ok else np.float32(0.0)
         out_valid[i] = ok
 
@@ -70,14 +114,22 @@ def _zscore_range(values, valid, mean, inv, out, out_valid, lo, hi):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def zscore(values: np.ndarray, valid: np.ndarray, mean: float, std: float, n_threads: int,
            out: np.ndarray, out_valid: np.ndarray) -> None:
-    """``out = (values - mean) / std`` as f32 where valid and finite, else 0 and invalid.
+    """``out = (values - mean) / std`` as f32 where valid and finite, else 0 and invalid (also
+    where the z-score itself exceeds float32, possible only for a value far outside the
+    statistics window; the preprocessing report counts such cells).
 
     ``valid``/``out_valid`` may be bool arrays or their ``uint8`` views (faster)."""
     n = values.shape[0]
     inv = 1.0 / std
+    tiny = not np.isfinite(inv)
     step = (n + n_threads - 1) // n_threads
     for t in numba.prange(n_threads):
-        _zscore_range(values, valid, mean, inv, out, out_valid, t * step, min(n, (t + 1) * step))
+        if tiny:
+            _zscore_range_tiny(values, valid, mean, std, inv, out, out_valid, t * step,
+                               min(n, (t + 1) * step))
+        else:
+            _zscore_range(values, valid, mean, std, inv, out, out_valid, t * step,
+                          min(n, (t + 1) * step))
 
 
 def n_threads() -> int:
@@ -119,10 +171,12 @@ class Numerical(SemanticType):
 
     def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
         use_rows = rows is not None
-        count, mean, m2 = moments(prepared.values, prepared.valid,
-                                  rows if use_rows else prepared.valid, use_rows)
-        std = float(np.sqrt(m2 / count)) if count else 0.0
-        return {"count": int(count), "mean": float(mean), "std": std if std > 0 else 1.0}
+        count, mean, m2, scale = scaled_moments(prepared.values, prepared.valid,
+                                                rows if use_rows else prepared.valid, use_rows)
+        # std <= the largest magnitude, so this cannot overflow either
+        std = float(np.sqrt(m2 / count)) * scale if count else 0.0
+        return {"count": int(count), "mean": float(mean * scale),
+                "std": std if std > 0 else 1.0}
 
     def encode(self, prepared: Prepared, stats: Mapping[str, Any],
                vocab_ids: np.ndarray | None = None) -> EncodedColumn:
@@ -133,9 +187,40 @@ class Numerical(SemanticType):
                float(stats["std"]), n_threads(), out, valid.view(np.uint8))
         return EncodedColumn({"value": out}, valid)
 
+    def check_encoded(self, prepared: Prepared, stats: Mapping[str, Any],
+                      encoded: EncodedColumn) -> str | None:
+        """Warn about finite values stored as null because their z-score exceeds float32 (a
+        value far outside the statistics window) and about a column whose values collapse onto
+        few z-scores because a few extreme values dominate mean and std (checked on an evenly
+        spaced sample of :data:`CHECK_SAMPLE` cells)."""
+        problems = []
+        finite = prepared.valid & np.isfinite(prepared.values)
+        lost = int((finite & ~encoded.valid).sum())
+        if lost:
+            problems.append(f"{lost} value(s) lie so far outside the statistics "
+                            f"(mean {stats['mean']:.6g}, std {stats['std']:.6g}) that their "
+                            "z-score exceeds float32; stored as null")
+        rows = np.flatnonzero(encoded.valid)
+        if len(rows) > CHECK_SAMPLE:
+            rows = rows[:: len(rows) // CHECK_SAMPLE][:CHECK_SAMPLE]
+        raw = np.unique(prepared.values[rows])
+        if len(raw) >= 2:
+            n_codes = len(np.unique(encoded.arrays["value"][rows]))
+            if 2 * n_codes < len(raw):
+                biggest = float(np.abs(prepared.values[finite]).max())
+                problems.append(f"{len(raw)} distinct values (of a sample) encode to only "
+                                f"{n_codes} distinct z-scores: extreme values (largest magnitude "
+                                f"{biggest:.3g}) dominate mean and std; clip or transform them")
+        return "; ".join(problems) or None
+
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         # An f32 z-score resolves about 1e-6 of a standard deviation; show no finer digits.
         value = float(cell["value"]) * stats["std"] + stats["mean"]
         digits = int(np.clip(-np.floor(np.log10(stats["std"] * 1e-6)), 0, 12))
         return float(f"{round(value, digits):.7g}")
+
+    def decode_prediction(self, values: np.ndarray, stats: Mapping[str, Any]) -> pa.Array:
+        """Predicted z-scores in the column's units: ``z * std + mean`` as float64."""
+        return pa.array(np.asarray(values, dtype=np.float64) * float(stats.get("std", 1.0))
+                        + float(stats.get("mean", 0.0)))

@@ -14,13 +14,14 @@ Stages, each timed and reported:
    ``*_embeddings.bin`` files.
 
 Everything is written into a temporary folder beside the output and renamed into place at the
-end, so a crash never leaves a half store that looks whole.
+end, so a crash or Ctrl-C never leaves a half store that looks whole. The same inputs give the
+same bytes (no times, paths or thread-order effects are stored; task seeds are sorted).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import attrs
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -42,9 +44,15 @@ from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType, Vocabulary
-from tributary_core.sql import fetch_arrow, sandbox_connection
-from tributary_core.store.format import FORMAT_VERSION, write_file
-from tributary_core.timeconv import to_epoch_us
+from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_query, sandbox_connection
+from tributary_core.store.format import (
+    FORMAT_VERSION,
+    METADATA,
+    dump_store_metadata,
+    replace_problem,
+    write_file,
+)
+from tributary_core.timeconv import format_epoch_us, to_epoch_us
 
 __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
 
@@ -89,6 +97,8 @@ def preprocess(
     progress: Progress | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
+    query_threads: int | None = 1,
 ) -> PreprocessResult:
     """Preprocess the database described by ``metadata`` with parquet files in ``raw_dir``.
 
@@ -101,26 +111,45 @@ def preprocess(
         cache_dir: the embedding cache shared by all databases [default:
             :func:`~tributary_core.embed_cache.default_cache_dir`].
         use_cache: False embeds everything again and caches nothing.
+        query_timeout_s: time limit of each task's SQL in seconds (None: none); a query past
+            it is interrupted and the run fails naming the task (``--query-timeout``).
+        query_threads: DuckDB threads for the task SQL. 1 (the default) makes floating-point
+            aggregates add up in one order, so the store's bytes do not depend on timing;
+            None uses every core.
+
+    Raises:
+        TributaryError: invalid metadata or data, an unusable task, a failing or too slow
+            query, an ``out_dir`` that exists (without ``force``) or is not a store (with it),
+            or a write that fails; nothing is left behind.
     """
     registry = registry or get_registry()
     progress = progress or _noop
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if out_dir.exists() and not force:
-        raise TributaryError(f"{out_dir} already exists; use --force to replace it")
+    if query_timeout_s is not None and not query_timeout_s > 0:
+        raise TributaryError(f"--query-timeout: must be a positive number of seconds, got "
+                             f"{query_timeout_s}")
+    if out_dir.exists() or out_dir.is_symlink():
+        if not force:
+            raise TributaryError(f"{out_dir} already exists; use --force to replace it")
+        problem = replace_problem(out_dir)
+        if problem is not None:
+            raise TributaryError(f"{out_dir}: {problem}")
     clock = _Clock()
     with clock("validate"):
         progress("validate", 0, 1)
         report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry)
         md = report.raise_for_errors()
         progress("validate", 1, 1)
-    with staged_folder(out_dir) as tmp:
+    with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
         cache = None
         if use_cache and embedder.cacheable:
             cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
         builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock,
                            cache)
+        builder.final = out_dir
+        builder.query_timeout_s, builder.query_threads = query_timeout_s, query_threads
         result = builder.run()
-    result.warnings = [str(p) for p in report.warnings]
+    result.warnings = [str(p) for p in report.warnings] + builder.warnings
     result.path = out_dir
     return result
 
@@ -163,6 +192,11 @@ class _Builder:
         self.db_stats: dict[str, dict[str, Any]] = {}  # stype name -> combined statistics
         self.files: dict[str, dict[str, Any]] = {}
         self.result = PreprocessResult(path=out)
+        self.warnings: list[str] = []
+        self.final = out  # where the store will be published (for messages)
+        self.query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S
+        self.query_threads: int | None = 1
+        self.unfitted: list[str] = []  # columns with values but none inside the stats window
 
     def stype(self, name: str) -> SemanticType:
         if name not in self.stypes:
@@ -172,8 +206,29 @@ class _Builder:
     def write(self, rel: str, kind: str, sections: dict[str, np.ndarray],
               meta: dict[str, Any] | None = None) -> None:
         path = self.out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.files[rel] = write_file(path, kind, sections, meta)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[rel] = write_file(path, kind, sections, meta)
+        except OSError as exc:
+            raise self.write_error(rel, exc) from None
+
+    def write_error(self, rel: str, exc: OSError) -> TributaryError:
+        return TributaryError(f"{self.final}: cannot write {rel} (in the temporary folder "
+                              f"{self.out.name}): {exc.strerror or exc}")
+
+    def fit(self, stype: SemanticType, prepared: Any, rows: np.ndarray | None,
+            where: str) -> dict[str, Any]:
+        """``stype.fit`` with its statistics checked: finite numbers only, and a column with
+        values but none inside the statistics window is noted for a warning."""
+        stats = stype.fit(prepared, rows=rows)
+        bad = _non_finite(stats)
+        if bad is not None:
+            raise TributaryError(f"{where}: the {stype.name} statistics are not finite "
+                                 f"({bad}); the column cannot be encoded")
+        if (rows is not None and stats.get("count") == 0 and "mean" in stats
+                and bool(prepared.valid.any())):
+            self.unfitted.append(where)
+        return stats
 
     def rows_mask(self, table: str) -> np.ndarray | None:
         """Rows inside the statistics window (None: all rows)."""
@@ -230,11 +285,33 @@ class _Builder:
                 prepared = stype.prepare(data.column(cname))
                 per_type.setdefault(stype.name, []).append(
                     stype.fit(prepared, rows=self.rows_mask(tname)))
+        self.check_cutoff()
         for name, stats in per_type.items():
             combined = self.stype(name).combine(stats)
             if combined is not None:
+                bad = _non_finite(combined)
+                if bad is not None:
+                    raise TributaryError(f"the database-wide {name} statistics are not finite "
+                                         f"({bad})")
                 self.db_stats[name] = combined
         self.progress("keys", len(md.tables), len(md.tables))
+
+    def check_cutoff(self) -> None:
+        """A statistics cut-off before every row time would fit the statistics on nothing:
+        refuse it (a typo in the year, most likely)."""
+        if self.cutoff is None:
+            return
+        times = [t[t != NO_TIME] for t in self.times.values()]
+        times = [t for t in times if len(t)]
+        if not times:
+            self.warnings.append("--stats-cutoff has no effect: no row of the database has a "
+                                 "time, so statistics are fitted on every row")
+            return
+        earliest = min(int(t.min()) for t in times)
+        if earliest > self.cutoff:
+            raise TributaryError(f"--stats-cutoff {format_epoch_us(self.cutoff)} is before every "
+                                 f"row time of the database (the earliest is "
+                                 f"{format_epoch_us(earliest)}): no statistics could be fitted")
 
     def parent_rows(self, tname: str, cname: str, values: pa.ChunkedArray) -> np.ndarray:
         """Parent row per row of foreign-key column ``tname.cname`` (``values``; -1: null or
@@ -266,7 +343,7 @@ class _Builder:
                 col = table.columns[cname]
                 stype = self.stype(col.stype)
                 prepared = stype.prepare(data.column(cname))
-                stats = stype.fit(prepared, rows=mask)
+                stats = self.fit(stype, prepared, mask, f"{tname}.{cname}")
                 if stype.name in self.db_stats:
                     stats["database"] = self.db_stats[stype.name]
                 ids = None
@@ -274,6 +351,9 @@ class _Builder:
                 if vocab is not None:
                     ids = self.vocab.add(*vocab)
                 encoded = stype.encode(prepared, stats, ids)
+                note = stype.check_encoded(prepared, stats, encoded)
+                if note:
+                    self.warnings.append(f"{tname}.{cname}: {note}")
                 prefix = f"c{j}"
                 fields = {}
                 for field, arr in encoded.arrays.items():
@@ -344,7 +424,7 @@ class _Builder:
         if not self.md.tasks:
             return out
         datasets = {name: pads.dataset(path) for name, path in self.paths.items()}
-        con = sandbox_connection(datasets)
+        con = sandbox_connection(datasets, threads=self.query_threads)
         try:
             for i, (name, task) in enumerate(self.md.tasks.items()):
                 self.progress("tasks", i, len(self.md.tasks))
@@ -354,33 +434,60 @@ class _Builder:
         self.progress("tasks", len(self.md.tasks), len(self.md.tasks))
         return out
 
-    def materialize_task(self, con: Any, name: str, task: Any,
-                         tables_meta: dict[str, Any]) -> dict[str, Any]:
+    def run_task_query(self, con: Any, name: str, task: Any) -> pa.Table:
         try:
-            result = fetch_arrow(con.sql(task.query))
+            return run_query(con, task.query, timeout_s=self.query_timeout_s)
+        except QueryTimeout as exc:
+            raise TributaryError(f"task {name!r}: the query ran longer than {exc.seconds:g} s and "
+                                 "was stopped; make it cheaper or raise the limit with "
+                                 "--query-timeout") from None
         except Exception as exc:  # duckdb.Error: validation ran it already, but data can differ
             raise TributaryError(f"task {name!r}: SQL fails in DuckDB: "
                                  f"{str(exc).splitlines()[0]}") from None
-        match = match_keys(result.column(task.anchor_key), self.keys[task.anchor_table])
+
+    def materialize_task(self, con: Any, name: str, task: Any,
+                         tables_meta: dict[str, Any]) -> dict[str, Any]:
+        result = self.run_task_query(con, name, task)
+        if result.num_rows == 0:
+            raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
+                                 "seeds")
+        keys = result.column(task.anchor_key)
+        match = match_keys(keys, self.keys[task.anchor_table])
         keep = match.rows >= 0
-        anchor = match.rows[keep]
+        if not keep.any():
+            example = next((v for v in keys.to_pylist() if v is not None), None)
+            pk = self.md.tables[task.anchor_table].primary_key
+            raise TributaryError(
+                f"task {name!r}: none of the query's {result.num_rows:,} anchor keys "
+                f"({task.anchor_key}) is a key of {task.anchor_table}.{pk}"
+                + (f", e.g. {example!r}" if example is not None else " (all are null)"))
         if task.observation_time_column:
             conv = to_epoch_us(result.column(task.observation_time_column))
-            obs = np.where(conv.valid, conv.values, NO_CUTOFF)[keep]
+            obs_all = np.where(conv.valid, conv.values, NO_CUTOFF)
             n_null_obs = int((~conv.valid & keep).sum())
         elif task.anchor_table in self.times:
-            obs = self.times[task.anchor_table][anchor]
-            obs = np.where(obs == NO_TIME, NO_CUTOFF, obs)
+            obs_all = self.times[task.anchor_table][np.maximum(match.rows, 0)]
+            obs_all = np.where(obs_all == NO_TIME, NO_CUTOFF, obs_all)
             n_null_obs = 0
         else:
-            obs = np.full(len(anchor), NO_CUTOFF, dtype=np.int64)
+            obs_all = np.full(result.num_rows, NO_CUTOFF, dtype=np.int64)
             n_null_obs = 0
+        # Seeds in a fixed order whatever order DuckDB returned the rows in: by anchor row,
+        # then observation time, then label (ties are identical seeds).
+        label_rank = _rank(result.column(task.target_column))
+        matched = np.flatnonzero(keep)
+        order = matched[np.lexsort((label_rank[matched], obs_all[matched],
+                                    match.rows[matched]))]
+        anchor = match.rows[order]
+        obs = obs_all[order]
+        label_rank = label_rank[order]
         stype = self.stype(task.target_stype)
-        target = result.column(task.target_column).filter(pa.array(keep))
+        target = result.column(task.target_column).take(pa.array(order))
         prepared = stype.prepare(target)
+        reason = stype.check_column(target)
         # with a statistics window, the target's own normalisation sees only seeds observed in it
         window = None if self.cutoff is None else obs <= self.cutoff
-        stats = stype.fit(prepared, rows=window)
+        stats = self.fit(stype, prepared, window, f"task {name!r} target {task.target_column!r}")
         if stype.name in self.db_stats:
             stats["database"] = self.db_stats[stype.name]
         ids = None
@@ -388,6 +495,8 @@ class _Builder:
         if vocab is not None:
             ids = self.vocab.add(*vocab)
         encoded = stype.encode(prepared, stats, ids)
+        self.check_labels(name, task, stype, target, encoded, reason)
+        self.check_repeats(name, anchor, obs, label_rank)
         sections: dict[str, np.ndarray] = {
             "anchor_row": anchor.astype(np.int32),
             "observation_time": obs.astype(np.int64),
@@ -423,6 +532,49 @@ class _Builder:
             "unmatched_anchor_keys": int((~keep).sum()),
             "candidates": "candidates" if ids is not None else None,
         }
+
+    def check_labels(self, name: str, task: Any, stype: SemanticType, target: pa.ChunkedArray,
+                     encoded: Any, reason: str | None) -> None:
+        """Refuse labels that are not values of the target type and a task with no label at
+        all; warn about null labels."""
+        n = len(encoded.valid)
+        present = np.asarray(target.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        unusable = present & ~encoded.valid
+        where = f"task {name!r}: target column {task.target_column!r} ({stype.name})"
+        if reason is not None:
+            examples = pc.unique(target.filter(pa.array(unusable))).to_pylist()[:5]
+            shown = ", ".join(repr(v) for v in examples) or "none shown"
+            raise TributaryError(f"{where}: {reason}; distinct bad values: {shown}")
+        n_null = n - int(encoded.valid.sum())
+        if n_null == n:
+            what = ("every label is null" if not unusable.any() else
+                    f"no label is a usable {stype.name} value ({int(unusable.sum()):,} are not, "
+                    f"e.g. {target.filter(pa.array(unusable))[0].as_py()!r})")
+            raise TributaryError(f"{where}: {what}; the task cannot be trained or evaluated")
+        if n_null:
+            extra = (f", {int(unusable.sum()):,} of them non-null values that are not usable "
+                     "(NaN, ±inf, out of range)" if unusable.any() else "")
+            self.warnings.append(f"{where}: {n_null:,} of {n:,} labels are null{extra}; those "
+                                 "seeds have no target")
+
+    def check_repeats(self, name: str, anchor: np.ndarray, obs: np.ndarray,
+                      label_rank: np.ndarray) -> None:
+        """Warn when seeds repeat an (anchor row, observation time) pair: with different labels
+        the task asks for two answers to one question. ``anchor``, ``obs`` are sorted."""
+        if len(anchor) < 2:
+            return
+        same = (anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])
+        if not same.any():
+            return
+        group = np.concatenate([[0], np.cumsum(~same)])
+        differ = same & (label_rank[1:] != label_rank[:-1])
+        n_conflict = len(np.unique(group[1:][differ]))
+        n_repeat = int(same.sum())
+        message = (f"task {name!r}: {n_repeat:,} seed(s) repeat an (anchor key, observation "
+                   "time) pair of an earlier seed")
+        if n_conflict:
+            message += f"; {n_conflict:,} such pair(s) have different labels"
+        self.warnings.append(message + " (check the query's joins and GROUP BY)")
 
     # -- stage 6 ---------------------------------------------------------------------------
 
@@ -465,6 +617,11 @@ class _Builder:
         window = None
         if self.cutoff is not None:
             window = {"to_us": int(self.cutoff)}
+        if self.unfitted:
+            self.warnings.append(
+                f"no value inside the statistics window (--stats-cutoff) for "
+                f"{', '.join(self.unfitted)}: their statistics are the defaults (mean 0, std 1), "
+                "so their values are not normalized")
         meta = {
             "format_version": FORMAT_VERSION,
             "tributary_version": __version__,
@@ -480,7 +637,10 @@ class _Builder:
             "source_metadata": dump_metadata(self.md),
             "files": self.files,
         }
-        (self.out / "metadata.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        try:
+            (self.out / METADATA).write_bytes(dump_store_metadata(meta))
+        except OSError as exc:
+            raise self.write_error(METADATA, exc) from None
         self.result.vocab_size = len(self.vocab)
         self.result.seconds = dict(clock.seconds)
         self.result.store_bytes = sum(f["bytes"] for f in self.files.values())
@@ -495,10 +655,35 @@ def _strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+def _non_finite(stats: Any, path: str = "") -> str | None:
+    """``"key=value"`` of the first NaN or infinite number in ``stats`` (nested), else None."""
+    if isinstance(stats, dict):
+        for key, value in stats.items():
+            found = _non_finite(value, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(stats, list | tuple):
+        for i, value in enumerate(stats):
+            found = _non_finite(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(stats, float | np.floating) and not math.isfinite(stats):
+        return f"{path}={stats}"
+    return None
 
+
+def _rank(column: pa.ChunkedArray) -> np.ndarray:
+    """A dense rank of each value (equal values share one; nulls last), to order seeds by
+    label deterministically; all zeros for a type Arrow cannot sort."""
+    arr = column.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    for candidate in (arr, None):
+        try:
+            if candidate is None:
+                candidate = arr.cast(pa.string())
+            ranks = pc.rank(candidate, sort_keys="ascending", tiebreaker="dense")
+            return np.asarray(ranks.to_numpy(zero_copy_only=False), dtype=np.int64)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            continue
+    return np.zeros(len(arr), dtype=np.int64)

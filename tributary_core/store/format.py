@@ -17,10 +17,14 @@ Each section in the header is ``{"name", "dtype", "shape", "offset", "nbytes", "
 bitmap of ``shape[0]`` booleans packed little-endian (bit i of byte i // 8, numpy's
 ``packbits(bitorder="little")``); ``crc32`` is the CRC-32 (zlib) of the section's bytes. The file
 ends where its last section ends. See docs/format.md.
+
+The store's ``metadata.json`` carries its own SHA-256 (:func:`dump_store_metadata`,
+:func:`load_store_metadata`), so an edited metadata file is refused like a modified ``.bin``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -33,11 +37,16 @@ import numpy as np
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "StoreFileError", "write_file", "StoreFile", "pack_bits",
-           "unpack_bits"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file", "StoreFile",
+           "pack_bits", "unpack_bits", "dump_store_metadata", "load_store_metadata",
+           "replace_problem"]
 
 MAGIC = b"TRIBSTOR"
-FORMAT_VERSION = 1
+#: 2: metadata.json carries its own checksum; task seeds are sorted (anchor row, time, label).
+FORMAT_VERSION = 2
+METADATA = "metadata.json"
+_CHECKSUM_PREFIX = "sha256:"
+_PLACEHOLDER = "0" * 64
 PREAMBLE = struct.Struct("<8sIII12x")
 ALIGN = 64
 BITS = "bits"
@@ -230,3 +239,78 @@ class StoreFile:
         for name, s in self.sections.items():
             if s["nbytes"] and _crc(memoryview(self.raw(name)).cast("B")) != s["crc32"]:
                 raise self._error(f"corrupted: checksum mismatch in section {name!r}")
+
+
+def dump_store_metadata(meta: Mapping[str, Any]) -> bytes:
+    """``metadata.json``'s bytes: ``meta`` as indented JSON whose first key, ``checksum``, is
+    ``"sha256:<hex>"``, the SHA-256 of these very bytes with the hex digits replaced by 64 zeros.
+    Raises ValueError for a NaN or infinite number (not JSON)."""
+    body = {"checksum": _CHECKSUM_PREFIX + _PLACEHOLDER}
+    body.update((k, v) for k, v in meta.items() if k != "checksum")
+    data = json.dumps(body, indent=1, allow_nan=False, default=_json_default).encode() + b"\n"
+    digest = hashlib.sha256(data).hexdigest()
+    return data.replace(_PLACEHOLDER.encode(), digest.encode(), 1)
+
+
+def load_store_metadata(path: str | Path) -> dict[str, Any]:
+    """Read and check a store's ``metadata.json`` (see :func:`dump_store_metadata`); refuses a
+    missing checksum, another format version, or any edit, naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        meta = json.loads(data)
+    except ValueError as exc:
+        raise StoreFileError(f"{path}: not valid JSON ({exc}): the store was modified; "
+                             "preprocess the database again") from None
+    if not isinstance(meta, dict):
+        raise StoreFileError(f"{path}: not a store's metadata (not a JSON object)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreFileError(f"{path}: format version {version}; this Tributary reads version "
+                             f"{FORMAT_VERSION}: preprocess the database again")
+    checksum = meta.get("checksum")
+    if (not isinstance(checksum, str) or not checksum.startswith(_CHECKSUM_PREFIX)
+            or len(checksum) != len(_CHECKSUM_PREFIX) + 64):
+        raise StoreFileError(f"{path}: has no checksum: the store was modified; preprocess the "
+                             "database again")
+    digest = checksum[len(_CHECKSUM_PREFIX):]
+    zeroed = data.replace(digest.encode(), _PLACEHOLDER.encode(), 1)
+    if hashlib.sha256(zeroed).hexdigest() != digest:
+        raise StoreFileError(f"{path}: checksum mismatch: the file was edited after "
+                             "preprocessing; preprocess the database again")
+    return meta
+
+
+def replace_problem(path: str | Path) -> str | None:
+    """None if the folder ``path`` may be replaced by a new store (it is a Tributary store, of
+    any version, or an empty folder), else why not. ``--force`` never deletes anything else."""
+    path = Path(path)
+    hint = "--force replaces only a Tributary store; remove it yourself or choose another --out"
+    if path.is_symlink():
+        return f"is a symbolic link; {hint}"
+    if not path.is_dir():
+        return f"is a file, not a store; {hint}"
+    try:
+        if not any(path.iterdir()):
+            return None
+        meta = json.loads((path / METADATA).read_bytes())
+    except FileNotFoundError:
+        return f"is not a Tributary store (no {METADATA}); {hint}"
+    except (OSError, ValueError):
+        return f"is not a Tributary store (its {METADATA} is unreadable); {hint}"
+    if not (isinstance(meta, dict) and "format_version" in meta and "files" in meta):
+        return f"is not a Tributary store (its {METADATA} is not a store's); {hint}"
+    return None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

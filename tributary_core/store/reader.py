@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -11,7 +10,12 @@ from typing import Any
 import numpy as np
 
 from tributary_core.embedder import EmbedderIdentity
-from tributary_core.store.format import FORMAT_VERSION, StoreFile, StoreFileError
+from tributary_core.store.format import (
+    METADATA,
+    StoreFile,
+    StoreFileError,
+    load_store_metadata,
+)
 
 __all__ = ["open_store", "Store", "StoreTable", "StoreTask", "ForeignKey"]
 
@@ -25,6 +29,9 @@ class StoreTable:
         self.file = file
         self.rows: int = meta["rows"]
         self.columns: dict[str, Any] = meta["columns"]
+        if file.meta.get("rows") != self.rows:
+            raise StoreFileError(f"{file.path}: holds {file.meta.get('rows')} rows, metadata.json "
+                                 f"says {self.rows}: the store was modified")
 
     def field(self, column: str, field: str) -> np.ndarray:
         return self.file.array(self.columns[column]["fields"][field])
@@ -149,21 +156,15 @@ def _decode_strings(offsets: np.ndarray, utf8: np.ndarray) -> list[str]:
 
 
 def open_store(path: str | Path, *, verify: bool = True) -> Store:
-    """Open the store at ``path``; refuses a missing, truncated, corrupted or wrong-version file,
-    naming it. ``verify`` checks every section's checksum (reads the store once)."""
+    """Open the store at ``path``; refuses a missing, truncated, corrupted, edited or
+    wrong-version file, naming it. ``metadata.json`` is always checked against its own
+    checksum; ``verify`` also checks every section's checksum (reads the store once)."""
     path = Path(path)
-    meta_path = path / "metadata.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
+    meta_path = path / METADATA
+    if not meta_path.is_file():
         what = "is not a preprocessed store (no metadata.json)" if path.is_dir() else "does not exist"
-        raise StoreFileError(f"{path} {what}") from None
-    except (OSError, ValueError) as exc:
-        raise StoreFileError(f"{meta_path}: unreadable: {exc}") from None
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreFileError(f"{meta_path}: format version {version}; this Tributary reads version "
-                             f"{FORMAT_VERSION}: preprocess the database again")
+        raise StoreFileError(f"{path} {what}")
+    meta = load_store_metadata(meta_path)
     files = {}
     for rel, info in meta["files"].items():
         f = StoreFile(path / rel)

@@ -1,0 +1,375 @@
+"""Issue 15, "Trust": statistics that cannot overflow, task SQL with a time limit and Ctrl-C,
+unusable labels refused, an edited store refused, byte-identical rebuilds, and a store that is
+published (or replaced) only where that is safe."""
+
+from __future__ import annotations
+
+import _thread
+import copy
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import REPO, TINY_METADATA, tiny_tables, write_tables
+
+from tributary_core import TributaryError, get_registry
+from tributary_core.preprocess import preprocess
+from tributary_core.sql import QueryTimeout, run_query, sandbox_connection
+from tributary_core.store import StoreFileError, open_store
+from tributary_core.timeconv import to_epoch_us
+
+SLOW = "SELECT count(*) AS n FROM range(100000) a, range(100000) b, range(100000) c"
+
+
+@pytest.fixture
+def hashing():
+    return get_registry().create_embedder("hashing", dimension=8)
+
+
+def build(tmp_path: Path, metadata: dict, tables: dict[str, pa.Table] | None = None,
+          out: str = "store", **kwargs):
+    raw = write_tables(tmp_path / "raw", tables or tiny_tables())
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps(metadata))
+    embedder = get_registry().create_embedder("hashing", dimension=8)
+    return preprocess(md, raw, tmp_path / out, embedder=embedder, **kwargs)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden temporary or moved-aside folders left beside a store."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# -- 1. statistics that cannot overflow -----------------------------------------------------
+
+
+def encode_numbers(values):
+    stype = get_registry().semantic_type("numerical")
+    prepared = stype.prepare(pa.chunked_array([pa.array(values, pa.float64())]))
+    stats = stype.fit(prepared)
+    return stype, prepared, stats, stype.encode(prepared, stats)
+
+
+@pytest.mark.parametrize("values", [
+    [1e308, 1.5e308, -1.7e308],
+    [1.7976931348623157e308, -1.7976931348623157e308, 0.0],
+    [1e-310, 2e-310, 3e-310],  # subnormal: a std with no finite inverse
+])
+def test_numerical_statistics_cannot_overflow(values):
+    _, _, stats, enc = encode_numbers(values)
+    assert np.isfinite(stats["mean"]) and np.isfinite(stats["std"]) and stats["std"] > 0
+    # the reference, scaled by hand so that it cannot overflow
+    scale = max(abs(v) for v in values)
+    x = np.array(values) / scale
+    expected = (x - x.mean()) / x.std()
+    assert enc.valid.all()
+    np.testing.assert_allclose(enc.arrays["value"], expected, rtol=1e-5)
+
+
+def test_one_huge_value_keeps_the_column_and_warns():
+    values = [float(v) for v in range(1, 50)] + [1e308]
+    stype, prepared, stats, enc = encode_numbers(values)
+    assert np.isfinite(stats["std"])
+    z = enc.arrays["value"]
+    assert enc.valid.all() and z[-1] > 5  # the outlier is far out, not 0
+    note = stype.check_encoded(prepared, stats, enc)
+    assert note is not None and "dominate" in note and "1e+308" in note
+    # an ordinary column gets no note
+    stype, prepared, stats, enc = encode_numbers([1.0, 2.0, 3.5, None])
+    assert stype.check_encoded(prepared, stats, enc) is None
+
+
+def test_z_score_beyond_float32_is_null_and_reported():
+    stype = get_registry().semantic_type("numerical")
+    prepared = stype.prepare(pa.chunked_array([pa.array([1.0, 2.0, 1e300])]))
+    stats = stype.fit(prepared, rows=np.array([True, True, False]))  # window without the giant
+    enc = stype.encode(prepared, stats)
+    assert enc.valid.tolist() == [True, True, False]
+    assert np.isfinite(enc.arrays["value"]).all()
+    assert "exceeds float32" in stype.check_encoded(prepared, stats, enc)
+
+
+def test_huge_value_through_preprocess(tmp_path):
+    tables = tiny_tables()
+    amounts = tables["orders"].column("amount").to_pylist()
+    amounts[0] = 1.7e308
+    tables["orders"] = tables["orders"].set_column(2, "amount", pa.array(amounts))
+    result = build(tmp_path, copy.deepcopy(TINY_METADATA), tables)
+    stats = open_store(result.path).tables["orders"].columns["amount"]["stats"]
+    assert np.isfinite(stats["std"]) and stats["std"] > 1e307
+    z = open_store(result.path).tables["orders"].field("amount", "value")
+    assert z[0] > 1 and np.isfinite(z).all()
+
+
+def test_coarse_timestamps_never_wrap_around():
+    conv = to_epoch_us(pa.array([0, 10**13, -(10**13), 5], pa.timestamp("s", tz="UTC")))
+    assert conv.valid.tolist() == [True, False, False, True]
+    assert conv.values.tolist() == [0, 0, 0, 5_000_000]
+    assert conv.n_unparsed == 2 and "out of range" in conv.example_unparsed
+    conv = to_epoch_us(pa.array([0, 10**17], pa.date64()))
+    assert conv.valid.tolist() == [True, False] and conv.n_unparsed == 1
+
+
+# -- 2. a time limit and Ctrl-C for task SQL --------------------------------------------------
+
+
+def test_query_time_limit_interrupts_duckdb():
+    con = sandbox_connection({"t": pa.table({"x": [1]})})
+    start = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        run_query(con, SLOW, timeout_s=0.2)
+    assert time.monotonic() - start < 10
+    assert run_query(con, "SELECT 41 + 1 AS v").column("v").to_pylist() == [42]  # still usable
+
+
+def test_ctrl_c_interrupts_a_query_promptly():
+    con = sandbox_connection({"t": pa.table({"x": [1]})})
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_query(con, SLOW, timeout_s=None)
+    assert time.monotonic() - start < 10
+    assert run_query(con, "SELECT 1 AS v").num_rows == 1
+
+
+def test_slow_task_query_is_stopped_and_nothing_is_left(tmp_path, monkeypatch):
+    # Validation runs each task query too (without this stage's time limit): let it look at
+    # the schema only, so that this test times the query of the tasks stage.
+    from tributary_core.metadata import validate
+    from tributary_core.sql import fetch_arrow
+
+    monkeypatch.setattr(validate, "run_task_query",
+                        lambda con, query: fetch_arrow(con.sql(query).limit(0)).schema)
+    md = copy.deepcopy(TINY_METADATA)
+    md["tasks"]["order_returned"]["query"] = (
+        "SELECT o.order_id, o.returned FROM orders o, range(100000) a, range(100000) b, "
+        "range(100000) c WHERE a.range + b.range + c.range = -1")
+    with pytest.raises(TributaryError, match=r"task 'order_returned': the query ran longer than "
+                                             r"0\.3 s .*--query-timeout"):
+        build(tmp_path, md, query_timeout_s=0.3)
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("stage", ["encode", "tasks", "embed"])
+def test_ctrl_c_at_any_stage_leaves_nothing(tmp_path, stage):
+    def progress(name, done, total, note=""):
+        if name == stage:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), progress=progress)
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+
+
+# -- 3. unusable labels -------------------------------------------------------------------
+
+
+def with_task_query(query: str, **changes) -> dict:
+    md = copy.deepcopy(TINY_METADATA)
+    md["tasks"]["order_returned"]["query"] = query
+    md["tasks"]["order_returned"].update(changes)
+    return md
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("SELECT order_id, CASE WHEN returned THEN 'late' ELSE 'on time' END AS returned "
+     "FROM orders", r"task 'order_returned': target column 'returned' \(boolean\): .*not a "
+                    r"boolean.*distinct bad values: 'on time', 'late'"),
+    ("SELECT order_id, NULL::BOOLEAN AS returned FROM orders",
+     r"task 'order_returned': .*every label is null; the task cannot be trained"),
+    ("SELECT order_id, returned FROM orders WHERE false",
+     r"task 'order_returned': the query returns no rows"),
+    ("SELECT order_id + 100 AS order_id, returned FROM orders",
+     r"task 'order_returned': none of the query's 5 anchor keys \(order_id\) is a key of "
+     r"orders\.order_id, e\.g\. 101"),
+])
+def test_unusable_tasks_are_refused(tmp_path, query, message):
+    with pytest.raises(TributaryError, match=message):
+        build(tmp_path, with_task_query(query))
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+
+
+def test_boolean_strings_are_read_and_partial_nulls_warned(tmp_path):
+    query = ("SELECT order_id, CASE WHEN returned THEN 'Yes' WHEN NOT returned THEN 'no' END "
+             "AS returned FROM orders")
+    result = build(tmp_path, with_task_query(query))
+    task = open_store(result.path).tasks["order_returned"]
+    assert task.target("value").tolist() == [False, True, False, False, False]
+    assert task.target_valid.tolist() == [True, True, True, False, True]
+    assert any("order_returned" in w and "1 of 5 labels are null" in w for w in result.warnings)
+
+
+def test_repeated_seeds_with_different_labels_are_warned(tmp_path):
+    query = ("SELECT order_id, returned FROM orders UNION ALL "
+             "SELECT order_id, NOT returned FROM orders WHERE order_id <= 2")
+    result = build(tmp_path, with_task_query(query))
+    [warning] = [w for w in result.warnings if "repeat" in w]
+    assert "task 'order_returned': 2 seed(s) repeat" in warning
+    assert "2 such pair(s) have different labels" in warning
+
+
+# -- 4. an edited metadata.json ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["tables"]["orders"].__setitem__("rows", 50),
+    lambda m: m["tasks"]["order_returned"].__setitem__("target_stype", "numerical"),
+])
+def test_edited_metadata_is_refused(tmp_path, edit):
+    result = build(tmp_path, copy.deepcopy(TINY_METADATA))
+    path = result.path / "metadata.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(StoreFileError, match=r"metadata\.json: checksum mismatch: the file was "
+                                             r"edited"):
+        open_store(result.path, verify=False)
+    del meta["checksum"]
+    path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(StoreFileError, match=r"metadata\.json: has no checksum"):
+        open_store(result.path)
+
+
+def test_edited_metadata_is_one_line_in_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from tributary_core.cli import cli
+
+    result = build(tmp_path, copy.deepcopy(TINY_METADATA))
+    path = result.path / "metadata.json"
+    path.write_bytes(path.read_bytes().replace(b'"rows": 5', b'"rows": 9', 1))
+    out = CliRunner().invoke(cli, ["inspect", str(result.path), "--table", "orders"])
+    assert out.exit_code == 2 and "checksum mismatch" in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+
+
+# -- 5. the same inputs give the same bytes ---------------------------------------------------
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_rebuild_is_byte_identical(tmp_path):
+    """Once here and once in a fresh interpreter with another string-hash seed, into folders
+    of different names: every file of the two stores is the same, byte for byte."""
+    result = build(tmp_path, copy.deepcopy(TINY_METADATA), out="first")
+    script = (
+        "import sys; from pathlib import Path; "
+        "from tributary_core import get_registry; from tributary_core.preprocess import preprocess; "
+        "p = Path(sys.argv[1]); "
+        "preprocess(p / 'md.json', p / 'raw', p / 'elsewhere' / 'second', "
+        "embedder=get_registry().create_embedder('hashing', dimension=8))")
+    env = dict(os.environ, PYTHONHASHSEED=str(1 + int(os.environ.get("PYTHONHASHSEED", "0")
+                                                      if os.environ.get("PYTHONHASHSEED", "")
+                                                      .isdigit() else 0)))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env, cwd=REPO)
+    first, second = files_of(result.path), files_of(tmp_path / "elsewhere" / "second")
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_seed_order_does_not_depend_on_the_query_order(tmp_path):
+    asc = build(tmp_path / "a", with_task_query(
+        "SELECT order_id, returned FROM orders ORDER BY order_id"))
+    desc = build(tmp_path / "b", with_task_query(
+        "SELECT order_id, returned FROM orders ORDER BY order_id DESC"))
+    one, two = files_of(asc.path), files_of(desc.path)
+    assert one["tasks/order_returned.bin"] == two["tasks/order_returned.bin"]
+    assert open_store(asc.path).tasks["order_returned"].anchor_row.tolist() == [0, 1, 2, 3, 4]
+
+
+# -- 6. statistics window, publishing and --force ---------------------------------------------
+
+
+def test_stats_cutoff_before_all_data_is_an_error(tmp_path):
+    cutoff = int(to_epoch_us(pa.array(["2001-01-01"])).values[0])
+    with pytest.raises(TributaryError, match=r"--stats-cutoff 2001-01-01 00:00:00 is before every "
+                                             r"row time .*earliest is 2024-01-01 12:00:00"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), stats_cutoff_us=cutoff)
+    assert not (tmp_path / "store").exists()
+
+
+def test_stats_cutoff_with_an_empty_window_for_some_columns_warns(tmp_path):
+    # customers are timed from 2024-01-01, orders from 2024-01-05: a cut-off between the two
+    # leaves orders.amount with no value in the window
+    cutoff = int(to_epoch_us(pa.array(["2024-01-04"])).values[0])
+    result = build(tmp_path, copy.deepcopy(TINY_METADATA), stats_cutoff_us=cutoff)
+    [warning] = [w for w in result.warnings if "statistics window" in w]
+    assert "orders.amount" in warning and "customers" not in warning
+
+
+def test_a_store_that_appears_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "store"
+
+    def progress(stage, done, total, note=""):
+        if stage == "embed" and not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("another run's store")
+
+    with pytest.raises(TributaryError, match=r"store already exists \(it appeared while"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), progress=progress)
+    assert (out / "theirs.txt").read_text() == "another run's store"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_replaces_only_a_store(tmp_path):
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(TributaryError, match=r"store: is not a Tributary store \(no "
+                                             r"metadata\.json\); --force replaces only"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), force=True)
+    assert (out / "thesis.tex").read_text() == "precious"
+    (out / "thesis.tex").unlink()
+    build(tmp_path, copy.deepcopy(TINY_METADATA), force=True)  # an empty folder may go
+    before = (out / "metadata.json").read_bytes()
+    build(tmp_path, copy.deepcopy(TINY_METADATA), force=True)  # and so may a store
+    assert (out / "metadata.json").read_bytes() == before and leftovers(tmp_path) == []
+    with pytest.raises(TributaryError, match="already exists; use --force"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA))
+
+
+# -- 7. write failures ------------------------------------------------------------------------
+
+
+def test_out_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TributaryError, match=r"afile.*: cannot create the output folder"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), out="afile/store")
+
+
+def test_full_disk_names_the_store_and_cleans_up(tmp_path, monkeypatch):
+    import errno
+
+    from tributary_core.preprocess import pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pipeline, "write_file", full)
+    with pytest.raises(TributaryError, match=r"store: cannot write tables/customers\.bin .*"
+                                             r"No space left on device"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA))
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(TributaryError, match=r"locked.*: cannot create the output folder"):
+            build(tmp_path, copy.deepcopy(TINY_METADATA), out="locked/store")
+    finally:
+        locked.chmod(0o755)
