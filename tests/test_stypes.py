@@ -126,3 +126,23 @@ def test_categorical_numbers_and_shared_vocabulary():
     assert vocab.texts == ["rank is 3", "rank is 1", "rank is 9"]
     assert stype.encode(a, {}, ids_a).arrays["index"].tolist() == [0, 1, 0]
     assert stype.encode(b, {}, ids_b).arrays["index"].tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("name", ["numerical", "timestamp"])
+def test_decode_prediction_agrees_with_decode(name):
+    """A perfect regression prediction (the stored value, the last of the slot's values) shows
+    the value ``decode`` reads from the cell; and the sample's labels read back the same."""
+    stype, stats, vocab, enc = run(name, SAMPLES[name])
+    rows = np.flatnonzero(enc.valid)
+    stored = enc.arrays["value"][rows]
+    shown = stype.decode_prediction(stored[:, -1] if stored.ndim == 2 else stored, stats).to_pylist()
+    cells = [stype.decode({"value": enc.arrays["value"][i]}, stats, vocab.values) for i in rows]
+    labels = stype.label_values(SAMPLES[name].to_pylist())
+    if name == "numerical":
+        assert np.allclose(shown, cells) and labels[rows].tolist() == cells
+    else:  # the f32 epoch feature alone places the time within seconds, decode to the second
+        got = [dt.datetime.fromisoformat(s).replace(tzinfo=UTC) for s in shown]
+        want = [dt.datetime.fromisoformat(s) for s in cells]
+        assert all(abs((g - w).total_seconds()) < 300 for g, w in zip(got, want, strict=True))
+        assert [dt.datetime.fromtimestamp(u / 1e6, UTC) for u in labels[rows]] == want
+    assert np.isnan(labels[~enc.valid]).all()

@@ -2,17 +2,27 @@
 
 The model gives a head the final hidden state of each context's target cell. What a head
 predicts is its own business; the trainer only passes predictions back to the same head's
-:meth:`LossHead.loss`, :meth:`LossHead.compute_metrics` and :meth:`LossHead.decode`.
+:meth:`LossHead.loss`, :meth:`LossHead.compute_metrics` and :meth:`LossHead.decode`, and
+``tributary run predict`` the decoded values to :meth:`LossHead.to_user_units`. The tabular
+(LightGBM) baseline fits :attr:`LossHead.tabular_objective` to :meth:`LossHead.tabular_label`
+and scores :meth:`LossHead.tabular_prediction` with the same metrics.
+
+A head never tests the name of its target's semantic type: what it needs to know about it (the
+batch slot, :attr:`SemanticType.target_width`) it reads from :meth:`LossHead.target_type`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 if TYPE_CHECKING:
-    import numpy as np
+    import pyarrow as pa
     import torch
+
+    from tributary_core.semantic_type import SemanticType
 
 __all__ = ["LossHead"]
 
@@ -25,12 +35,23 @@ class LossHead:
         description: one line shown by ``tributary plugins list``.
         metrics: names of the metrics :meth:`compute_metrics` returns, the headline one first.
         higher_is_better: per metric, whether larger is better (for reports).
+        tabular_objective: the LightGBM objective of the tabular baseline for this head's
+            targets (``"binary"``, ``"multiclass"``, ``"huber"``, ``"poisson"``, ...), or None
+            (the default): no tabular baseline.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
+    tabular_objective: ClassVar[str | None] = None
+
+    def target_type(self, target_stype: str) -> SemanticType:
+        """The installed semantic type named ``target_stype`` (the registry's): where a head
+        reads the target's ``batch_slot`` and ``target_width`` instead of testing its name."""
+        from tributary_core.registry import get_registry
+
+        return get_registry().semantic_type(target_stype)
 
     def build_head(self, d_model: int, d_text: int, target_stype: str) -> torch.nn.Module:
         """The module called as ``head(hidden, candidates)``: ``hidden`` is ``(N, d_model)``,
@@ -59,6 +80,42 @@ class LossHead:
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         """Predictions as plain values: a probability, a candidate index, a z-score..."""
         raise NotImplementedError(f"loss head {self.name!r} does not implement decode()")
+
+    def to_user_units(self, decoded: np.ndarray, target_type: SemanticType,
+                      stats: Mapping[str, Any], candidate_values: Sequence[str] | None) -> pa.Array:
+        """:meth:`decode`'s values as the user reads them: one Arrow value per prediction.
+
+        ``target_type`` is the target column's semantic type, ``stats`` its statistics,
+        ``candidate_values`` the target column's categories (in the order of the candidates the
+        head scored) or None. The default hands ``decoded`` to
+        :meth:`SemanticType.decode_prediction`, right for heads that decode a stored value
+        (a z-score); heads that decode something else (a probability, a candidate index, a
+        count) override it."""
+        return target_type.decode_prediction(np.asarray(decoded), stats)
+
+    # -- the tabular baseline --------------------------------------------------------------
+
+    def tabular_label(self, target: torch.Tensor) -> np.ndarray:
+        """:meth:`target`'s labels as the 1-d float64 label LightGBM fits with
+        :attr:`tabular_objective`; NaN marks a target the baseline leaves out. The default takes
+        a 1-d target as it is and the last value of each row of a 2-d one (the z-scored value,
+        for the timestamp slot the epoch)."""
+        labels = target.detach().double().cpu()
+        if labels.dim() == 2:
+            labels = labels[:, -1]
+        return labels.numpy().astype(np.float64)
+
+    def tabular_prediction(self, raw: np.ndarray, target: torch.Tensor) -> torch.Tensor:
+        """LightGBM's raw scores (``predict(raw_score=True)``: ``(N,)``, or ``(N, classes)`` for
+        ``"multiclass"``) as this head's prediction for :meth:`compute_metrics` against
+        ``target`` (the N targets they predict). The default repeats a 1-d score across a 2-d
+        target's width (heads that score the last value) and keeps it as it is otherwise."""
+        import torch
+
+        scores = torch.from_numpy(np.asarray(raw, dtype=np.float64)).float()
+        if scores.dim() == 1 and target.dim() == 2:
+            scores = scores[:, None].expand(-1, target.shape[1]).clone()
+        return scores
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -19,13 +19,20 @@ it. What they check:
   its input alone, returns one validity flag per row, and is deterministic; ``fit`` returns
   JSON-able statistics, the same twice, also for a row subset; ``vocabulary`` returns one text
   and one value per entry; ``encode`` leaves ``prepared`` alone, returns arrays of one row per
-  cell, finite where valid, the same twice; ``decode`` reads back each valid cell; the value
-  encoder maps the slot's input to ``(N, d_model)`` finite vectors that gradients flow through.
+  cell, finite where valid, the same twice; ``decode`` reads back each valid cell;
+  ``label_values`` gives one float per value of the sample's Python values, NaN for nulls,
+  finite for every cell ``prepare`` accepts, the same twice; for a type that can be a target,
+  ``decode_prediction`` turns the stored values (the last of the slot's values) into one Arrow
+  value each; the value encoder maps the slot's input to ``(N, d_model)`` finite vectors that
+  gradients flow through.
 :func:`check_loss_head` for one target type:
   metrics named, each with a direction; the head's prediction for ``N`` hidden states; a finite
   scalar loss, the same twice, with finite gradients for the hidden states and every parameter;
   ``compute_metrics`` returns exactly the named metrics, as floats, for the model and for the
-  baseline; ``decode`` gives one value per target.
+  baseline; ``decode`` gives one value per target and ``to_user_units`` one Arrow value per
+  decoded value; ``tabular_objective`` is None or a name, and if a name, ``tabular_label`` gives
+  one float (or NaN) per target and ``compute_metrics`` accepts ``tabular_prediction`` of zero
+  raw scores (``(N, k)`` for ``"multiclass"``).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from tributary_core.loss import LossHead
-from tributary_core.semantic_type import Prepared, SemanticType, Vocabulary
+from tributary_core.semantic_type import SLOT_WIDTH, TIMESTAMP_WIDTH, Prepared, SemanticType, Vocabulary
 
 __all__ = ["check_semantic_type", "check_loss_head", "fake_batch"]
 
@@ -146,13 +153,43 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
     for i in np.flatnonzero(encoded.valid):
         st.decode({f: a[i] for f, a in encoded.arrays.items()}, stats, vocab.values)
 
+    _check_label_values(st, who, before, prepared)
+    if st.can_be_target:
+        _check_decode_prediction(st, who, encoded, stats)
     _check_value_encoder(st, who, encoded, d_model, d_text)
+
+
+def _check_label_values(st: SemanticType, who: str, raw: list[Any], prepared: Prepared) -> None:
+    given = list(raw)
+    labels = st.label_values(given)
+    assert given == raw, f"{who}: label_values() changed its input"
+    assert isinstance(labels, np.ndarray) and labels.dtype.kind == "f" and labels.shape == (len(raw),), \
+        f"{who}: label_values() must return a float array of {len(raw)} values"
+    nulls = np.array([v is None for v in raw], dtype=np.bool_)
+    assert np.isnan(labels[nulls]).all(), f"{who}: label_values() must give NaN for None"
+    bad = np.flatnonzero(prepared.valid & ~np.isfinite(labels))
+    assert not len(bad), (f"{who}: label_values() gave {labels[bad[0]]} for {raw[bad[0]]!r}, "
+                          "a value prepare() accepts")
+    assert _same(st.label_values(given), labels), f"{who}: label_values() is not deterministic"
+    assert st.label_values([]).shape == (0,), f"{who}: label_values([]) must return an empty array"
+
+
+def _check_decode_prediction(st: SemanticType, who: str, encoded: Any, stats: dict[str, Any]) -> None:
+    valid = np.flatnonzero(encoded.valid)
+    stored = np.asarray(encoded.arrays["value"][valid], dtype=np.float64) \
+        if "value" in encoded.arrays else np.zeros(len(valid))
+    if stored.ndim == 2:
+        stored = stored[:, -1]  # a regression head predicts the last of the slot's values
+    shown = st.decode_prediction(stored, stats)
+    assert isinstance(shown, (pa.Array, pa.ChunkedArray)), \
+        f"{who}: decode_prediction() must return an Arrow array"
+    assert len(shown) == len(stored), \
+        f"{who}: decode_prediction() gave {len(shown)} values for {len(stored)} predictions"
+    assert shown.null_count == 0, f"{who}: decode_prediction() gave nulls for finite predictions"
 
 
 def _check_value_encoder(st: SemanticType, who: str, encoded: Any, d_model: int, d_text: int) -> None:
     import torch
-
-    from tributary_core.nn.encoders import SLOT_WIDTH
 
     module = st.value_encoder(d_model, d_text)
     assert isinstance(module, torch.nn.Module), f"{who}: value_encoder() must return a torch module"
@@ -187,7 +224,7 @@ def fake_batch(slot: str, target_stype: str, n: int = 8, k: int = 3, seed: int =
     g = torch.Generator().manual_seed(seed)
     return {"target_stype": target_stype,
             "target_number": torch.log1p(torch.randint(0, 10, (n,), generator=g).float()),
-            "target_timestamp": torch.randn(n, 15, generator=g),
+            "target_timestamp": torch.randn(n, TIMESTAMP_WIDTH, generator=g),
             "target_boolean": torch.arange(n) % 2 == 0, "target_vocab": torch.arange(n) % k + 10,
             "target_is_null": torch.arange(n) % 3 == 0,
             "candidates": torch.arange(10, 10 + k, dtype=torch.int32) if slot == "vocab" else None}
@@ -196,9 +233,13 @@ def fake_batch(slot: str, target_stype: str, n: int = 8, k: int = 3, seed: int =
 def check_loss_head(head: LossHead | type[LossHead], target_stype: str, *, slot: str | None = None,
                     n: int = 8, d_model: int = 16, d_text: int = 8, k: int = 3,
                     stats: Mapping[str, Any] | None = None) -> None:
-    """Check ``head`` against the contract for targets of ``target_stype`` (its batch slot is
-    looked up in the registry unless ``slot`` is given)."""
+    """Check ``head`` against the contract for targets of ``target_stype`` (looked up in the
+    registry; if ``slot`` is given and the type is not registered, a plain type with that batch
+    slot stands in for it)."""
     import torch
+
+    from tributary_core.errors import PluginError
+    from tributary_core.registry import get_registry
 
     h = _instance(head)
     who = f"loss head {getattr(h, 'name', type(h).__name__)!r} for {target_stype!r}"
@@ -206,10 +247,16 @@ def check_loss_head(head: LossHead | type[LossHead], target_stype: str, *, slot:
     assert h.metrics, f"{who}: names no metrics"
     missing = [m for m in h.metrics if m not in h.higher_is_better]
     assert not missing, f"{who}: higher_is_better lacks {missing}"
-    if slot is None:
-        from tributary_core.registry import get_registry
-
-        slot = get_registry().semantic_type(target_stype).batch_slot
+    objective = h.tabular_objective
+    assert objective is None or (isinstance(objective, str) and objective), \
+        f"{who}: tabular_objective must be None or a LightGBM objective name, got {objective!r}"
+    try:
+        st = get_registry().semantic_type(target_stype)
+    except PluginError:
+        if slot is None:
+            raise
+        st = type("Unregistered", (SemanticType,), {"name": target_stype, "batch_slot": slot})()
+    slot = slot or st.batch_slot
     stats = dict(stats or {"mean": 0.0, "std": 1.0, "count": n})
     torch.manual_seed(0)
     module = h.build_head(d_model, d_text, target_stype)
@@ -245,3 +292,28 @@ def check_loss_head(head: LossHead | type[LossHead], target_stype: str, *, slot:
                 f"{who}: {label} metric {name} = {value!r} is not a finite float (NaN allowed: undefined)"
     decoded = h.decode(prediction.detach())
     assert len(decoded) == n, f"{who}: decode() gave {len(decoded)} values for {n}"
+    candidate_values = [f"category {i}" for i in range(k)] if slot == "vocab" else None
+    shown = h.to_user_units(decoded, st, stats, candidate_values)
+    assert isinstance(shown, (pa.Array, pa.ChunkedArray)), \
+        f"{who}: to_user_units() must return an Arrow array"
+    assert len(shown) == n, f"{who}: to_user_units() gave {len(shown)} values for {n}"
+    if objective is not None:
+        _check_tabular(h, who, objective, tgt, stats, k)
+
+
+def _check_tabular(h: LossHead, who: str, objective: str, target: Any, stats: Mapping[str, Any],
+                   k: int) -> None:
+    import torch
+
+    labels = h.tabular_label(target)
+    assert isinstance(labels, np.ndarray) and labels.dtype.kind == "f" and labels.shape == (len(target),), \
+        f"{who}: tabular_label() must return a 1-d float array of {len(target)} labels"
+    assert not np.isinf(labels).any(), f"{who}: tabular_label() gave an infinite label"
+    usable = ~np.isnan(labels)
+    assert usable.any(), f"{who}: tabular_label() left out every target"
+    kept = target[torch.from_numpy(usable)]
+    m = int(usable.sum())
+    raw = np.zeros((m, k)) if objective.startswith("multiclass") else np.zeros(m)
+    metrics = h.compute_metrics(h.tabular_prediction(raw, kept), kept, stats)
+    assert set(metrics) == set(h.metrics), \
+        f"{who}: metrics of tabular_prediction() {sorted(metrics)} != {sorted(h.metrics)}"

@@ -1,10 +1,12 @@
-"""``bce``: boolean targets. The head gives a logit; binary cross-entropy; AUROC and accuracy."""
+"""``bce``: boolean targets. The head gives a logit; binary cross-entropy; AUROC and accuracy.
+Predictions are shown as the probability of true."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -17,6 +19,7 @@ class BCE(LossHead):
     description = "boolean targets: binary cross-entropy on a logit"
     metrics = ("auroc", "accuracy")
     higher_is_better = {"auroc": True, "accuracy": True}
+    tabular_objective = "binary"
 
     def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
         return _Logit(d_model)
@@ -38,6 +41,9 @@ class BCE(LossHead):
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(prediction.float()).cpu().numpy()
+
+    def to_user_units(self, decoded, target_type, stats, candidate_values):
+        return pa.array(np.asarray(decoded, dtype=np.float64))  # the probability of true
 
 
 class _Logit(nn.Module):

@@ -1,10 +1,12 @@
-"""``huber``: numerical and timestamp targets, Huber loss on normalised values.
+"""``huber``: targets in the ``number`` and ``timestamp`` batch slots (the ``numerical`` and
+``timestamp`` types), Huber loss on normalised values.
 
-Numerical: one z-score. Timestamp: the 15 features; the loss weighs the epoch component (the
-z-scored time itself) apart from the 14 sin/cos ones: ``(1 - w) * mean(cyclic) + w * epoch``
-with ``w = epoch_weight`` (0.5), so getting the date right counts as much as all the cycles
-together. Metrics are on the value (numerical) or the epoch component (timestamp): MAE in the
-column's units (the z-score error times the target's std; days for timestamps) and R².
+The head predicts the target type's ``target_width`` values. Number slot: one z-score.
+Timestamp slot: the 15 features; the loss weighs the epoch component (the z-scored time itself,
+the last) apart from the 14 sin/cos ones: ``(1 - w) * mean(cyclic) + w * epoch`` with
+``w = epoch_weight`` (0.5), so getting the date right counts as much as all the cycles together.
+Metrics are on the last value (the z-score, or the epoch component): MAE in the column's units
+(the z-score error times the target's std; days for timestamps) and R².
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from tributary_core.loss import LossHead
 from tributary_core.metrics import r2
+from tributary_core.semantic_type import TIMESTAMP_WIDTH
 
 US_PER_DAY = 86_400e6
 
@@ -24,27 +27,32 @@ class Huber(LossHead):
     description = "numerical and timestamp targets: Huber loss on z-scores"
     metrics = ("mae", "r2")
     higher_is_better = {"mae": False, "r2": True}
+    tabular_objective = "huber"
     delta = 1.0
     epoch_weight = 0.5
 
     def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
-        return _Regression(d_model, 15 if target_stype == "timestamp" else 1)
+        return _Regression(d_model, self.target_type(target_stype).target_width)
 
     def target(self, batch):
-        if batch["target_stype"] == "timestamp":
-            return batch["target_timestamp"]  # (N, 15)
+        slot = self.target_type(batch["target_stype"]).batch_slot
+        if slot == "timestamp":
+            return batch["target_timestamp"]  # (N, TIMESTAMP_WIDTH)
+        if slot != "number":
+            raise ValueError(f"the huber head trains number and timestamp targets; "
+                             f"{batch['target_stype']!r} has batch slot {slot!r}")
         return batch["target_number"][:, None]  # (N, 1)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         err = nn.functional.huber_loss(prediction, target, reduction="none", delta=self.delta)
-        if err.shape[-1] == 15:
-            return (1 - self.epoch_weight) * err[:, :14].mean() + self.epoch_weight * err[:, 14].mean()
+        if err.shape[-1] == TIMESTAMP_WIDTH:
+            return (1 - self.epoch_weight) * err[:, :-1].mean() + self.epoch_weight * err[:, -1].mean()
         return err.mean()
 
     def compute_metrics(self, prediction, target, stats):
         p, t = prediction[:, -1].double(), target[:, -1].double()
         scale = float(stats.get("std") or 1.0)
-        if prediction.shape[-1] == 15:
+        if prediction.shape[-1] == TIMESTAMP_WIDTH:
             scale = float((stats.get("database") or stats).get("std") or US_PER_DAY) / US_PER_DAY
         return {"mae": float((p - t).abs().mean()) * scale, "r2": r2(p, t)}
 
@@ -62,4 +70,4 @@ class _Regression(nn.Module):
         self.out = nn.Linear(d_model, width)
 
     def forward(self, hidden: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(hidden)  # (N, d_model) -> (N, 1) or (N, 15)
+        return self.out(hidden)  # (N, d_model) -> (N, width)

@@ -1,11 +1,13 @@
 """``infonce``: categorical targets, scored against the frozen text embeddings of the target
-column's categories (InfoNCE: cross-entropy over the candidates, temperature learned)."""
+column's categories (InfoNCE: cross-entropy over the candidates, temperature learned).
+Predictions are shown as the chosen category's value."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ class InfoNCE(LossHead):
     description = "categorical targets: InfoNCE against the categories' text embeddings"
     metrics = ("accuracy", "macro_f1")
     higher_is_better = {"accuracy": True, "macro_f1": True}
+    tabular_objective = "multiclass"  # one class per candidate, in candidate order
 
     def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
         return _Contrast(d_model, d_text)
@@ -46,6 +49,17 @@ class InfoNCE(LossHead):
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction.argmax(-1).cpu().numpy()
+
+    def to_user_units(self, decoded, target_type, stats, candidate_values):
+        if candidate_values is None:
+            raise ValueError(f"the infonce head needs the categories of its target "
+                             f"({target_type.name!r}) to show its predictions")
+        return pa.array([candidate_values[int(i)] for i in decoded], pa.string())
+
+    def tabular_label(self, target: torch.Tensor) -> np.ndarray:
+        # a target that is not one of the candidates (-1) has no class
+        labels = target.detach().cpu().numpy().astype(np.float64)
+        return np.where(labels >= 0, labels, np.nan)
 
 
 class _Contrast(nn.Module):

@@ -8,6 +8,7 @@ from .bce import BCE
 class Null(BCE):
     name = "null"
     description = "is the target null: binary cross-entropy, trained with every task"
+    tabular_objective = None  # trained beside every task, never a task of its own
 
     def target(self, batch):
         return batch["target_is_null"].float()

@@ -74,3 +74,10 @@ class EmbeddedType(SemanticType):
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         return vocab_values[int(cell["index"])]
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        """Class codes: the position of ``str(value)`` among the sorted distinct values given
+        (so codes compare only within one call); NaN for None."""
+        strings = [None if v is None else str(v) for v in values]
+        codes = {v: float(i) for i, v in enumerate(sorted({v for v in strings if v is not None}))}
+        return np.array([np.nan if v is None else codes[v] for v in strings], dtype=np.float64)

@@ -16,9 +16,12 @@ from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
 from ._arrow import base_type, is_stringish, plain, validity
 
-#: Strings read as booleans (compared case-insensitively, surrounding spaces ignored).
+#: Strings read as booleans (compared case-insensitively, surrounding spaces ignored). The one
+#: home of these words: the metadata draft proposes ``boolean`` for strings that are all one of
+#: them (through :attr:`Boolean.true_strings` and :attr:`Boolean.false_strings`).
 TRUE_STRINGS = ("true", "t", "yes", "y", "1")
 FALSE_STRINGS = ("false", "f", "no", "n", "0")
+_TRUTH = {**dict.fromkeys(TRUE_STRINGS, 1.0), **dict.fromkeys(FALSE_STRINGS, 0.0)}
 
 
 def _truth(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
@@ -58,6 +61,9 @@ class Boolean(SemanticType):
     batch_slot = "boolean"
     description = "true/false: bit + validity"
     target_losses = ("bce",)
+    #: The strings read as true and as false (:data:`TRUE_STRINGS`, :data:`FALSE_STRINGS`).
+    true_strings = TRUE_STRINGS
+    false_strings = FALSE_STRINGS
 
     def check_arrow_type(self, arrow_type: pa.DataType) -> str | None:
         t = base_type(arrow_type)
@@ -94,3 +100,16 @@ class Boolean(SemanticType):
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         return bool(cell["value"])
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        """1.0 for true, 0.0 for false: booleans, the numbers 0 and 1, and the strings of
+        :data:`TRUE_STRINGS` / :data:`FALSE_STRINGS` (any case, spaces ignored); NaN otherwise."""
+        out = np.full(len(values), np.nan)
+        for i, value in enumerate(values):
+            if isinstance(value, (bool, np.bool_)):
+                out[i] = float(value)
+            elif isinstance(value, str):
+                out[i] = _TRUTH.get(value.strip().lower(), np.nan)
+            elif isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
+                out[i] = float(value)
+        return out

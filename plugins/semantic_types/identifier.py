@@ -38,3 +38,7 @@ class Identifier(SemanticType):
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         return "(present)"
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        """1.0 where a key is present, NaN where it is null: as in the model, only presence."""
+        return np.array([np.nan if v is None else 1.0 for v in values], dtype=np.float64)

@@ -28,12 +28,12 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
-from tributary_core.timeconv import is_time_like, to_epoch_us
+from tributary_core.semantic_type import TIMESTAMP_WIDTH, EncodedColumn, Prepared, SemanticType
+from tributary_core.timeconv import format_epoch_us, is_time_like, to_epoch_us
 
 from .numerical import moments, n_threads
 
-N_FEATURES = 15
+N_FEATURES = TIMESTAMP_WIDTH  # the table above
 #: Periods of the seven cyclic features, in the order of the table above.
 PERIODS = np.array([60, 60, 24, 7, 31, 12, 366], dtype=np.int64)
 US_PER_S = 1_000_000
@@ -208,3 +208,32 @@ class Timestamp(SemanticType):
         day = int(np.floor((approx_s - sec_of_day) / 86400 + 0.5))
         return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
                 + dt.timedelta(seconds=day * 86400 + sec_of_day)).isoformat()
+
+    def decode_prediction(self, values: np.ndarray, stats: Mapping[str, Any]) -> pa.Array:
+        """Predicted epoch features (the z-scored time, feature 14) as ISO-8601 UTC strings."""
+        shared = stats.get("database") or stats
+        us = np.asarray(values, dtype=np.float64) * float(shared.get("std", 1.0)) \
+            + float(shared.get("mean", 0.0))
+        return pa.array([format_epoch_us(int(u)) for u in us], pa.string())
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        """Times as float64 epoch microseconds (UTC): ``datetime`` (naive taken as UTC),
+        ``date`` (midnight UTC) and ISO-8601 strings; NaN for anything else."""
+        out = np.full(len(values), np.nan)
+        strings: dict[int, str] = {}
+        for i, value in enumerate(values):
+            if isinstance(value, dt.datetime):
+                aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+                out[i] = (aware - _EPOCH) // dt.timedelta(microseconds=1)
+            elif isinstance(value, dt.date):
+                out[i] = (value - _EPOCH.date()).days * 86_400 * US_PER_S
+            elif isinstance(value, str):
+                strings[i] = value
+        if strings:
+            parsed = to_epoch_us(pa.chunked_array([pa.array(list(strings.values()), pa.string())]))
+            rows = np.fromiter(strings, dtype=np.int64, count=len(strings))
+            out[rows] = np.where(parsed.valid, parsed.values.astype(np.float64), np.nan)
+        return out
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

@@ -6,7 +6,7 @@ name.
 
 - **Profile** (DuckDB, one aggregate query per table): rows, non-null and distinct counts,
   string lengths, whether integers are only 0/1, whether strings all parse as times or as
-  yes/no words.
+  yes/no words (those the ``boolean`` type reads: yes/no, y/n, true/false, t/f, 1/0).
 - **Semantic types**: Arrow timestamps and dates, and strings that all parse as times ->
   timestamp; bool, 0/1 integers and two yes/no words -> boolean; primary and foreign keys, and
   key-like names (``id``, ``..._id``, ``...ID``, ``...key``) with many distinct values (over
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from tributary_core.errors import TributaryError
+from tributary_core.registry import get_registry
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
 
 __all__ = ["ColumnProfile", "TableProfile", "profile_tables", "draft_metadata", "read_tables",
@@ -49,7 +50,6 @@ _KEY_NAME = re.compile(r"(^id$|_id$|[a-z0-9]ID$|[a-z0-9]Id$|key$|_code$)")
 _PREFIX = re.compile(r"^[a-z]{1,3}_")
 _TIME_NAME = re.compile(r"(time|date|timestamp|^ts$|_at$|season|created|updated)", re.IGNORECASE)
 _TIME_PARTS = {"year", "month", "day", "hour", "minute", "second"}
-_YES_NO = {"y", "n", "yes", "no", "t", "f", "true", "false"}
 MAX_CATEGORIES = 1000
 
 
@@ -109,6 +109,13 @@ def read_tables(raw_dir: str | Path) -> dict[str, pads.Dataset]:
     return out
 
 
+def _yes_no_words() -> list[str]:
+    """The strings the ``boolean`` semantic type reads as true or false (lower case): its
+    ``true_strings`` and ``false_strings``, so the draft and the type never disagree."""
+    boolean = get_registry().semantic_type("boolean")
+    return sorted({*boolean.true_strings, *boolean.false_strings})
+
+
 def profile_tables(con: Any, tables: dict[str, pads.Dataset]) -> dict[str, TableProfile]:
     """One aggregate query per table over ``con`` (a sandbox connection holding ``tables``)."""
     out = {}
@@ -122,7 +129,7 @@ def profile_tables(con: Any, tables: dict[str, pads.Dataset]) -> dict[str, Table
             extra = []
             if col.kind == "string":
                 extra = [f"avg(length({q}))", f"count(TRY_CAST({q} AS TIMESTAMP))",
-                         f"bool_and(lower(trim({q})) IN ({', '.join(repr(w) for w in sorted(_YES_NO))}))"]
+                         f"bool_and(lower(trim({q})) IN ({', '.join(repr(w) for w in _yes_no_words())}))"]
             elif col.kind == "int":
                 extra = [f"bool_and({q} IN (0, 1))"]
             exprs += extra

@@ -3,7 +3,7 @@
 The model hands each semantic type's encoder the cells of that type, as the type's batch slot
 holds them: ``number`` (N, 1) z-scores, ``timestamp`` (N, 15) features, ``boolean`` (N, 1) 0/1,
 ``vocab`` (N, d_text) the frozen text embeddings of the cells' vocabulary entries, ``none``
-(N, 0).
+(N, 0). The widths come from :data:`tributary_core.semantic_type.SLOT_WIDTH`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SLOT_WIDTH = {"number": 1, "timestamp": 15, "boolean": 1, "none": 0}
+from tributary_core.semantic_type import SLOT_WIDTH
 
 
 class LinearEncoder(nn.Module):
@@ -37,7 +37,8 @@ class PresenceEncoder(nn.Module):
 
 
 def slot_encoder(slot: str, d_model: int, d_text: int) -> nn.Module:
-    """The default encoder for a batch slot."""
+    """The default encoder for a batch slot: ``SLOT_WIDTH[slot]`` values in (``d_text`` for
+    ``vocab``, whose one vocabulary id arrives embedded), ``d_model`` out."""
     if slot == "none":
         return PresenceEncoder(d_model)
     width = d_text if slot == "vocab" else SLOT_WIDTH[slot]

@@ -16,20 +16,25 @@ from tributary_core.registry import get_registry
 from tributary_core.sampler import SampledTask
 from tributary_core.sampler.batch import target_arrays
 from tributary_core.store import Store, open_store
-from tributary_core.timeconv import format_epoch_us
 from tributary_core.train.trainer import Run, batch_loss, labelled, load_run, store_embeddings
 
-__all__ = ["evaluate", "predict", "evenly_spaced"]
+__all__ = ["evaluate", "predict", "evenly_spaced", "target_tensors"]
+
+
+def target_tensors(view: Any, seeds: np.ndarray) -> dict[str, Any]:
+    """The ``target_*`` fields (and ``candidates``) a batch would hold for ``seeds`` of a task
+    view, straight from the task file (no sampling): what :meth:`LossHead.target` reads."""
+    number, ts, boolean, vocab, valid = target_arrays(view, seeds)
+    return {"target_number": torch.from_numpy(number), "target_timestamp": torch.from_numpy(ts),
+            "target_boolean": torch.from_numpy(boolean), "target_vocab": torch.from_numpy(vocab),
+            "target_is_null": torch.from_numpy(~valid), "target_stype": view.stype,
+            "candidates": (torch.from_numpy(view.candidates)
+                           if view.candidates is not None else None)}
 
 
 def _labels(head: Any, task: SampledTask, seeds: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets of ``seeds`` straight from the task file (no sampling), and which are not null."""
-    number, ts, boolean, vocab, valid = target_arrays(task.view, seeds)
-    tensors = {"target_number": torch.from_numpy(number), "target_timestamp": torch.from_numpy(ts),
-               "target_boolean": torch.from_numpy(boolean), "target_vocab": torch.from_numpy(vocab),
-               "target_is_null": torch.from_numpy(~valid), "target_stype": task.view.stype,
-               "candidates": (torch.from_numpy(task.view.candidates)
-                              if task.view.candidates is not None else None)}
+    tensors = target_tensors(task.view, seeds)
     target = head.target(tensors)
     return target, labelled(target, tensors["target_is_null"])
 
@@ -112,7 +117,9 @@ def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = N
             batch_size: int | None = None) -> pa.Table:
     """Predictions for ``task`` (``"task"`` or ``"db/task"``) at ``seeds`` (rows of the task
     file; default all): one row per seed with ``anchor_row``, ``observation_time``,
-    ``prediction`` (probability, category, value in the column's units, or time) and ``p_null``."""
+    ``prediction`` and ``p_null``. The task's loss head turns its predictions into the user's
+    units (:meth:`LossHead.to_user_units`: a probability, a category, a value in the column's
+    units, a time...)."""
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
     sampler = run.sampler("train", batch_size=batch_size or run.config.batch_size)
@@ -133,18 +140,15 @@ def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = N
         values.append(head.decode(out["prediction"]))
         p_null.append(torch.sigmoid(out["null_logit"].float()).cpu().numpy())
     decoded = np.concatenate(values) if values else np.zeros(0)
-    stats = t.stats
-    if view.stype == "categorical" or (view.candidates is not None and head.name == "infonce"):
+    candidate_values = None
+    if view.candidates is not None:
         names = t.graph.store.vocab_values
-        prediction = pa.array([names[int(view.candidates[i])] for i in decoded], pa.string())
-    elif view.stype == "numerical":
-        prediction = pa.array(decoded * float(stats.get("std", 1.0)) + float(stats.get("mean", 0.0)))
-    elif view.stype == "timestamp":
-        shared = stats.get("database") or stats
-        us = decoded * float(shared.get("std", 1.0)) + float(shared.get("mean", 0.0))
-        prediction = pa.array([format_epoch_us(int(u)) for u in us], pa.string())
-    else:
-        prediction = pa.array(decoded.astype(np.float64))
+        candidate_values = [names[int(c)] for c in view.candidates]
+    prediction = head.to_user_units(decoded, registry.semantic_type(view.stype), t.stats,
+                                    candidate_values)
+    if len(prediction) != len(rows):
+        raise TributaryError(f"loss head {head.name!r} gave {len(prediction)} predictions for "
+                             f"{len(rows)} seeds in to_user_units()")
     return pa.table({
         "seed": pa.array(rows), "anchor_row": pa.array(view.anchor_rows[rows]),
         "observation_time": pa.array(view.observation_time[rows]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import torch
 from tributary_counts import Count, Poisson
@@ -46,3 +47,25 @@ def test_poisson_prefers_the_true_rate():
     assert head.loss(exact, target) < head.loss(off, target)
     metrics = head.compute_metrics(exact, target, {})
     assert metrics["mae"] < 1e-2 and metrics["deviance"] < 1e-2
+
+
+def test_count_labels_and_predictions_in_counts():
+    count = Count()
+    labels = count.label_values([0, 3, 4.0, "7", -1, 2.5, "many", None])
+    assert labels[:4].tolist() == [0.0, 3.0, 4.0, 7.0]
+    assert np.isnan(labels[4:]).all()  # not counts: negative, fractional, text, null
+    stored = np.log1p(np.array([0.0, 3.0, 12.0]))
+    assert np.allclose(count.decode_prediction(stored, {}).to_numpy(), [0.0, 3.0, 12.0])
+
+
+def test_poisson_shows_expected_counts_and_declares_its_tabular_objective():
+    head = Poisson()
+    log_rates = torch.log(torch.tensor([2.0, 0.5]))
+    shown = head.to_user_units(head.decode(log_rates), Count(), {}, None)
+    assert np.allclose(shown.to_numpy(), [2.0, 0.5])  # not passed through expm1 again
+    assert head.tabular_objective == "poisson"
+    counts = torch.tensor([0.0, 2.0, 5.0])
+    assert head.tabular_label(counts).tolist() == [0.0, 2.0, 5.0]
+    # LightGBM's raw poisson score is log(rate): the head's own prediction
+    exact = head.tabular_prediction(np.log(np.array([1e-3, 2.0, 5.0])), counts)
+    assert head.compute_metrics(exact, counts, {})["mae"] < 1e-2

@@ -3,7 +3,8 @@
 A count column is often heavy-tailed: a z-score of the raw value lets a few huge counts squash
 the rest. ``log1p`` keeps small counts apart and large ones in range, and needs no statistics.
 Negative, fractional and non-finite values are not counts: validation reports them, and
-preprocessing stores them as nulls (counted as invalid).
+preprocessing stores them as nulls (counted as invalid); as task labels (the leakage check) they
+read as NaN. A prediction in the stored scale (``log1p``) is shown as a count.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class Count(SemanticType):
 
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any], vocab_values: Sequence[str]) -> Any:
         return int(round(math.expm1(float(cell["value"]))))
+
+    def decode_prediction(self, values: np.ndarray, stats: Mapping[str, Any]) -> pa.Array:
+        # a head predicting the stored log1p(count): back to a (fractional) count
+        return pa.array(np.expm1(np.asarray(values, dtype=np.float64)))
+
+    def label_values(self, values: Sequence[Any]) -> np.ndarray:
+        numbers = super().label_values(values)  # float(), NaN where unreadable
+        return np.where(_is_count(numbers), numbers, np.nan)
 
 
 def _read(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

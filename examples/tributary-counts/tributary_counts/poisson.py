@@ -4,12 +4,15 @@ The head predicts the log of the expected count, ``log λ``; the loss is
 ``λ - y log λ`` (``torch.nn.functional.poisson_nll_loss`` with ``log_input=True``), whose
 minimum is at ``λ = y``. Targets arrive as the ``count`` type stores them, ``log1p(y)``.
 Metrics: the mean Poisson deviance (0 for a perfect prediction) and the MAE of ``λ`` in counts.
-The baseline predicts the training mean for every seed.
+The baseline predicts the training mean for every seed; the tabular baseline is LightGBM's
+``poisson`` objective on the counts (its raw score is ``log λ``, this head's prediction).
+Predictions are shown as expected counts.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -21,6 +24,7 @@ class Poisson(LossHead):
     description = "count targets: Poisson negative log-likelihood of log-rates"
     metrics = ("deviance", "mae")
     higher_is_better = {"deviance": False, "mae": False}
+    tabular_objective = "poisson"
 
     def build_head(self, d_model: int, d_text: int, target_stype: str) -> nn.Module:
         return _LogRate(d_model)
@@ -44,6 +48,9 @@ class Poisson(LossHead):
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction.float().clamp(max=30).exp().cpu().numpy()  # expected counts
+
+    def to_user_units(self, decoded, target_type, stats, candidate_values):
+        return pa.array(np.asarray(decoded, dtype=np.float64))  # already counts
 
 
 class _LogRate(nn.Module):
