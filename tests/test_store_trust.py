@@ -141,13 +141,13 @@ def test_ctrl_c_interrupts_a_query_promptly():
 
 
 def test_slow_task_query_is_stopped_and_nothing_is_left(tmp_path, monkeypatch):
-    # Validation runs each task query too (without this stage's time limit): let it look at
-    # the schema only, so that this test times the query of the tasks stage.
+    # Validation runs each task query too, under the same limit (the next test): let it look
+    # at the schema only, so that this test times the query of the tasks stage.
     from tributary_core.metadata import validate
     from tributary_core.sql import fetch_arrow
 
     monkeypatch.setattr(validate, "run_task_query",
-                        lambda con, query: fetch_arrow(con.sql(query).limit(0)).schema)
+                        lambda con, query, **_: fetch_arrow(con.sql(query).limit(0)).schema)
     md = copy.deepcopy(TINY_METADATA)
     md["tasks"]["order_returned"]["query"] = (
         "SELECT o.order_id, o.returned FROM orders o, range(100000) a, range(100000) b, "
@@ -155,6 +155,27 @@ def test_slow_task_query_is_stopped_and_nothing_is_left(tmp_path, monkeypatch):
     with pytest.raises(TributaryError, match=r"task 'order_returned': the query ran longer than "
                                              r"0\.3 s .*--query-timeout"):
         build(tmp_path, md, query_timeout_s=0.3)
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+
+
+def test_slow_task_query_is_stopped_at_validation(tmp_path, tiny_raw, write_json):
+    from click.testing import CliRunner
+
+    from tributary_core.cli import cli
+
+    md = copy.deepcopy(TINY_METADATA)
+    md["tasks"]["order_returned"]["query"] = (
+        "SELECT o.order_id, o.returned FROM orders o, range(100000) a, range(100000) b, "
+        "range(100000) c WHERE a.range + b.range + c.range = -1")
+    path = write_json(md)
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["run", "preprocess", "--db", "tiny", "--metadata", str(path),
+                                      "--raw", str(tiny_raw), "--out", str(tmp_path / "store"),
+                                      "--embedder", "hashing", "--query-timeout", "0.3"])
+    assert time.monotonic() - start < 60
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "tasks.order_returned.query: the query ran past the 0.3 s limit" in result.output
+    assert "--query-timeout" in result.output
     assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
 
 

@@ -88,11 +88,14 @@ class TrainBar:
               help="Embedding cache [default: $TRIBUTARY_CACHE_DIR/embeddings or "
                    "~/.cache/tributary/embeddings].")
 @click.option("--no-cache", is_flag=True, help="Embed everything again; cache nothing.")
-@click.option("--force", is_flag=True, help="Replace an existing store.")
+@click.option("--query-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, metavar="SECONDS",
+              help="Time limit of each task's SQL (validation and materialization).")
+@click.option("--force", is_flag=True, help="Replace an existing store (never another folder).")
 def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_dir: Path | None,
                embedder: str, model: str | None, dimension: int, stats_cutoff: str | None,
                embedder_options: tuple[str, ...], cache_dir: Path | None, no_cache: bool,
-               force: bool) -> None:
+               query_timeout: float, force: bool) -> None:
     """Turn a raw database into a memory-mappable store.
 
     Reads parquet + metadata.json, encodes every column, builds the foreign-key graph,
@@ -115,7 +118,7 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     try:
         result = run_preprocess(metadata_path, raw_dir, out_dir, embedder=backend, force=force,
                                 stats_cutoff_us=cutoff_us, progress=bars, cache_dir=cache_dir,
-                                use_cache=not no_cache)
+                                use_cache=not no_cache, query_timeout_s=query_timeout)
     finally:
         bars.close()
         backend.close()

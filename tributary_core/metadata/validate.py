@@ -26,7 +26,7 @@ from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType
-from tributary_core.sql import sandbox_connection
+from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_interruptible, sandbox_connection
 
 __all__ = ["ValidationReport", "validate_metadata"]
 
@@ -69,6 +69,7 @@ def validate_metadata(
     *,
     raw_dir: str | Path | None = None,
     registry: Registry | None = None,
+    query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
 ) -> ValidationReport:
     """Check a metadata file (or loaded :class:`Metadata`) and, with ``raw_dir``, its data.
 
@@ -78,7 +79,9 @@ def validate_metadata(
     type (dangling values are warnings), values parse (times, booleans), and each task's SQL
     runs in the same sandboxed DuckDB connection preprocessing uses (run to the end, so an
     error that only shows on the data is caught here, not after the tables are encoded) and
-    returns its anchor key, target and observation time.
+    returns its anchor key, target and observation time. A query running past
+    ``query_timeout_s`` seconds (``--query-timeout``; None: no limit) is interrupted and
+    reported as a problem of that task; Ctrl-C interrupts it too.
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -91,19 +94,25 @@ def validate_metadata(
     assert report.metadata is not None
     _StaticChecks(report.metadata, registry, report.problems).run()
     if raw_dir is not None and report.ok:
-        _DataChecks(report.metadata, Path(raw_dir), registry, report).run()
+        _DataChecks(report.metadata, Path(raw_dir), registry, report,
+                    query_timeout_s=query_timeout_s).run()
     return report
 
 
-def run_task_query(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
+def run_task_query(con: duckdb.DuckDBPyConnection, query: str, *,
+                   timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S) -> pa.Schema:
     """Run task SQL to the end on ``con`` (a :func:`~tributary_core.sql.sandbox_connection`, as
     preprocessing uses), streaming its result away, and return the result's schema: an error
-    that needs the data (a failed cast, ``error()``) is raised here as a ``duckdb.Error``."""
-    relation = con.sql(query)
-    reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch)(65536)
-    for _batch in reader:
-        pass
-    return reader.schema
+    that needs the data (a failed cast, ``error()``) is raised here as a ``duckdb.Error``, a
+    query past ``timeout_s`` as :class:`~tributary_core.sql.QueryTimeout`."""
+    def drain() -> pa.Schema:
+        relation = con.sql(query)
+        reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch)(65536)
+        for _batch in reader:
+            pass
+        return reader.schema
+
+    return run_interruptible(con, drain, timeout_s=timeout_s)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -266,7 +275,9 @@ def _overrides(stype: SemanticType, method: str) -> bool:
 class _DataChecks:
     """Rules that read the parquet files (schemas first, then only the columns needed)."""
 
-    def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport):
+    def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport, *,
+                 query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S):
+        self.query_timeout_s = query_timeout_s
         self.md = md
         self.raw = raw
         self.registry = registry
@@ -396,9 +407,13 @@ class _DataChecks:
     def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any) -> None:
         qpath = jpath("tasks", name, "query")
         try:
-            schema = run_task_query(con, task.query)
+            schema = run_task_query(con, task.query, timeout_s=self.query_timeout_s)
         except duckdb.Error as exc:
             self.error(qpath, f"SQL fails in DuckDB: {_first_line(exc)}")
+            return
+        except QueryTimeout as exc:
+            self.error(qpath, f"the query ran past the {exc.seconds:g} s limit and was stopped "
+                              f"(raise it with --query-timeout)")
             return
         columns = ", ".join(schema.names)
         checks: list[tuple[str, str | None, Callable[[pa.DataType], str | None]]] = [

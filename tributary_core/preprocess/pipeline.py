@@ -137,7 +137,8 @@ def preprocess(
     clock = _Clock()
     with clock("validate"):
         progress("validate", 0, 1)
-        report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry)
+        report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
+                                   query_timeout_s=query_timeout_s)
         md = report.raise_for_errors()
         progress("validate", 1, 1)
     with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
