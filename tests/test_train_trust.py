@@ -276,3 +276,10 @@ def test_allocator_is_tuned_on_glibc():
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert tuned
     assert rss_bytes() > 10_000_000
+
+
+def test_metrics_read_while_a_line_is_being_appended(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["staged_folder", "atomic_write_text", "rename_noreplace"]
+__all__ = ["staged_folder", "atomic_write", "atomic_write_text", "atomic_write_bytes", "rename_noreplace"]
 
 
 def _host_tag() -> str:
@@ -138,13 +138,31 @@ def _sweep_stale(out: Path) -> None:
             continue
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename: a reader
-    sees the old file or the whole new one, and a failure leaves no partial file."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, durable: bool = False) -> None:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it,
+    which is then renamed over ``path``. A reader sees the old file or the whole new one, and a
+    failure (or Ctrl-C) leaves no partial file. With ``durable`` the data is flushed to disk
+    before the rename, so a power cut cannot leave a renamed but empty file (checkpoints).
+
+    Every writer of a single file in Tributary goes through here (``atomic_write_text``,
+    ``atomic_write_bytes``, checkpoints, predictions, metrics)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """:func:`atomic_write` of bytes."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))

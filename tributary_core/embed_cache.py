@@ -34,6 +34,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from tributary_core.atomic import atomic_write_text
 from tributary_core.embedder import Embedder, EmbedderIdentity
 from tributary_core.errors import TributaryError
 
@@ -101,9 +102,7 @@ class EmbeddingCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             label = self.dir / "identity.json"
             if not label.exists():
-                tmp = self.dir / f".identity.{uuid.uuid4().hex}.tmp"
-                tmp.write_text(self._spec + "\n")
-                os.replace(tmp, label)
+                atomic_write_text(label, self._spec + "\n")
         except OSError as exc:
             raise TributaryError(f"embedding cache {self.dir}: cannot create it ({exc.strerror})") from None
 

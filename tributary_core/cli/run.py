@@ -325,10 +325,10 @@ def predict_command(run_dir: Path, task: str, rows: str | None, out: Path) -> No
     from tributary_core.train.evaluate import predict
 
     table = predict(run_dir, task, seeds=_parse_rows(rows) if rows else None)
+    from tributary_core.atomic import atomic_write
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     click.echo(f"wrote {out}: {table.num_rows:,} predictions")
 
 

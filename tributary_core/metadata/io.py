@@ -130,4 +130,6 @@ def dump_metadata(metadata: Metadata) -> dict[str, Any]:
 
 
 def write_metadata(metadata: Metadata, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(dump_metadata(metadata), indent=2) + "\n", encoding="utf-8")
+    from tributary_core.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(dump_metadata(metadata), indent=2) + "\n")

@@ -336,22 +336,26 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from tributary_core.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), durable=True)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    from tributary_core.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     path = Path(run) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    # a line is whole once its newline is written: a reader racing a live run skips the
+    # line being appended instead of failing on half of it
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str, Any]], None] | None = None,
