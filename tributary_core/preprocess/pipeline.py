@@ -13,6 +13,13 @@ Stages, each timed and reported:
 6. ``embed``: column names and the shared vocabulary through the embedder; the two
    ``*_embeddings.bin`` files.
 
+Each stage from 2 on is a function that takes what it reads and returns what it produces
+(:class:`Keys`, :class:`EncodedTables`, :class:`Graph`, :class:`Tasks`, the embedding
+statistics), and :func:`preprocess` passes the products along. Besides its inputs, a stage may
+write files through the one ``_StoreWriter`` (which keeps the table of files for
+``metadata.json``), and ``encode`` and ``tasks`` add strings to the one shared
+:class:`~tributary_core.semantic_type.Vocabulary`, whose ids both stages' files hold.
+
 Everything is written into a temporary folder beside the output and renamed into place at the
 end, so a crash or Ctrl-C never leaves a half store that looks whole. The same inputs give the
 same bytes (no times, paths or thread-order effects are stored; task seeds are sorted).
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,7 +46,7 @@ from tributary_core.atomic import staged_folder
 from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache_dir, embed_texts
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
-from tributary_core.keys import match_keys
+from tributary_core.keys import KeyMatch, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
@@ -145,13 +153,34 @@ def preprocess(
         cache = None
         if use_cache and embedder.cacheable:
             cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
-        builder = _Builder(md, raw_dir, tmp, registry, embedder, stats_cutoff_us, progress, clock,
-                           cache)
-        builder.final = out_dir
-        builder.query_timeout_s, builder.query_threads = query_timeout_s, query_threads
-        result = builder.run()
-    result.warnings = [str(p) for p in report.warnings] + builder.warnings
-    result.path = out_dir
+        db = _Database.of(md, raw_dir, registry)
+        writer = _StoreWriter(tmp, out_dir)
+        vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
+        cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
+        with clock("keys"):
+            keys = load_keys(db, cutoff, progress)
+        with clock("encode"):
+            tables = encode_tables(db, keys, vocab, cutoff, writer, progress)
+        with clock("graph"):
+            graph = build_graph(db, keys, tables.links, writer, progress)
+        with clock("tasks"):
+            tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
+                                      query_timeout_s=query_timeout_s,
+                                      query_threads=query_threads)
+        columns = tables.columns + tasks.columns  # the column-embedding table
+        with clock("embed"):
+            embedding = embed(embedder, cache, columns, vocab, writer, progress)
+        warnings = (keys.warnings + tables.warnings + tasks.warnings
+                    + _unfitted_warning(tables.unfitted + tasks.unfitted))
+        writer.write_metadata(_store_metadata(db, embedder, cutoff, keys, tables, graph, tasks,
+                                              columns, vocab, writer.files))
+        result = PreprocessResult(
+            path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
+            dangling={f"{t}.{c}": link.n_dangling for (t, c), link in tables.links.items()},
+            null_keys={f"{t}.{c}": link.n_null for (t, c), link in tables.links.items()},
+            vocab_size=len(vocab), tasks=tasks.report, seconds=dict(clock.seconds),
+            store_bytes=sum(f["bytes"] for f in writer.files.values()),
+            warnings=[str(p) for p in report.warnings] + warnings, embedding=embedding)
     return result
 
 
@@ -174,478 +203,591 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
-class _Builder:
-    def __init__(self, md: Metadata, raw: Path, out: Path, registry: Registry, embedder: Embedder,
-                 cutoff: int | None, progress: Progress, clock: _Clock,
-                 cache: EmbeddingCache | None) -> None:
-        self.cache = cache
-        self.md, self.raw, self.out = md, raw, out
-        self.registry, self.embedder = registry, embedder
-        self.cutoff, self.progress, self.clock = cutoff, progress, clock
-        self.paths = {t: raw / f"{t}.parquet" for t in md.tables}
-        self.stypes: dict[str, SemanticType] = {}
-        self.keys: dict[str, pa.Array] = {}  # table -> primary-key column
-        self.times: dict[str, np.ndarray] = {}  # timed table -> int64 row times (NO_TIME = none)
-        self.n_rows: dict[str, int] = {}
-        self.parents: dict[tuple[str, str], np.ndarray] = {}  # (table, fk column) -> parent rows
-        self.vocab = Vocabulary()
-        self.columns: list[dict[str, Any]] = []  # the column-embedding table
-        self.db_stats: dict[str, dict[str, Any]] = {}  # stype name -> combined statistics
-        self.files: dict[str, dict[str, Any]] = {}
-        self.result = PreprocessResult(path=out)
-        self.warnings: list[str] = []
-        self.final = out  # where the store will be published (for messages)
-        self.query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S
-        self.query_threads: int | None = 1
-        self.unfitted: list[str] = []  # columns with values but none inside the stats window
+# -- what the stages share: the database they read and the store they write -------------------
 
-    def stype(self, name: str) -> SemanticType:
-        if name not in self.stypes:
-            self.stypes[name] = self.registry.semantic_type(name)
-        return self.stypes[name]
+
+class _SemanticTypes:
+    """The registry's semantic types by name, each made once."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._made: dict[str, SemanticType] = {}
+
+    def __call__(self, name: str) -> SemanticType:
+        if name not in self._made:
+            self._made[name] = self._registry.semantic_type(name)
+        return self._made[name]
+
+
+@attrs.frozen
+class _Database:
+    """The validated database every stage reads: its metadata, its parquet files, and the
+    semantic types of its columns."""
+
+    md: Metadata
+    paths: dict[str, Path]  # table -> its parquet file
+    stype: _SemanticTypes
+
+    @classmethod
+    def of(cls, md: Metadata, raw: Path, registry: Registry) -> _Database:
+        return cls(md, {t: raw / f"{t}.parquet" for t in md.tables}, _SemanticTypes(registry))
+
+
+class _StoreWriter:
+    """Writes the store's files into the temporary ``folder`` and keeps their table
+    (``files``: relative path -> what :func:`write_file` reports) for ``metadata.json``;
+    ``final`` is where the store will be published (for messages)."""
+
+    def __init__(self, folder: Path, final: Path) -> None:
+        self.folder, self.final = folder, final
+        self.files: dict[str, dict[str, Any]] = {}
 
     def write(self, rel: str, kind: str, sections: dict[str, np.ndarray],
               meta: dict[str, Any] | None = None) -> None:
-        path = self.out / rel
+        path = self.folder / rel
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.files[rel] = write_file(path, kind, sections, meta)
         except OSError as exc:
-            raise self.write_error(rel, exc) from None
+            raise self.error(rel, exc) from None
 
-    def write_error(self, rel: str, exc: OSError) -> TributaryError:
-        return TributaryError(f"{self.final}: cannot write {rel} (in the temporary folder "
-                              f"{self.out.name}): {exc.strerror or exc}")
-
-    def fit(self, stype: SemanticType, prepared: Any, rows: np.ndarray | None,
-            where: str) -> dict[str, Any]:
-        """``stype.fit`` with its statistics checked: finite numbers only, and a column with
-        values but none inside the statistics window is noted for a warning."""
-        stats = stype.fit(prepared, rows=rows)
-        bad = _non_finite(stats)
-        if bad is not None:
-            raise TributaryError(f"{where}: the {stype.name} statistics are not finite "
-                                 f"({bad}); the column cannot be encoded")
-        if (rows is not None and stats.get("count") == 0 and "mean" in stats
-                and bool(prepared.valid.any())):
-            self.unfitted.append(where)
-        return stats
-
-    def rows_mask(self, table: str) -> np.ndarray | None:
-        """Rows inside the statistics window (None: all rows)."""
-        if self.cutoff is None or table not in self.times:
-            return None
-        t = self.times[table]
-        return (t <= self.cutoff) | (t == NO_TIME)
-
-    # -- stage 2 ---------------------------------------------------------------------------
-
-    def load_keys_and_times(self) -> None:
-        md = self.md
-        links: dict[str, pa.ChunkedArray] = {}  # table -> its temporal_from key column
-        for i, (tname, table) in enumerate(md.tables.items()):
-            self.progress("keys", i, len(md.tables))
-            self.n_rows[tname] = pq.ParquetFile(self.paths[tname]).metadata.num_rows
-            wanted = [c for c in (table.primary_key, table.temporal_column, table.temporal_from)
-                      if c]
-            if not wanted:
-                continue
-            data = _read(self.paths[tname], list(dict.fromkeys(wanted)))
-            if table.primary_key:
-                self.keys[tname] = data.column(table.primary_key).combine_chunks()
-            if table.temporal_column:
-                conv = to_epoch_us(data.column(table.temporal_column))
-                self.times[tname] = np.where(conv.valid, conv.values, NO_TIME)
-            if table.temporal_from:
-                links[tname] = data.column(table.temporal_from)
-
-        def time_of(tname: str) -> np.ndarray | None:
-            # Validation refuses temporal_from cycles, so this recursion ends.
-            table = md.tables[tname]
-            if tname in self.times or not table.temporal_from:
-                return self.times.get(tname)
-            ptable, _ = split_ref(table.columns[table.temporal_from].foreign_key)  # type: ignore[arg-type,misc]
-            ptime = time_of(ptable)
-            rows = self.parent_rows(tname, table.temporal_from, links[tname])
-            assert ptime is not None
-            self.times[tname] = np.where(rows >= 0, ptime[np.maximum(rows, 0)], NO_TIME)
-            return self.times[tname]
-
-        for tname in md.tables:
-            time_of(tname)
-        # Database-wide statistics for types that ask for them (timestamps).
-        per_type: dict[str, list[dict[str, Any]]] = {}
-        for tname, table in md.tables.items():
-            cols = [c for c, col in table.columns.items()
-                    if self.stype(col.stype).combine([]) is not None]
-            if not cols:
-                continue
-            data = _read(self.paths[tname], cols)
-            for cname in cols:
-                stype = self.stype(table.columns[cname].stype)
-                prepared = stype.prepare(data.column(cname))
-                per_type.setdefault(stype.name, []).append(
-                    stype.fit(prepared, rows=self.rows_mask(tname)))
-        self.check_cutoff()
-        for name, stats in per_type.items():
-            combined = self.stype(name).combine(stats)
-            if combined is not None:
-                bad = _non_finite(combined)
-                if bad is not None:
-                    raise TributaryError(f"the database-wide {name} statistics are not finite "
-                                         f"({bad})")
-                self.db_stats[name] = combined
-        self.progress("keys", len(md.tables), len(md.tables))
-
-    def check_cutoff(self) -> None:
-        """A statistics cut-off before every row time would fit the statistics on nothing:
-        refuse it (a typo in the year, most likely)."""
-        if self.cutoff is None:
-            return
-        times = [t[t != NO_TIME] for t in self.times.values()]
-        times = [t for t in times if len(t)]
-        if not times:
-            self.warnings.append("--stats-cutoff has no effect: no row of the database has a "
-                                 "time, so statistics are fitted on every row")
-            return
-        earliest = min(int(t.min()) for t in times)
-        if earliest > self.cutoff:
-            raise TributaryError(f"--stats-cutoff {format_epoch_us(self.cutoff)} is before every "
-                                 f"row time of the database (the earliest is "
-                                 f"{format_epoch_us(earliest)}): no statistics could be fitted")
-
-    def parent_rows(self, tname: str, cname: str, values: pa.ChunkedArray) -> np.ndarray:
-        """Parent row per row of foreign-key column ``tname.cname`` (``values``; -1: null or
-        dangling), matched once: by ``temporal_from`` in stage 2 or else in stage 3."""
-        key = (tname, cname)
-        if key not in self.parents:
-            fk = self.md.tables[tname].columns[cname].foreign_key
-            ptable, _ = split_ref(fk)  # type: ignore[misc]
-            match = match_keys(values, self.keys[ptable])
-            self.parents[key] = match.rows
-            ref = f"{tname}.{cname}"
-            self.result.dangling[ref] = match.n_dangling
-            self.result.null_keys[ref] = match.n_null
-        return self.parents[key]
-
-    # -- stage 3 ---------------------------------------------------------------------------
-
-    def encode_tables(self) -> dict[str, Any]:
-        tables_meta: dict[str, Any] = {}
-        total = len(self.md.tables)
-        for i, (tname, table) in enumerate(self.md.tables.items()):
-            self.progress("encode", i, total)
-            names = [c for c, col in table.columns.items() if not self.stype(col.stype).is_ignored]
-            data = _read(self.paths[tname], names)
-            mask = self.rows_mask(tname)
-            sections: dict[str, np.ndarray] = {}
-            cols_meta: dict[str, Any] = {}
-            for j, cname in enumerate(names):
-                col = table.columns[cname]
-                stype = self.stype(col.stype)
-                prepared = stype.prepare(data.column(cname))
-                stats = self.fit(stype, prepared, mask, f"{tname}.{cname}")
-                if stype.name in self.db_stats:
-                    stats["database"] = self.db_stats[stype.name]
-                ids = None
-                vocab = stype.vocabulary(prepared, cname)
-                if vocab is not None:
-                    ids = self.vocab.add(*vocab)
-                encoded = stype.encode(prepared, stats, ids)
-                note = stype.check_encoded(prepared, stats, encoded)
-                if note:
-                    self.warnings.append(f"{tname}.{cname}: {note}")
-                prefix = f"c{j}"
-                fields = {}
-                for field, arr in encoded.arrays.items():
-                    sections[f"{prefix}.{field}"] = arr
-                    fields[field] = f"{prefix}.{field}"
-                sections[f"{prefix}.valid"] = encoded.valid
-                column_id = len(self.columns)
-                text = f"{cname} : {col.description}" if col.description else cname
-                self.columns.append({"table": tname, "column": cname, "text": text})
-                cols_meta[cname] = {"stype": stype.name, "column_id": column_id, "stats": stats,
-                                    "fields": fields, "valid": f"{prefix}.valid",
-                                    "n_invalid": prepared.n_invalid}
-                if col.foreign_key:
-                    self.parent_rows(tname, cname, data.column(cname))
-                self.result.cells += int(encoded.valid.sum())
-                del prepared, encoded
-            if tname in self.times:
-                sections["time"] = self.times[tname]
-            del data
-            rel = f"tables/{tname}.bin"
-            self.write(rel, "table", sections, {"table": tname, "rows": self.n_rows[tname]})
-            tables_meta[tname] = {
-                "rows": self.n_rows[tname], "file": rel, "primary_key": table.primary_key,
-                "timed": tname in self.times, "time": "time" if tname in self.times else None,
-                "temporal_column": table.temporal_column, "temporal_from": table.temporal_from,
-                "columns": cols_meta,
-            }
-            self.result.rows[tname] = self.n_rows[tname]
-        self.progress("encode", total, total)
-        return tables_meta
-
-    # -- stage 4 ---------------------------------------------------------------------------
-
-    def build_graph(self) -> list[dict[str, Any]]:
-        fks = [(t, c, col.foreign_key) for t, table in self.md.tables.items()
-               for c, col in table.columns.items() if col.foreign_key]
-        sections: dict[str, np.ndarray] = {}
-        out = []
-        for i, (tname, cname, ref) in enumerate(fks):
-            self.progress("graph", i, len(fks))
-            ptable, pcol = split_ref(ref)  # type: ignore[misc]
-            parent = self.parents[(tname, cname)]  # matched while encoding (FKs are identifiers)
-            n = self.n_rows[tname]
-            child_time = self.times.get(tname)
-            if child_time is None:
-                child_time = np.full(n, NO_TIME, dtype=np.int64)
-            indptr, children, times = build_csr(parent, child_time, self.n_rows[ptable])
-            sections[f"fk{i}.parent"] = parent
-            sections[f"fk{i}.indptr"] = indptr
-            sections[f"fk{i}.children"] = children
-            sections[f"fk{i}.child_time"] = times
-            ref_name = f"{tname}.{cname}"
-            out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
-                        "parent_column": pcol, "edges": int(len(children)),
-                        "dangling": self.result.dangling[ref_name],
-                        "null": self.result.null_keys[ref_name],
-                        "sections": {k: f"fk{i}.{k}" for k in
-                                     ("parent", "indptr", "children", "child_time")}})
-            self.result.edges += int(len(children))
-        self.progress("graph", len(fks), len(fks))
-        self.write("graph.bin", "graph", sections, {"foreign_keys": len(fks)})
-        return out
-
-    # -- stage 5 ---------------------------------------------------------------------------
-
-    def materialize_tasks(self, tables_meta: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if not self.md.tasks:
-            return out
-        datasets = {name: pads.dataset(path) for name, path in self.paths.items()}
-        con = sandbox_connection(datasets, threads=self.query_threads)
+    def write_metadata(self, meta: dict[str, Any]) -> None:
         try:
-            for i, (name, task) in enumerate(self.md.tasks.items()):
-                self.progress("tasks", i, len(self.md.tasks))
-                out[name] = self.materialize_task(con, name, task, tables_meta)
-        finally:
-            con.close()
-        self.progress("tasks", len(self.md.tasks), len(self.md.tasks))
-        return out
-
-    def run_task_query(self, con: Any, name: str, task: Any) -> pa.Table:
-        try:
-            return run_query(con, task.query, timeout_s=self.query_timeout_s)
-        except QueryTimeout as exc:
-            raise TributaryError(f"task {name!r}: the query ran longer than {exc.seconds:g} s and "
-                                 "was stopped; make it cheaper or raise the limit with "
-                                 "--query-timeout") from None
-        except Exception as exc:  # duckdb.Error: validation ran it already, but data can differ
-            raise TributaryError(f"task {name!r}: SQL fails in DuckDB: "
-                                 f"{str(exc).splitlines()[0]}") from None
-
-    def materialize_task(self, con: Any, name: str, task: Any,
-                         tables_meta: dict[str, Any]) -> dict[str, Any]:
-        result = self.run_task_query(con, name, task)
-        if result.num_rows == 0:
-            raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
-                                 "seeds")
-        keys = result.column(task.anchor_key)
-        match = match_keys(keys, self.keys[task.anchor_table])
-        keep = match.rows >= 0
-        if not keep.any():
-            example = next((v for v in keys.to_pylist() if v is not None), None)
-            pk = self.md.tables[task.anchor_table].primary_key
-            raise TributaryError(
-                f"task {name!r}: none of the query's {result.num_rows:,} anchor keys "
-                f"({task.anchor_key}) is a key of {task.anchor_table}.{pk}"
-                + (f", e.g. {example!r}" if example is not None else " (all are null)"))
-        if task.observation_time_column:
-            conv = to_epoch_us(result.column(task.observation_time_column))
-            obs_all = np.where(conv.valid, conv.values, NO_CUTOFF)
-            n_null_obs = int((~conv.valid & keep).sum())
-        elif task.anchor_table in self.times:
-            obs_all = self.times[task.anchor_table][np.maximum(match.rows, 0)]
-            obs_all = np.where(obs_all == NO_TIME, NO_CUTOFF, obs_all)
-            n_null_obs = 0
-        else:
-            obs_all = np.full(result.num_rows, NO_CUTOFF, dtype=np.int64)
-            n_null_obs = 0
-        # Seeds in a fixed order whatever order DuckDB returned the rows in: by anchor row,
-        # then observation time, then label (ties are identical seeds).
-        label_rank = _rank(result.column(task.target_column))
-        matched = np.flatnonzero(keep)
-        order = matched[np.lexsort((label_rank[matched], obs_all[matched],
-                                    match.rows[matched]))]
-        anchor = match.rows[order]
-        obs = obs_all[order]
-        label_rank = label_rank[order]
-        stype = self.stype(task.target_stype)
-        target = result.column(task.target_column).take(pa.array(order))
-        prepared = stype.prepare(target)
-        reason = stype.check_column(target)
-        # with a statistics window, the target's own normalisation sees only seeds observed in it
-        window = None if self.cutoff is None else obs <= self.cutoff
-        stats = self.fit(stype, prepared, window, f"task {name!r} target {task.target_column!r}")
-        if stype.name in self.db_stats:
-            stats["database"] = self.db_stats[stype.name]
-        ids = None
-        vocab = stype.vocabulary(prepared, task.target_column)
-        if vocab is not None:
-            ids = self.vocab.add(*vocab)
-        encoded = stype.encode(prepared, stats, ids)
-        self.check_labels(name, task, stype, target, encoded, reason)
-        self.check_repeats(name, anchor, obs, label_rank)
-        sections: dict[str, np.ndarray] = {
-            "anchor_row": anchor.astype(np.int32),
-            "observation_time": obs.astype(np.int64),
-            "target_valid": encoded.valid,
-        }
-        fields = {}
-        for field, arr in encoded.arrays.items():
-            sections[f"target.{field}"] = arr
-            fields[field] = f"target.{field}"
-        if ids is not None:
-            sections["candidates"] = np.unique(ids).astype(np.uint32)
-        anchor_cols = tables_meta[task.anchor_table]["columns"]
-        on_anchor = task.target_column in anchor_cols
-        if on_anchor:
-            column_id = anchor_cols[task.target_column]["column_id"]
-        else:
-            column_id = len(self.columns)
-            self.columns.append({"table": task.anchor_table, "column": task.target_column,
-                                 "text": task.target_column, "task": name})
-        rel = f"tasks/{name}.bin"
-        self.write(rel, "task", sections, {"task": name, "seeds": int(len(anchor))})
-        n_null_target = int((~encoded.valid).sum())
-        self.result.tasks[name] = {"seeds": int(len(anchor)), "unmatched": int((~keep).sum()),
-                                   "null_targets": n_null_target,
-                                   "null_observation_times": n_null_obs}
-        return {
-            "file": rel, "anchor_table": task.anchor_table, "anchor_key": task.anchor_key,
-            "target_column": task.target_column, "target_stype": stype.name,
-            "target_column_id": column_id, "target_is_anchor_column": on_anchor,
-            "observation_time_column": task.observation_time_column,
-            "hidden_columns": list(task.hidden_columns), "stats": stats, "fields": fields,
-            "valid": "target_valid", "seeds": int(len(anchor)),
-            "unmatched_anchor_keys": int((~keep).sum()),
-            "candidates": "candidates" if ids is not None else None,
-        }
-
-    def check_labels(self, name: str, task: Any, stype: SemanticType, target: pa.ChunkedArray,
-                     encoded: Any, reason: str | None) -> None:
-        """Refuse labels that are not values of the target type and a task with no label at
-        all; warn about null labels."""
-        n = len(encoded.valid)
-        present = np.asarray(target.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
-        unusable = present & ~encoded.valid
-        where = f"task {name!r}: target column {task.target_column!r} ({stype.name})"
-        if reason is not None:
-            examples = pc.unique(target.filter(pa.array(unusable))).to_pylist()[:5]
-            shown = ", ".join(repr(v) for v in examples) or "none shown"
-            raise TributaryError(f"{where}: {reason}; distinct bad values: {shown}")
-        n_null = n - int(encoded.valid.sum())
-        if n_null == n:
-            what = ("every label is null" if not unusable.any() else
-                    f"no label is a usable {stype.name} value ({int(unusable.sum()):,} are not, "
-                    f"e.g. {target.filter(pa.array(unusable))[0].as_py()!r})")
-            raise TributaryError(f"{where}: {what}; the task cannot be trained or evaluated")
-        if n_null:
-            extra = (f", {int(unusable.sum()):,} of them non-null values that are not usable "
-                     "(NaN, ±inf, out of range)" if unusable.any() else "")
-            self.warnings.append(f"{where}: {n_null:,} of {n:,} labels are null{extra}; those "
-                                 "seeds have no target")
-
-    def check_repeats(self, name: str, anchor: np.ndarray, obs: np.ndarray,
-                      label_rank: np.ndarray) -> None:
-        """Warn when seeds repeat an (anchor row, observation time) pair: with different labels
-        the task asks for two answers to one question. ``anchor``, ``obs`` are sorted."""
-        if len(anchor) < 2:
-            return
-        same = (anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])
-        if not same.any():
-            return
-        group = np.concatenate([[0], np.cumsum(~same)])
-        differ = same & (label_rank[1:] != label_rank[:-1])
-        n_conflict = len(np.unique(group[1:][differ]))
-        n_repeat = int(same.sum())
-        message = (f"task {name!r}: {n_repeat:,} seed(s) repeat an (anchor key, observation "
-                   "time) pair of an earlier seed")
-        if n_conflict:
-            message += f"; {n_conflict:,} such pair(s) have different labels"
-        self.warnings.append(message + " (check the query's joins and GROUP BY)")
-
-    # -- stage 6 ---------------------------------------------------------------------------
-
-    def embed(self) -> None:
-        texts = [c["text"] for c in self.columns]
-        vocab_texts = self.vocab.texts
-
-        def tick(done: int, total: int, stats: EmbedStats) -> None:
-            rate = stats.embedded / stats.seconds if stats.seconds > 0 else 0.0
-            self.progress("embed", done, total,
-                          f"{stats.cache_hits:,} cached, {rate:,.0f} strings/s")
-
-        vectors, stats = embed_texts(self.embedder, texts + vocab_texts, cache=self.cache,
-                                     progress=tick, dtype=np.float16)
-        self.result.embedding = stats
-        column_vectors, vocab_vectors = vectors[: len(texts)], vectors[len(texts):]
-        self.write("column_embeddings.bin", "column_embeddings", {"embeddings": column_vectors})
-        text_off, text_utf8 = _strings(vocab_texts)
-        value_off, value_utf8 = _strings(self.vocab.values)
-        self.write("vocab_embeddings.bin", "vocab_embeddings", {
-            "embeddings": vocab_vectors, "text_offsets": text_off, "text_utf8": text_utf8,
-            "value_offsets": value_off, "value_utf8": value_utf8})
-
-    # -- all -------------------------------------------------------------------------------
-
-    def run(self) -> PreprocessResult:
-        clock = self.clock
-        with clock("keys"):
-            self.load_keys_and_times()
-        with clock("encode"):
-            tables_meta = self.encode_tables()
-        with clock("graph"):
-            fks = self.build_graph()
-        with clock("tasks"):
-            tasks_meta = self.materialize_tasks(tables_meta)
-        with clock("embed"):
-            self.embed()
-        from tributary_core import __version__
-
-        window = None
-        if self.cutoff is not None:
-            window = {"to_us": int(self.cutoff)}
-        if self.unfitted:
-            self.warnings.append(
-                f"no value inside the statistics window (--stats-cutoff) for "
-                f"{', '.join(self.unfitted)}: their statistics are the defaults (mean 0, std 1), "
-                "so their values are not normalized")
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "tributary_version": __version__,
-            "name": self.md.name,
-            "embedder": attrs.asdict(self.embedder.identity),
-            "stats_window": window,
-            "tables": tables_meta,
-            "foreign_keys": fks,
-            "tasks": tasks_meta,
-            "columns": self.columns,
-            "vocab_size": len(self.vocab),
-            "database_stats": self.db_stats,
-            "source_metadata": dump_metadata(self.md),
-            "files": self.files,
-        }
-        try:
-            (self.out / METADATA).write_bytes(dump_store_metadata(meta))
+            (self.folder / METADATA).write_bytes(dump_store_metadata(meta))
         except OSError as exc:
-            raise self.write_error(METADATA, exc) from None
-        self.result.vocab_size = len(self.vocab)
-        self.result.seconds = dict(clock.seconds)
-        self.result.store_bytes = sum(f["bytes"] for f in self.files.values())
-        return self.result
+            raise self.error(METADATA, exc) from None
+
+    def error(self, rel: str, exc: OSError) -> TributaryError:
+        return TributaryError(f"{self.final}: cannot write {rel} (in the temporary folder "
+                              f"{self.folder.name}): {exc.strerror or exc}")
+
+
+def _window(cutoff: int | None, times: np.ndarray | None) -> np.ndarray | None:
+    """Rows inside the statistics window, given a table's row ``times`` (None: all rows)."""
+    if cutoff is None or times is None:
+        return None
+    return (times <= cutoff) | (times == NO_TIME)
+
+
+def _fit(stype: SemanticType, prepared: Any, rows: np.ndarray | None,
+         where: str) -> tuple[dict[str, Any], bool]:
+    """``stype.fit`` with its statistics checked (finite numbers only), and whether the column
+    has values but none inside the statistics window (noted for a warning)."""
+    stats = stype.fit(prepared, rows=rows)
+    bad = _non_finite(stats)
+    if bad is not None:
+        raise TributaryError(f"{where}: the {stype.name} statistics are not finite "
+                             f"({bad}); the column cannot be encoded")
+    unfitted = (rows is not None and stats.get("count") == 0 and "mean" in stats
+                and bool(prepared.valid.any()))
+    return stats, unfitted
+
+
+def _match_parents(db: _Database, primary_keys: dict[str, pa.Array], tname: str, cname: str,
+                   values: pa.ChunkedArray) -> KeyMatch:
+    """Foreign-key column ``tname.cname`` (``values``) matched to its parent table's rows."""
+    ptable, _ = split_ref(db.md.tables[tname].columns[cname].foreign_key)  # type: ignore[arg-type,misc]
+    return match_keys(values, primary_keys[ptable])
+
+
+# -- stage 2: keys -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Keys:
+    """Stage 2's product: what the later stages need to know of every table's rows."""
+
+    rows: dict[str, int]  # table -> number of rows (every table, in metadata order)
+    primary_keys: dict[str, pa.Array]  # table -> its primary-key column
+    times: dict[str, np.ndarray]  # timed table -> int64 row times (NO_TIME = none)
+    links: dict[tuple[str, str], KeyMatch]  # the temporal_from columns, matched to parent rows
+    database_stats: dict[str, dict[str, Any]]  # stype name -> combined statistics
+    warnings: list[str]
+
+
+def load_keys(db: _Database, cutoff: int | None, progress: Progress) -> Keys:
+    """Primary keys and row times of every table (``temporal_from`` followed through its
+    foreign keys), and the database-wide statistics of the types that ask for them."""
+    md = db.md
+    rows: dict[str, int] = {}
+    primary_keys: dict[str, pa.Array] = {}
+    times: dict[str, np.ndarray] = {}
+    links: dict[tuple[str, str], KeyMatch] = {}
+    via: dict[str, pa.ChunkedArray] = {}  # table -> its temporal_from key column
+    for i, (tname, table) in enumerate(md.tables.items()):
+        progress("keys", i, len(md.tables))
+        rows[tname] = pq.ParquetFile(db.paths[tname]).metadata.num_rows
+        wanted = [c for c in (table.primary_key, table.temporal_column, table.temporal_from) if c]
+        if not wanted:
+            continue
+        data = _read(db.paths[tname], list(dict.fromkeys(wanted)))
+        if table.primary_key:
+            primary_keys[tname] = data.column(table.primary_key).combine_chunks()
+        if table.temporal_column:
+            conv = to_epoch_us(data.column(table.temporal_column))
+            times[tname] = np.where(conv.valid, conv.values, NO_TIME)
+        if table.temporal_from:
+            via[tname] = data.column(table.temporal_from)
+
+    def time_of(tname: str) -> np.ndarray | None:
+        # Validation refuses temporal_from cycles, so this recursion ends.
+        table = md.tables[tname]
+        if tname in times or not table.temporal_from:
+            return times.get(tname)
+        ptable, _ = split_ref(table.columns[table.temporal_from].foreign_key)  # type: ignore[arg-type,misc]
+        ptime = time_of(ptable)
+        key = (tname, table.temporal_from)
+        if key not in links:
+            links[key] = _match_parents(db, primary_keys, tname, table.temporal_from, via[tname])
+        parent = links[key].rows
+        assert ptime is not None
+        times[tname] = np.where(parent >= 0, ptime[np.maximum(parent, 0)], NO_TIME)
+        return times[tname]
+
+    for tname in md.tables:
+        time_of(tname)
+    # Database-wide statistics for types that ask for them (timestamps).
+    per_type: dict[str, list[dict[str, Any]]] = {}
+    for tname, table in md.tables.items():
+        cols = [c for c, col in table.columns.items()
+                if db.stype(col.stype).combine([]) is not None]
+        if not cols:
+            continue
+        data = _read(db.paths[tname], cols)
+        for cname in cols:
+            stype = db.stype(table.columns[cname].stype)
+            prepared = stype.prepare(data.column(cname))
+            per_type.setdefault(stype.name, []).append(
+                stype.fit(prepared, rows=_window(cutoff, times.get(tname))))
+    warnings = _check_cutoff(cutoff, times)
+    database_stats: dict[str, dict[str, Any]] = {}
+    for name, stats in per_type.items():
+        combined = db.stype(name).combine(stats)
+        if combined is not None:
+            bad = _non_finite(combined)
+            if bad is not None:
+                raise TributaryError(f"the database-wide {name} statistics are not finite "
+                                     f"({bad})")
+            database_stats[name] = combined
+    progress("keys", len(md.tables), len(md.tables))
+    return Keys(rows, primary_keys, times, links, database_stats, warnings)
+
+
+def _check_cutoff(cutoff: int | None, times: dict[str, np.ndarray]) -> list[str]:
+    """A statistics cut-off before every row time would fit the statistics on nothing:
+    refuse it (a typo in the year, most likely). Returns the warnings."""
+    if cutoff is None:
+        return []
+    present = [t[t != NO_TIME] for t in times.values()]
+    present = [t for t in present if len(t)]
+    if not present:
+        return ["--stats-cutoff has no effect: no row of the database has a time, so "
+                "statistics are fitted on every row"]
+    earliest = min(int(t.min()) for t in present)
+    if earliest > cutoff:
+        raise TributaryError(f"--stats-cutoff {format_epoch_us(cutoff)} is before every "
+                             f"row time of the database (the earliest is "
+                             f"{format_epoch_us(earliest)}): no statistics could be fitted")
+    return []
+
+
+# -- stage 3: encode -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class EncodedTables:
+    """Stage 3's product; the tables themselves are in ``tables/<table>.bin``."""
+
+    meta: dict[str, Any]  # table -> its entry in metadata.json
+    columns: list[dict[str, Any]]  # the column-embedding table: one entry per encoded column
+    links: dict[tuple[str, str], KeyMatch]  # every foreign-key column, matched to parent rows
+    cells: int  # non-null encoded cells
+    warnings: list[str]
+    unfitted: list[str]  # columns with values but none inside the statistics window
+
+
+def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | None,
+                  writer: _StoreWriter, progress: Progress) -> EncodedTables:
+    """Every table, one at a time: each column through its semantic type (categorical and text
+    values added to ``vocab``), foreign keys matched to parent rows (those ``keys`` has not
+    matched already)."""
+    tables_meta: dict[str, Any] = {}
+    columns: list[dict[str, Any]] = []
+    links = dict(keys.links)
+    cells = 0
+    warnings: list[str] = []
+    unfitted: list[str] = []
+    total = len(db.md.tables)
+    for i, (tname, table) in enumerate(db.md.tables.items()):
+        progress("encode", i, total)
+        names = [c for c, col in table.columns.items() if not db.stype(col.stype).is_ignored]
+        data = _read(db.paths[tname], names)
+        mask = _window(cutoff, keys.times.get(tname))
+        sections: dict[str, np.ndarray] = {}
+        cols_meta: dict[str, Any] = {}
+        for j, cname in enumerate(names):
+            col = table.columns[cname]
+            stype = db.stype(col.stype)
+            prepared = stype.prepare(data.column(cname))
+            where = f"{tname}.{cname}"
+            stats, empty = _fit(stype, prepared, mask, where)
+            if empty:
+                unfitted.append(where)
+            if stype.name in keys.database_stats:
+                stats["database"] = keys.database_stats[stype.name]
+            ids = None
+            values = stype.vocabulary(prepared, cname)
+            if values is not None:
+                ids = vocab.add(*values)
+            encoded = stype.encode(prepared, stats, ids)
+            note = stype.check_encoded(prepared, stats, encoded)
+            if note:
+                warnings.append(f"{tname}.{cname}: {note}")
+            prefix = f"c{j}"
+            fields = {}
+            for field, arr in encoded.arrays.items():
+                sections[f"{prefix}.{field}"] = arr
+                fields[field] = f"{prefix}.{field}"
+            sections[f"{prefix}.valid"] = encoded.valid
+            column_id = len(columns)
+            text = f"{cname} : {col.description}" if col.description else cname
+            columns.append({"table": tname, "column": cname, "text": text})
+            cols_meta[cname] = {"stype": stype.name, "column_id": column_id, "stats": stats,
+                                "fields": fields, "valid": f"{prefix}.valid",
+                                "n_invalid": prepared.n_invalid}
+            if col.foreign_key and (tname, cname) not in links:
+                links[(tname, cname)] = _match_parents(db, keys.primary_keys, tname, cname,
+                                                       data.column(cname))
+            cells += int(encoded.valid.sum())
+            del prepared, encoded
+        timed = tname in keys.times
+        if timed:
+            sections["time"] = keys.times[tname]
+        del data
+        rel = f"tables/{tname}.bin"
+        writer.write(rel, "table", sections, {"table": tname, "rows": keys.rows[tname]})
+        tables_meta[tname] = {
+            "rows": keys.rows[tname], "file": rel, "primary_key": table.primary_key,
+            "timed": timed, "time": "time" if timed else None,
+            "temporal_column": table.temporal_column, "temporal_from": table.temporal_from,
+            "columns": cols_meta,
+        }
+    progress("encode", total, total)
+    return EncodedTables(tables_meta, columns, links, cells, warnings, unfitted)
+
+
+# -- stage 4: graph ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Graph:
+    """Stage 4's product; the CSRs themselves are in ``graph.bin``."""
+
+    foreign_keys: list[dict[str, Any]]  # their entries in metadata.json
+    edges: int
+
+
+def build_graph(db: _Database, keys: Keys, links: dict[tuple[str, str], KeyMatch],
+                writer: _StoreWriter, progress: Progress) -> Graph:
+    """A CSR both ways per foreign-key column, from the parent rows matched in ``links``."""
+    fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
+           for c, col in table.columns.items() if col.foreign_key]
+    sections: dict[str, np.ndarray] = {}
+    out = []
+    edges = 0
+    for i, (tname, cname, ref) in enumerate(fks):
+        progress("graph", i, len(fks))
+        ptable, pcol = split_ref(ref)  # type: ignore[misc]
+        link = links[(tname, cname)]  # matched while encoding (FKs are identifiers)
+        parent = link.rows
+        child_time = keys.times.get(tname)
+        if child_time is None:
+            child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
+        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable])
+        sections[f"fk{i}.parent"] = parent
+        sections[f"fk{i}.indptr"] = indptr
+        sections[f"fk{i}.children"] = children
+        sections[f"fk{i}.child_time"] = times
+        out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
+                    "parent_column": pcol, "edges": int(len(children)),
+                    "dangling": link.n_dangling, "null": link.n_null,
+                    "sections": {k: f"fk{i}.{k}" for k in
+                                 ("parent", "indptr", "children", "child_time")}})
+        edges += int(len(children))
+    progress("graph", len(fks), len(fks))
+    writer.write("graph.bin", "graph", sections, {"foreign_keys": len(fks)})
+    return Graph(out, edges)
+
+
+# -- stage 5: tasks ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Tasks:
+    """Stage 5's product; the seeds themselves are in ``tasks/<task>.bin``."""
+
+    meta: dict[str, Any]  # task -> its entry in metadata.json
+    report: dict[str, dict[str, int]]  # task -> seeds, unmatched, null targets, null times
+    columns: list[dict[str, Any]]  # targets that are no column of their anchor table: more
+    # entries of the column-embedding table, after EncodedTables.columns
+    warnings: list[str]
+    unfitted: list[str]  # targets with values but none inside the statistics window
+
+
+@attrs.frozen
+class _Task:
+    """One task, materialized."""
+
+    meta: dict[str, Any]
+    report: dict[str, int]
+    column: dict[str, Any] | None  # its column-embedding entry, if its target is new
+    warnings: list[str]
+    unfitted: str | None  # its target, if it has values but none inside the statistics window
+
+
+def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: Vocabulary,
+                      cutoff: int | None, writer: _StoreWriter, progress: Progress, *,
+                      query_timeout_s: float | None, query_threads: int | None) -> Tasks:
+    """Each task's SQL in a sandboxed DuckDB, anchors matched to rows, observation times
+    resolved, targets encoded (categorical labels added to ``vocab``)."""
+    meta: dict[str, Any] = {}
+    report: dict[str, dict[str, int]] = {}
+    columns: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    unfitted: list[str] = []
+    if not db.md.tasks:
+        return Tasks(meta, report, columns, warnings, unfitted)
+    datasets = {name: pads.dataset(path) for name, path in db.paths.items()}
+    con = sandbox_connection(datasets, threads=query_threads)
+    try:
+        for i, (name, task) in enumerate(db.md.tasks.items()):
+            progress("tasks", i, len(db.md.tasks))
+            done = _materialize_task(db, keys, tables, vocab, cutoff, writer, con, name, task,
+                                     column_id=len(tables.columns) + len(columns),
+                                     query_timeout_s=query_timeout_s)
+            meta[name], report[name] = done.meta, done.report
+            if done.column is not None:
+                columns.append(done.column)
+            warnings.extend(done.warnings)
+            if done.unfitted is not None:
+                unfitted.append(done.unfitted)
+    finally:
+        con.close()
+    progress("tasks", len(db.md.tasks), len(db.md.tasks))
+    return Tasks(meta, report, columns, warnings, unfitted)
+
+
+def _run_task_query(con: duckdb.DuckDBPyConnection, name: str, task: Any,
+                    timeout_s: float | None) -> pa.Table:
+    try:
+        return run_query(con, task.query, timeout_s=timeout_s)
+    except QueryTimeout as exc:
+        raise TributaryError(f"task {name!r}: the query ran longer than {exc.seconds:g} s and "
+                             "was stopped; make it cheaper or raise the limit with "
+                             "--query-timeout") from None
+    except duckdb.Error as exc:  # validation ran it already, but the data can differ
+        first = str(exc).strip().splitlines()
+        raise TributaryError(f"task {name!r}: SQL fails in DuckDB: "
+                             f"{first[0] if first else type(exc).__name__}") from None
+
+
+def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: Vocabulary,
+                      cutoff: int | None, writer: _StoreWriter, con: duckdb.DuckDBPyConnection,
+                      name: str, task: Any, *, column_id: int,
+                      query_timeout_s: float | None) -> _Task:
+    """Task ``name``: its seeds written to ``tasks/<name>.bin``; ``column_id`` is the id its
+    target gets in the column-embedding table if it is no column of the anchor table."""
+    result = _run_task_query(con, name, task, query_timeout_s)
+    if result.num_rows == 0:
+        raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
+                             "seeds")
+    anchor_keys = result.column(task.anchor_key)
+    match = match_keys(anchor_keys, keys.primary_keys[task.anchor_table])
+    keep = match.rows >= 0
+    if not keep.any():
+        example = next((v for v in anchor_keys.to_pylist() if v is not None), None)
+        pk = db.md.tables[task.anchor_table].primary_key
+        raise TributaryError(
+            f"task {name!r}: none of the query's {result.num_rows:,} anchor keys "
+            f"({task.anchor_key}) is a key of {task.anchor_table}.{pk}"
+            + (f", e.g. {example!r}" if example is not None else " (all are null)"))
+    if task.observation_time_column:
+        conv = to_epoch_us(result.column(task.observation_time_column))
+        obs_all = np.where(conv.valid, conv.values, NO_CUTOFF)
+        n_null_obs = int((~conv.valid & keep).sum())
+    elif task.anchor_table in keys.times:
+        obs_all = keys.times[task.anchor_table][np.maximum(match.rows, 0)]
+        obs_all = np.where(obs_all == NO_TIME, NO_CUTOFF, obs_all)
+        n_null_obs = 0
+    else:
+        obs_all = np.full(result.num_rows, NO_CUTOFF, dtype=np.int64)
+        n_null_obs = 0
+    # Seeds in a fixed order whatever order DuckDB returned the rows in: by anchor row,
+    # then observation time, then label (ties are identical seeds).
+    label_rank = _rank(result.column(task.target_column))
+    matched = np.flatnonzero(keep)
+    order = matched[np.lexsort((label_rank[matched], obs_all[matched], match.rows[matched]))]
+    anchor = match.rows[order]
+    obs = obs_all[order]
+    label_rank = label_rank[order]
+    stype = db.stype(task.target_stype)
+    target = result.column(task.target_column).take(pa.array(order))
+    prepared = stype.prepare(target)
+    reason = stype.check_column(target)
+    # with a statistics window, the target's own normalisation sees only seeds observed in it
+    window = None if cutoff is None else obs <= cutoff
+    where = f"task {name!r} target {task.target_column!r}"
+    stats, empty = _fit(stype, prepared, window, where)
+    if stype.name in keys.database_stats:
+        stats["database"] = keys.database_stats[stype.name]
+    ids = None
+    values = stype.vocabulary(prepared, task.target_column)
+    if values is not None:
+        ids = vocab.add(*values)
+    encoded = stype.encode(prepared, stats, ids)
+    warnings = [w for w in (_check_labels(name, task, stype, target, encoded, reason),
+                            _check_repeats(name, anchor, obs, label_rank)) if w is not None]
+    sections: dict[str, np.ndarray] = {
+        "anchor_row": anchor.astype(np.int32),
+        "observation_time": obs.astype(np.int64),
+        "target_valid": encoded.valid,
+    }
+    fields = {}
+    for field, arr in encoded.arrays.items():
+        sections[f"target.{field}"] = arr
+        fields[field] = f"target.{field}"
+    if ids is not None:
+        sections["candidates"] = np.unique(ids).astype(np.uint32)
+    anchor_cols = tables.meta[task.anchor_table]["columns"]
+    on_anchor = task.target_column in anchor_cols
+    column = None
+    if on_anchor:
+        column_id = anchor_cols[task.target_column]["column_id"]
+    else:
+        column = {"table": task.anchor_table, "column": task.target_column,
+                  "text": task.target_column, "task": name}
+    rel = f"tasks/{name}.bin"
+    writer.write(rel, "task", sections, {"task": name, "seeds": int(len(anchor))})
+    n_null_target = int((~encoded.valid).sum())
+    report = {"seeds": int(len(anchor)), "unmatched": int((~keep).sum()),
+              "null_targets": n_null_target, "null_observation_times": n_null_obs}
+    meta = {
+        "file": rel, "anchor_table": task.anchor_table, "anchor_key": task.anchor_key,
+        "target_column": task.target_column, "target_stype": stype.name,
+        "target_column_id": column_id, "target_is_anchor_column": on_anchor,
+        "observation_time_column": task.observation_time_column,
+        "hidden_columns": list(task.hidden_columns), "stats": stats, "fields": fields,
+        "valid": "target_valid", "seeds": int(len(anchor)),
+        "unmatched_anchor_keys": int((~keep).sum()),
+        "candidates": "candidates" if ids is not None else None,
+    }
+    return _Task(meta, report, column, warnings, where if empty else None)
+
+
+def _check_labels(name: str, task: Any, stype: SemanticType, target: pa.ChunkedArray,
+                  encoded: Any, reason: str | None) -> str | None:
+    """Refuse labels that are not values of the target type and a task with no label at
+    all; the warning about null labels, if any."""
+    n = len(encoded.valid)
+    present = np.asarray(target.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    unusable = present & ~encoded.valid
+    where = f"task {name!r}: target column {task.target_column!r} ({stype.name})"
+    if reason is not None:
+        examples = pc.unique(target.filter(pa.array(unusable))).to_pylist()[:5]
+        shown = ", ".join(repr(v) for v in examples) or "none shown"
+        raise TributaryError(f"{where}: {reason}; distinct bad values: {shown}")
+    n_null = n - int(encoded.valid.sum())
+    if n_null == n:
+        what = ("every label is null" if not unusable.any() else
+                f"no label is a usable {stype.name} value ({int(unusable.sum()):,} are not, "
+                f"e.g. {target.filter(pa.array(unusable))[0].as_py()!r})")
+        raise TributaryError(f"{where}: {what}; the task cannot be trained or evaluated")
+    if not n_null:
+        return None
+    extra = (f", {int(unusable.sum()):,} of them non-null values that are not usable "
+             "(NaN, ±inf, out of range)" if unusable.any() else "")
+    return f"{where}: {n_null:,} of {n:,} labels are null{extra}; those seeds have no target"
+
+
+def _check_repeats(name: str, anchor: np.ndarray, obs: np.ndarray,
+                   label_rank: np.ndarray) -> str | None:
+    """The warning when seeds repeat an (anchor row, observation time) pair (with different
+    labels the task asks for two answers to one question), if any. ``anchor``, ``obs`` are
+    sorted."""
+    if len(anchor) < 2:
+        return None
+    same = (anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])
+    if not same.any():
+        return None
+    group = np.concatenate([[0], np.cumsum(~same)])
+    differ = same & (label_rank[1:] != label_rank[:-1])
+    n_conflict = len(np.unique(group[1:][differ]))
+    n_repeat = int(same.sum())
+    message = (f"task {name!r}: {n_repeat:,} seed(s) repeat an (anchor key, observation "
+               "time) pair of an earlier seed")
+    if n_conflict:
+        message += f"; {n_conflict:,} such pair(s) have different labels"
+    return message + " (check the query's joins and GROUP BY)"
+
+
+# -- stage 6: embed ------------------------------------------------------------------------
+
+
+def embed(embedder: Embedder, cache: EmbeddingCache | None, columns: list[dict[str, Any]],
+          vocab: Vocabulary, writer: _StoreWriter, progress: Progress) -> EmbedStats:
+    """The column texts and the vocabulary through the embedder (and its cache), written as
+    ``column_embeddings.bin`` and ``vocab_embeddings.bin``."""
+    texts = [c["text"] for c in columns]
+    vocab_texts = vocab.texts
+
+    def tick(done: int, total: int, stats: EmbedStats) -> None:
+        rate = stats.embedded / stats.seconds if stats.seconds > 0 else 0.0
+        progress("embed", done, total, f"{stats.cache_hits:,} cached, {rate:,.0f} strings/s")
+
+    vectors, stats = embed_texts(embedder, texts + vocab_texts, cache=cache, progress=tick,
+                                 dtype=np.float16)
+    column_vectors, vocab_vectors = vectors[: len(texts)], vectors[len(texts):]
+    writer.write("column_embeddings.bin", "column_embeddings", {"embeddings": column_vectors})
+    text_off, text_utf8 = _strings(vocab_texts)
+    value_off, value_utf8 = _strings(vocab.values)
+    writer.write("vocab_embeddings.bin", "vocab_embeddings", {
+        "embeddings": vocab_vectors, "text_offsets": text_off, "text_utf8": text_utf8,
+        "value_offsets": value_off, "value_utf8": value_utf8})
+    return stats
+
+
+# -- metadata.json -------------------------------------------------------------------------
+
+
+def _store_metadata(db: _Database, embedder: Embedder, cutoff: int | None, keys: Keys,
+                    tables: EncodedTables, graph: Graph, tasks: Tasks,
+                    columns: list[dict[str, Any]], vocab: Vocabulary,
+                    files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from tributary_core import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "tributary_version": __version__,
+        "name": db.md.name,
+        "embedder": attrs.asdict(embedder.identity),
+        "stats_window": None if cutoff is None else {"to_us": int(cutoff)},
+        "tables": tables.meta,
+        "foreign_keys": graph.foreign_keys,
+        "tasks": tasks.meta,
+        "columns": columns,
+        "vocab_size": len(vocab),
+        "database_stats": keys.database_stats,
+        "source_metadata": dump_metadata(db.md),
+        "files": files,
+    }
+
+
+def _unfitted_warning(unfitted: list[str]) -> list[str]:
+    if not unfitted:
+        return []
+    return [f"no value inside the statistics window (--stats-cutoff) for {', '.join(unfitted)}: "
+            "their statistics are the defaults (mean 0, std 1), so their values are not "
+            "normalized"]
 
 
 def _strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
