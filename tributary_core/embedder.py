@@ -20,8 +20,10 @@ truncated (a random orthogonal projection preserves inner products up to a small
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -36,6 +38,9 @@ __all__ = [
     "REDUCTION",
     "plan_batches",
     "reduce_vectors",
+    "require_int",
+    "require_float",
+    "require_choice",
 ]
 
 #: Width of column-name and value embeddings unless the user asks for another.
@@ -103,6 +108,38 @@ def plan_batches(texts: Sequence[str], max_count: int, max_chars: int = 0) -> li
     return out
 
 
+def require_int(owner: str, option: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an integer from ``minimum`` to ``maximum``, else a
+    :class:`TributaryError` naming ``owner``, the option and the rule. For backends checking
+    their ``-E`` options (a converter such as ``int`` only parses the text)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum \
+        and (maximum is None or value <= maximum)
+    if not ok:
+        rule = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise TributaryError(f"{owner}: {option} must be an integer {rule}, got {value!r}")
+    return int(value)
+
+
+def require_float(owner: str, option: str, value: Any, *, minimum: float,
+                  inclusive: bool = False) -> float:
+    """``value`` if it is a finite number above ``minimum`` (or equal to it, with
+    ``inclusive``); NaN and infinity are refused."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        rule = f"{'>=' if inclusive else '>'} {minimum:g}"
+        raise TributaryError(f"{owner}: {option} must be a finite number {rule}, got {value!r}")
+    return float(value)
+
+
+def require_choice(owner: str, option: str, value: Any, choices: Collection[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        listed = ", ".join(choices)
+        raise TributaryError(f"{owner}: {option} must be one of {listed}, got {value!r}")
+    return value
+
+
 class Embedder:
     """Base class of every embedder backend.
 
@@ -114,7 +151,9 @@ class Embedder:
         reduction: :data:`REDUCTION`, or ``"none"`` for a backend that yields exactly D values.
         cacheable: whether preprocessing keeps its vectors in the embedding cache.
         options: extra constructor keywords a user may set from the command line
-            (``-E name=value``), each with the type its text is converted to.
+            (``-E name=value``), each with the type its text is converted to. The converter only
+            parses; the constructor checks the value (:func:`require_int` and friends), so a
+            value from Python is held to the same rule.
     """
 
     name: ClassVar[str]
@@ -129,8 +168,10 @@ class Embedder:
     native_width: int | None = None
 
     def __init__(self, *, model: str | None = None, dimension: int = DEFAULT_DIMENSION) -> None:
-        if dimension < 1:
-            raise TributaryError(f"embedder {self.name!r}: dimension must be >= 1, got {dimension}")
+        dimension = require_int(f"embedder {self.name!r}", "dimension", dimension, 1)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise TributaryError(f"embedder {self.name!r}: the model name is empty (leave --model "
+                                 f"out for the backend's default)")
         self.model = model or self.default_model
         self.dimension = dimension
         #: The native width of the first batch; every later batch must have the same.

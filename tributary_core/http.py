@@ -1,23 +1,77 @@
 """What every HTTP client in Tributary (embedders, the drafting agent) retries, how long it
-waits, and how it reports a server's error: :func:`post_with_retries`, :func:`error_detail`."""
+waits, and how it reports a server's error: :func:`post_with_retries`, :func:`error_detail`;
+and what it accepts from the user before the first request: :func:`check_base_url`,
+:func:`check_api_key` (a key is never part of a message)."""
 
 from __future__ import annotations
 
 import email.utils
 import random
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from tributary_core.errors import TributaryError
+
 __all__ = ["RETRY_STATUS", "MAX_RETRY_AFTER", "parse_retry_after", "backoff_delay", "error_detail",
-           "post_with_retries"]
+           "post_with_retries", "public_url", "check_base_url", "check_api_key"]
 
 #: Statuses worth another try: timeouts, rate limits, and server-side failures.
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: The longest single wait a ``Retry-After`` header can impose.
 MAX_RETRY_AFTER = 300.0
+
+
+def public_url(url: str) -> str:
+    """``url`` without user:password, query or fragment: what may be shown and cached."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def check_base_url(url: str, what: str) -> str:
+    """``url`` if it can be a server's base URL: ``http://`` or ``https://``, a host, a valid
+    port, no spaces or control characters, no query or fragment (a path is appended to it).
+    Otherwise a :class:`TributaryError` naming ``what`` (the option or variable it came from)
+    and showing the URL without credentials."""
+    def refuse(rule: str) -> TributaryError:
+        return TributaryError(f"{what}: {public_url(url)!r} {rule}")
+
+    if not url or not url.strip():
+        raise TributaryError(f"{what}: the URL is empty")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise refuse("holds a space or a control character")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise refuse("is not a valid URL (check the host and the port)") from None
+    if parts.scheme not in ("http", "https"):
+        raise refuse("must start with http:// or https://")
+    if not parts.hostname:
+        raise refuse("has no host")
+    if port == 0:
+        raise refuse("has port 0")
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        raise refuse("must have no query (?...) or fragment (#...): a path is appended to it")
+    return url
+
+
+def check_api_key(key: str | None, env: str, owner: str) -> str | None:
+    """An API key from ``env`` as it will be sent, or None when unset or blank. Whitespace
+    around it (a newline read from a file) is dropped; a key holding a character an HTTP header
+    cannot carry (inner whitespace, control or non-ASCII characters) is refused, naming
+    ``env`` and never the key."""
+    if key is None or not key.strip():
+        return None
+    key = key.strip()
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise TributaryError(f"{owner}: {env} holds a character an HTTP header cannot carry "
+                             f"(a space, a control or a non-ASCII character); check its value")
+    return key
 
 
 def parse_retry_after(value: str | None) -> float | None:

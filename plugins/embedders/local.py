@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tributary_core.embedder import DEFAULT_DIMENSION, Embedder
+from tributary_core.embedder import DEFAULT_DIMENSION, Embedder, require_int
 from tributary_core.errors import TributaryError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 #: Cosine to fp32 that bf16 must reach on the calibration set to be used under ``auto``.
 BF16_MIN_COSINE = 0.9999
 MAX_TOKENS = 256
+#: ``-E device=``: where the model runs.
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 #: Strings of the kinds Tributary embeds: column names, categorical values, free text.
 CALIBRATION = [
@@ -65,6 +68,25 @@ def _native_bf16(device: Any) -> bool:
     return False
 
 
+def _check_device_available(device: Any) -> None:
+    """Refuse, in one line, a device this torch cannot run on (instead of torch's traceback)."""
+    import torch
+
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TributaryError(f"embedder 'local': device {str(device)!r}, but torch sees no CUDA "
+                                 f"GPU here; use -E device=cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise TributaryError(f"embedder 'local': device {str(device)!r}, but torch sees {count} "
+                                 f"CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise TributaryError("embedder 'local': device 'mps', but this torch has no usable MPS "
+                                 "(Apple GPU); use -E device=cpu or auto")
+
+
 class LocalEmbedder(Embedder):
     name = "local"
     default_model = MODEL_NAME
@@ -73,7 +95,7 @@ class LocalEmbedder(Embedder):
     options = {"device": str, "precision": str, "threads": int}
 
     def __init__(self, *, model: str | None = None, dimension: int = DEFAULT_DIMENSION,
-                 device: str = "auto", precision: str = "auto", threads: int = 0) -> None:
+                 device: str = "auto", precision: str = "auto", threads: int | None = None) -> None:
         super().__init__(model=model, dimension=dimension)
         if self.model != MODEL_NAME:
             raise TributaryError(f"embedder 'local' offers only the model {MODEL_NAME!r}, "
@@ -81,6 +103,11 @@ class LocalEmbedder(Embedder):
         if precision not in ("auto", "fp32", "bf16"):
             raise TributaryError(f"embedder 'local': precision must be auto, fp32 or bf16, "
                                  f"not {precision!r}")
+        if not isinstance(device, str) or not DEVICE.match(device):
+            raise TributaryError(f"embedder 'local': device must be auto, cpu, cuda, cuda:N or mps, "
+                                 f"got {device!r}")
+        if threads is not None:  # None: torch's own choice
+            threads = require_int("embedder 'local'", "threads", threads, 1)
         self.device_name = device
         self.requested_precision = precision
         self.threads = threads
@@ -107,15 +134,13 @@ class LocalEmbedder(Embedder):
         from transformers.utils import logging as hf_logging
 
         folder = _model_dir()
-        if self.threads > 0:
+        if self.threads is not None:
             torch.set_num_threads(self.threads)
         if self.device_name == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
-            try:
-                device = torch.device(self.device_name)
-            except RuntimeError:
-                raise TributaryError(f"embedder 'local': unknown device {self.device_name!r}") from None
+            device = torch.device(self.device_name)
+            _check_device_available(device)
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)

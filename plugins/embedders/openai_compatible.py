@@ -19,7 +19,6 @@ import base64
 import binascii
 import os
 import threading
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, ClassVar
@@ -27,9 +26,29 @@ from typing import Any, ClassVar
 import httpx
 import numpy as np
 
-from tributary_core.embedder import DEFAULT_DIMENSION, Embedder
+from tributary_core.embedder import (
+    DEFAULT_DIMENSION,
+    Embedder,
+    require_choice,
+    require_float,
+    require_int,
+)
 from tributary_core.errors import TributaryError
-from tributary_core.http import error_detail, post_with_retries
+from tributary_core.http import (
+    check_api_key,
+    check_base_url,
+    error_detail,
+    post_with_retries,
+    public_url,
+)
+
+__all__ = ["OpenAICompatibleEmbedder", "BasetenEmbedder", "OpenRouterEmbedder", "HttpEmbedder",
+           "embeddings_endpoint", "public_url", "MAX_CONCURRENCY", "MAX_RETRIES"]
+
+#: The most requests in flight (each is a thread and a connection).
+MAX_CONCURRENCY = 256
+#: The most retries of one batch.
+MAX_RETRIES = 100
 
 
 def embeddings_endpoint(base_url: str) -> str:
@@ -40,13 +59,6 @@ def embeddings_endpoint(base_url: str) -> str:
     if url.endswith("/v1"):
         return url + "/embeddings"
     return url + "/v1/embeddings"
-
-
-def public_url(url: str) -> str:
-    """``url`` without user:password, query or fragment: what may be shown and cached."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class OpenAICompatibleEmbedder(Embedder):
@@ -78,32 +90,39 @@ class OpenAICompatibleEmbedder(Embedder):
         backoff_max: float = 30.0,
     ) -> None:
         super().__init__(model=model, dimension=dimension)
-        base_url = base_url or (os.environ.get(self.url_env) if self.url_env else None) \
-            or self.default_base_url
-        if not base_url:
-            raise TributaryError(f"embedder {self.name!r}: set {self.url_env} to the server's "
+        owner = f"embedder {self.name!r}"
+        if base_url is not None:  # -E base_url=... (an empty one is a mistake, not "the default")
+            base_url = check_base_url(base_url, f"{owner}: -E base_url")
+        elif self.url_env and os.environ.get(self.url_env):
+            base_url = check_base_url(os.environ[self.url_env], f"{owner}: {self.url_env}")
+        elif self.default_base_url:
+            base_url = self.default_base_url
+        else:
+            raise TributaryError(f"{owner}: set {self.url_env} to the server's "
                                  f"OpenAI-compatible base URL (or pass -E base_url=...)")
-        if not base_url.startswith(("http://", "https://")):
-            raise TributaryError(f"embedder {self.name!r}: base URL {base_url!r} must start with "
-                                 f"http:// or https://")
-        self._key = api_key or (os.environ.get(self.key_env) if self.key_env else None) or None
+        if api_key is not None:
+            self._key = check_api_key(api_key, "the API key", owner)
+        else:
+            self._key = check_api_key(os.environ.get(self.key_env) if self.key_env else None,
+                                      str(self.key_env), owner)
         if self.key_required and not self._key:
-            raise TributaryError(f"embedder {self.name!r}: set {self.key_env} to your API key")
-        if encoding_format not in ("base64", "float"):
-            raise TributaryError(f"embedder {self.name!r}: encoding_format must be base64 or float")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise TributaryError(f"embedder {self.name!r}: concurrency >= 1, max_retries >= 0 and "
-                                 f"timeout > 0 are required")
+            raise TributaryError(f"{owner}: set {self.key_env} to your API key")
+        encoding_format = require_choice(owner, "encoding_format", encoding_format, ("base64", "float"))
+        concurrency = require_int(owner, "concurrency", concurrency, 1, MAX_CONCURRENCY)
+        max_retries = require_int(owner, "max_retries", max_retries, 0, MAX_RETRIES)
+        timeout = require_float(owner, "timeout", timeout, minimum=0.0)
+        if batch_size is not None:
+            self.batch_size = require_int(owner, "batch_size", batch_size, 1)
+        if max_batch_chars is not None:
+            self.max_batch_chars = require_int(owner, "max_batch_chars", max_batch_chars, 1)
+        backoff_base = require_float(owner, "backoff_base", backoff_base, minimum=0.0, inclusive=True)
+        backoff_max = require_float(owner, "backoff_max", backoff_max, minimum=0.0, inclusive=True)
         self.endpoint = embeddings_endpoint(base_url)
         self._public_endpoint = public_url(self.endpoint)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.encoding_format = encoding_format
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        if batch_size:
-            self.batch_size = batch_size
-        if max_batch_chars is not None:
-            self.max_batch_chars = max_batch_chars
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self._client = httpx.Client(
             headers=headers, timeout=httpx.Timeout(timeout),
@@ -257,6 +276,10 @@ class OpenAICompatibleEmbedder(Embedder):
         where = f"embedder {self.name!r}: no --model given and"
         try:
             response = self._client.get(url)
+        except httpx.TransportError as exc:  # nothing answered: the URL is the likely mistake
+            raise TributaryError(f"{where} {public_url(url)} could not be reached to ask for it "
+                                 f"({type(exc).__name__}); check the base URL, or pass --model") from None
+        try:
             if response.status_code in (401, 403):
                 raise TributaryError(self._refused(response))
             response.raise_for_status()
