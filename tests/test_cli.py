@@ -119,9 +119,15 @@ def test_plugin_error_is_one_line(monkeypatch, tmp_path):
     install_fake_distribution(
         tmp_path / "site", monkeypatch, dist="numbers-plus", module="numbers_plus_fake",
         source=CLASH_SOURCE, entry_points="[tributary.semantic_types]\nnumbers = numbers_plus_fake\n")
-    result = CliRunner().invoke(cli, ["plugins", "list"])
+    result = CliRunner().invoke(cli, ["metadata", "validate", str(REPO / "data/metadata/lahman.json")])
     assert result.exit_code == 2
     assert result.output.startswith("Error: semantic type 'numerical' is registered twice")
+    assert len(result.output.splitlines()) == 1
+    # `plugins list` lists what does load, reports the clash, and fails
+    listed = CliRunner().invoke(cli, ["plugins", "list"])
+    assert listed.exit_code == 2 and "Traceback" not in listed.output
+    assert "\nbroken: semantic type 'numerical' is registered twice" in listed.output
+    assert listed.output.splitlines()[-1].startswith("Error: 1 plugin problem(s), listed above")
 
 
 def test_schema_command():

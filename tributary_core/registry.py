@@ -146,6 +146,22 @@ def _target(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a plugin's exception on one line (its message may span several)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _skip_hint(source: Source) -> str:
+    """How to get past a broken third-party plugin without uninstalling it."""
+    if source.distribution is None or _normalize(source.distribution) == BUILTIN_DISTRIBUTION:
+        return ""
+    return (f" (uninstall {source.distribution}, or leave it out with {ENV_PLUGINS} or "
+            f"{ENV_DISABLE_AUTOLOAD}=1)")
+
+
 class Registry:
     """Installed semantic types, loss heads and embedder backends.
 
@@ -154,6 +170,10 @@ class Registry:
             in addition to (or, with ``autoload=False``, instead of) entry points.
         autoload: load plugins from entry points at all (subject to the environment policy).
         env: environment to read the autoload policy from; ``os.environ`` by default.
+        skip_broken: instead of raising :class:`PluginError` for a plugin that fails to load,
+            whose hook raises or returns something wrong, or whose component clashes with
+            one registered before it, leave it out and record why in :attr:`broken` (for
+            ``tributary plugins list``, which should show everything else).
     """
 
     def __init__(
@@ -162,6 +182,7 @@ class Registry:
         plugins: Iterable[tuple[object, str]] = (),
         autoload: bool = True,
         env: Mapping[str, str] | None = None,
+        skip_broken: bool = False,
     ) -> None:
         from tributary_core import hookspecs  # imports this module's markers: keep it lazy
 
@@ -172,6 +193,8 @@ class Registry:
         self._sources: dict[str, Source] = {}  # pluggy plugin name -> source
         self._origins: dict[tuple[str, str], Source] = {}  # (kind, component name) -> source
         self.skipped: list[tuple[Source, str]] = []  # plugins the policy kept out, and why
+        self.skip_broken = skip_broken
+        self.broken: list[str] = []  # with skip_broken: what was left out, and why
 
         if autoload:
             for group in HOOK_GROUPS:
@@ -179,11 +202,15 @@ class Registry:
                     self._register_entry_point(group, ep)
         for obj, name in plugins:
             self._register(obj, name, Source(plugin=name))
-        try:
-            self._pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
-            raise PluginError(f"{self._sources.get(name, name)}: {exc}") from None
+        while True:
+            try:
+                self._pm.check_pending()
+                break
+            except pluggy.PluginValidationError as exc:
+                name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
+                source = self._sources.get(name)
+                self._broken(f"{source or name}: {' '.join(str(exc).split())}", source)
+                self._pm.unregister(exc.plugin)
 
         self.semantic_types: dict[str, type[SemanticType]] = self._collect(
             "tributary_semantic_types", SemanticType, KIND_SEMANTIC_TYPE
@@ -202,11 +229,10 @@ class Registry:
             return
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin is reported, naming it
-            raise PluginError(
-                f"{source} in group {group!r} failed to load ({ep.value}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        except Exception as exc:  # a broken plugin's import may raise anything: report it, naming it
+            self._broken(f"{source} in group {group!r} failed to load ({ep.value}): {_one_line(exc)}",
+                         source, cause=exc)
+            return
         if self._pm.is_registered(obj):  # one module serving several groups
             return
         self._register(obj, f"{group}:{ep.name}", source)
@@ -215,8 +241,16 @@ class Registry:
         try:
             self._pm.register(obj, name=name)
         except ValueError as exc:
-            raise PluginError(f"{source}: {exc}") from None
+            self._broken(f"{source}: {exc}", source)
+            return
         self._sources[name] = source
+
+    def _broken(self, message: str, source: Source | None, cause: BaseException | None = None) -> None:
+        """A plugin that cannot be used: raise, or with ``skip_broken`` record it and go on."""
+        message += _skip_hint(source) if source is not None else ""
+        if not self.skip_broken:
+            raise PluginError(message) from cause
+        self.broken.append(message)
 
     def _collect(self, hook_name: str, base: type[T], kind: str) -> dict[str, type[T]]:
         found: dict[str, type[T]] = {}
@@ -228,24 +262,27 @@ class Registry:
             source = self._sources[impl.plugin_name]
             try:
                 contributed = impl.function()
-            except Exception as exc:
-                raise PluginError(f"{source}: {hook_name}() raised {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # a plugin's hook may raise anything: report it, naming it
+                self._broken(f"{source}: {hook_name}() raised {_one_line(exc)}", source, cause=exc)
+                continue
             if not isinstance(contributed, (list, tuple)):
-                raise PluginError(
-                    f"{source}: {hook_name}() must return a list of classes, got {contributed!r}")
+                self._broken(f"{source}: {hook_name}() must return a list of classes, got "
+                             f"{_shown(contributed)}", source)
+                continue
             for cls in contributed:
                 if not (isinstance(cls, type) and issubclass(cls, base)):
-                    raise PluginError(
-                        f"{source}: {hook_name}() returned {cls!r}, not a subclass of {base.__name__}"
-                    )
+                    self._broken(f"{source}: {hook_name}() returned {_shown(cls)}, not a subclass of "
+                                 f"{base.__name__}", source)
+                    continue
                 name = getattr(cls, "name", None)
                 if not isinstance(name, str) or not name:
-                    raise PluginError(f"{source}: {_target(cls)} has no 'name' string")
+                    self._broken(f"{source}: {_target(cls)} has no 'name' string", source)
+                    continue
                 if name in found:
-                    raise PluginError(
+                    self._broken(
                         f"{kind} {name!r} is registered twice: by {origin[name]} "
-                        f"({_target(found[name])}) and by {source} ({_target(cls)})"
-                    )
+                        f"({_target(found[name])}) and by {source} ({_target(cls)})", source)
+                    continue
                 found[name] = cls
                 origin[name] = source
         self._origins.update({(kind, n): s for n, s in origin.items()})
@@ -316,10 +353,11 @@ class Registry:
         except (NoMatches, MultipleMatches) as exc:  # refused duplicates share the name
             raise PluginError(f"embedder {name!r}: {exc}") from None
         except _LoadFailure as exc:
-            raise PluginError(f"{source} (embedder {name!r}) failed to load: {exc}") from None
+            raise PluginError(f"{source} (embedder {name!r}) failed to load "
+                              f"({allowed[name][0].value}): {exc}{_skip_hint(source)}") from None
         cls = manager.driver
         if not (isinstance(cls, type) and issubclass(cls, Embedder)):
-            raise PluginError(f"{source}: embedder {name!r} is {cls!r}, not an Embedder subclass")
+            raise PluginError(f"{source}: embedder {name!r} is {_shown(cls)}, not an Embedder subclass")
         return cls
 
     def create_embedder(self, name: str, **kwargs: Any) -> Embedder:
@@ -345,12 +383,18 @@ class Registry:
         return out
 
 
+def _shown(obj: object, limit: int = 120) -> str:
+    """``repr(obj)`` on one line, cut to about ``limit`` characters."""
+    text = " ".join(repr(obj).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class _LoadFailure(Exception):
     pass
 
 
 def _raise_load_failure(manager: Any, entrypoint: Any, exc: BaseException) -> None:
-    raise _LoadFailure(f"{type(exc).__name__}: {exc}") from exc
+    raise _LoadFailure(_one_line(exc)) from exc
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,21 +18,32 @@ def list_plugins(as_json: bool) -> None:
     """List every semantic type, loss head and embedder with its distribution and version.
 
     Third-party plugins are loaded from entry points unless TRIBUTARY_DISABLE_PLUGIN_AUTOLOAD=1
-    or TRIBUTARY_PLUGINS (a comma-separated list of distributions) says otherwise.
+    or TRIBUTARY_PLUGINS (a comma-separated list of distributions) says otherwise. A plugin that
+    fails to load is reported (every other one is still listed) and the exit code is 2.
     """
-    from tributary_core.registry import get_registry
+    from tributary_core.errors import TributaryError
+    from tributary_core.registry import Registry
 
-    registry = get_registry()
+    registry = Registry(skip_broken=True)
     rows = [
         {"name": c.name, "kind": c.kind, "distribution": c.source.distribution or "(python)",
          "version": c.source.version or "", "plugin": c.source.plugin, "target": c.target,
          "description": c.description}
         for c in registry.components()
     ]
-    skipped = [{"plugin": s.plugin, "distribution": s.distribution, "reason": why}
-                for s, why in registry.skipped]
+    skipped = []  # one module may serve several groups: one line for it
+    for s, why in registry.skipped:
+        entry = {"plugin": s.plugin, "distribution": s.distribution, "reason": why}
+        if entry not in skipped:
+            skipped.append(entry)
+    broken = list(dict.fromkeys(registry.broken))
+    where = "under \"broken\"" if as_json else "above"
+    failed = (f"{len(broken)} plugin problem(s), listed {where}; commands that load plugins fail "
+              f"until each is fixed or left out" if broken else None)
     if as_json:
-        click.echo(json.dumps({"components": rows, "skipped": skipped}, indent=2))
+        click.echo(json.dumps({"components": rows, "skipped": skipped, "broken": broken}, indent=2))
+        if failed:
+            raise TributaryError(failed)
         return
     headers = ("name", "kind", "distribution", "version")  # then the description, unpadded
     widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]
@@ -43,3 +54,7 @@ def list_plugins(as_json: bool) -> None:
     for s in skipped:
         click.echo(f"not loaded: plugin {s['plugin']!r} from {s['distribution']} ({s['reason']})",
                    err=True)
+    for message in broken:
+        click.echo(f"broken: {message}", err=True)
+    if failed:
+        raise TributaryError(failed)
