@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,21 +12,21 @@ import click
 
 
 @click.command("inspect")
-@click.argument("processed", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("processed", type=click.Path(file_okay=False))
 @click.option("--table", help="Show this table's columns and statistics.")
 @click.option("--row", type=click.IntRange(min=0),
               help="With --table: decode this row. With --sample: the seed (row of the task).")
 @click.option("--task", help="Show this task (seeds, targets, observation times).")
 @click.option("--sample", "sample_task", metavar="TASK",
               help="Sample the context of seed --row of TASK and print it.")
-@click.option("--context-len", type=click.IntRange(min=1), default=64, show_default=True,
-              help="With --sample: L, the most cells.")
-@click.option("--width", type=click.IntRange(min=0), default=4, show_default=True,
-              help="With --sample: the most children per row.")
+@click.option("--context-len", type=click.IntRange(1, 16384), default=64, show_default=True,
+              help="With --sample: L, the most cells (at most 16384: one context, printed).")
+@click.option("--width", type=click.IntRange(0, 1024), default=4, show_default=True,
+              help="With --sample: the most children per row (at most 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --sample: sampler seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--no-verify", is_flag=True, help="Skip the checksum pass over the store.")
-def inspect(processed: Path, table: str | None, row: int | None, task: str | None,
+def inspect(processed: str, table: str | None, row: int | None, task: str | None,
             sample_task: str | None, context_len: int, width: int, seed: int,
             as_json: bool, no_verify: bool) -> None:
     """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks;
@@ -34,6 +36,8 @@ def inspect(processed: Path, table: str | None, row: int | None, task: str | Non
     from tributary_core.errors import TributaryError
     from tributary_core.store import open_store
 
+    _check_choices(processed, table, row, task, sample_task)
+    processed = Path(processed)
     store = open_store(processed, verify=not no_verify)
     if sample_task is not None:
         if sample_task not in store.tasks:
@@ -45,23 +49,25 @@ def inspect(processed: Path, table: str | None, row: int | None, task: str | Non
         graph = SamplerGraph.from_store(store)
         view = graph.task(sample_task)
         seed_row = row or 0
+        if not len(view):
+            raise TributaryError(f"{processed}: task {sample_task!r} has no seeds to sample")
         if seed_row >= len(view):
             raise TributaryError(f"--row: task {sample_task!r} has {len(view):,} seeds (0 to "
                                  f"{len(view) - 1:,})")
-        batch = sample_batch(graph, view, [seed_row], context_len=context_len, width=width,
-                             sampler_seed=seed)
-        info = describe_context(graph, batch, 0)
+        with _damage_named(processed, no_verify):
+            batch = sample_batch(graph, view, [seed_row], context_len=context_len, width=width,
+                                 sampler_seed=seed)
+            info = describe_context(graph, batch, 0)
         click.echo(json.dumps(info, indent=2, default=str) if as_json else format_context(info))
         return
-    if row is not None and table is None:
-        raise TributaryError("--row needs --table or --sample")
     if table is not None and table not in store.tables:
         raise TributaryError(f"{processed}: no table {table!r}; tables: {', '.join(store.tables)}")
     if task is not None and task not in store.tasks:
         raise TributaryError(f"{processed}: no task {task!r}; tasks: {', '.join(store.tasks)}")
 
     if table is not None and row is not None:
-        values = store.decode_row(table, row)
+        with _damage_named(processed, no_verify):
+            values = store.decode_row(table, row)
         if as_json:
             click.echo(json.dumps({"table": table, "row": row, "values": values}, indent=2))
         else:
@@ -121,6 +127,58 @@ def inspect(processed: Path, table: str | None, row: int | None, task: str | Non
     click.echo("tasks")
     for name, tk in summary["tasks"].items():
         click.echo(f"  {name:<32} {tk['target_stype']:<12} {tk['seeds']:>10,} seeds")
+
+
+#: Options that mean something only with --sample.
+_SAMPLE_ONLY = ("context_len", "width", "seed")
+
+
+def _check_choices(processed: str, table: str | None, row: int | None, task: str | None,
+                   sample_task: str | None) -> None:
+    """Refuse options that would be ignored: one of --table, --task and --sample at a time,
+    --row only with --table or --sample, the sampler's options only with --sample."""
+    from click.core import ParameterSource
+
+    from tributary_core.errors import TributaryError
+
+    if not processed.strip():
+        raise TributaryError("PROCESSED is empty: name a preprocessed store's folder")
+    chosen = [name for name, value in (("--table", table), ("--task", task), ("--sample", sample_task))
+              if value is not None]
+    if len(chosen) > 1:
+        raise TributaryError(f"{' and '.join(chosen)} cannot be combined: choose one")
+    if row is not None and task is not None:
+        raise TributaryError("--row goes with --table or --sample, not --task (--sample TASK "
+                             "--row N shows seed N's context)")
+    if row is not None and not chosen:
+        raise TributaryError("--row needs --table or --sample")
+    if sample_task is None:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in _SAMPLE_ONLY
+                 if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+        if given:
+            raise TributaryError(f"{', '.join(given)} only goes with --sample TASK")
+
+
+@contextlib.contextmanager
+def _damage_named(processed: Path, no_verify: bool) -> Iterator[None]:
+    """With --no-verify, a damaged store can make decoding fail in any way; when it does, check
+    the store and report its damage in one line instead. Without --no-verify (the store was
+    checked) or when the check finds nothing, the failure is a bug and keeps its traceback."""
+    try:
+        yield
+    except (ValueError, IndexError, OverflowError, KeyError):
+        if not no_verify:
+            raise
+        from tributary_core.errors import TributaryError
+        from tributary_core.store import open_store
+
+        try:
+            open_store(processed, verify=True)
+        except TributaryError as damage:
+            raise TributaryError(f"{damage} (decoding failed under --no-verify; the check says "
+                                 f"why)") from None
+        raise
 
 
 def _fmt(stats: dict[str, Any]) -> str:

@@ -133,18 +133,31 @@ def draft(raw_dir: Path, out: Path | None, name: str | None, agent: str | None, 
     from tributary_core.draft.agent import check_answer
     from tributary_core.errors import TributaryError
 
-    if out is not None and out.exists() and not force:
-        raise TributaryError(f"{out} exists; use --force to replace it")
+    _check_draft_options(raw_dir, out, name, agent, model, timeout, force)
+    api_key, url = None, None
+    if agent == "openrouter":  # before the offline draft, which may take a while on a big database
+        from tributary_core.draft.agent import KEY_ENV, OPENROUTER_URL
+        from tributary_core.http import check_api_key, check_base_url
+
+        api_key = check_api_key(os.environ.get(KEY_ENV), KEY_ENV, "the drafting agent")
+        if not api_key:
+            raise TributaryError(f"--agent openrouter needs an API key: set {KEY_ENV}")
+        if base_url is not None:
+            url = check_base_url(base_url, "--base-url")
+        elif os.environ.get("OPENROUTER_BASE_URL"):
+            url = check_base_url(os.environ["OPENROUTER_BASE_URL"], "OPENROUTER_BASE_URL")
+        else:
+            url = OPENROUTER_URL
 
     def say(text: str) -> None:
         click.echo(text, err=True)
 
     data = draft_metadata(raw_dir, name=name, log=say)
     if agent == "openrouter":
-        from tributary_core.draft.agent import DEFAULT_MODEL, OPENROUTER_URL, DraftAgent
+        from tributary_core.draft.agent import DEFAULT_MODEL, DraftAgent
 
-        url = base_url or os.environ.get("OPENROUTER_BASE_URL") or OPENROUTER_URL
-        with DraftAgent(raw_dir, api_key=os.environ.get("OPENROUTER_API_KEY", ""),
+        assert api_key is not None and url is not None
+        with DraftAgent(raw_dir, api_key=api_key,
                         model=model or DEFAULT_MODEL, base_url=url, max_turns=max_turns,
                         max_fixes=max_fixes, timeout=timeout, log=say) as bot:
             try:
@@ -172,3 +185,44 @@ def draft(raw_dir: Path, out: Path | None, name: str | None, agent: str | None, 
         atomic_write_text(out, text)
         say(f"wrote {out}: {len(data['tables'])} tables, {len(data.get('tasks', {}))} tasks; "
             f"review it, then `tributary metadata validate {out} --raw {raw_dir}`")
+
+
+#: draft's options that only the agent uses.
+_AGENT_ONLY = ("model", "base_url", "max_turns", "max_fixes", "timeout")
+
+
+def _check_draft_options(raw_dir: Path, out: Path | None, name: str | None, agent: str | None,
+                         model: str | None, timeout: float, force: bool) -> None:
+    """Refuse, before any work, what draft would otherwise ignore or fail on at the end."""
+    import math
+
+    from click.core import ParameterSource
+
+    from tributary_core.errors import TributaryError
+
+    if agent is None:
+        ctx = click.get_current_context()
+        given = [f"--{p.replace('_', '-')}" for p in _AGENT_ONLY
+                 if ctx.get_parameter_source(p) not in (None, ParameterSource.DEFAULT)]
+        if given:
+            raise TributaryError(f"{', '.join(given)} only goes with --agent (the offline draft "
+                                 f"uses no model)")
+    if not math.isfinite(timeout):
+        raise TributaryError(f"--timeout must be a finite number of seconds, got {timeout}")
+    if model is not None and not model.strip():
+        raise TributaryError("--model is empty (leave it out for the default model)")
+    if name is not None and not name.strip():
+        raise TributaryError("--name is empty (leave it out for RAW_DIR's folder name)")
+    if out is None:
+        return
+    if not str(out).strip() or not out.name:
+        raise TributaryError("--out is empty: name the file to write")
+    if out.exists() and not force:
+        raise TributaryError(f"{out} exists; use --force to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise TributaryError(f"--out {out}: {folder} {why}")
+    if out.suffix.lower() == ".parquet" and out.resolve().parent == raw_dir.resolve():
+        raise TributaryError(f"--out {out} is a parquet file in RAW_DIR, read as a table: write the "
+                             f"draft elsewhere")

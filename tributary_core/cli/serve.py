@@ -34,13 +34,19 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
     Clients: `tributary run preprocess --embedder http` with TRIBUTARY_EMBEDDER_URL set to the
     printed URL, or any OpenAI client.
     """
-    from tributary_core.cli.run import make_embedder
+    from tributary_core.cli.common import make_embedder
     from tributary_core.errors import TributaryError
+    from tributary_core.http import check_api_key
     from tributary_core.serve import EmbeddingServer
 
+    if not host.strip():  # "" would listen on every interface, unasked
+        raise TributaryError("--host is empty: give an address (0.0.0.0 for every interface)")
     api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
+    if api_key_env is not None:
+        if not api_key_env.strip():
+            raise TributaryError("--api-key-env is empty: give the name of the variable holding "
+                                 "the key (leave the option out for no key)")
+        api_key = check_api_key(os.environ.get(api_key_env), api_key_env, "--api-key-env")
         if not api_key:
             raise TributaryError(f"--api-key-env: environment variable {api_key_env} is not set")
     embedder = make_embedder(backend, model, dimension, embedder_options)

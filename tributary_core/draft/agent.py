@@ -34,13 +34,23 @@ import duckdb
 import httpx
 
 from tributary_core.draft.heuristics import key_inclusion, profile_tables, read_tables
+from tributary_core.embedder import require_float, require_int
 from tributary_core.errors import MetadataError, TributaryError
-from tributary_core.http import error_detail, post_with_retries
+from tributary_core.http import (
+    check_api_key,
+    check_base_url,
+    error_detail,
+    post_with_retries,
+    public_url,
+)
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
 
-__all__ = ["Usage", "AgentResult", "DraftAgent", "OPENROUTER_URL", "DEFAULT_MODEL", "check_answer"]
+__all__ = ["Usage", "AgentResult", "DraftAgent", "OPENROUTER_URL", "DEFAULT_MODEL", "KEY_ENV",
+           "check_answer"]
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
+#: Where the command line reads the agent's API key.
+KEY_ENV = "OPENROUTER_API_KEY"
 DEFAULT_MODEL = "openai/gpt-4.1-mini"
 MAX_ROWS = 50
 
@@ -173,24 +183,37 @@ class DraftAgent:
     """One drafting conversation with a chat model; see the module's description."""
 
     def __init__(self, raw_dir: str | Path, *, api_key: str, model: str = DEFAULT_MODEL,
-                 base_url: str = OPENROUTER_URL, key_env: str = "OPENROUTER_API_KEY",
+                 base_url: str = OPENROUTER_URL, key_env: str = KEY_ENV,
                  max_turns: int = 40, max_fixes: int = 4, timeout: float = 180.0, max_retries: int = 4,
                  backoff_base: float = 1.0, backoff_max: float = 30.0,
                  log: Callable[[str], None] | None = None) -> None:
+        owner = "the drafting agent"
+        api_key = check_api_key(api_key, key_env, owner)
         if not api_key:
             raise TributaryError(f"the drafting agent needs an API key: set {key_env}")
+        if not isinstance(model, str) or not model.strip():
+            raise TributaryError(f"{owner}: the model name is empty")
+        base_url = check_base_url(base_url, f"{owner}: base URL")
+        max_turns = require_int(owner, "max_turns", max_turns, 1)
+        max_fixes = require_int(owner, "max_fixes", max_fixes, 0)
+        max_retries = require_int(owner, "max_retries", max_retries, 0)
+        timeout = require_float(owner, "timeout", timeout, minimum=0.0)
+        backoff_base = require_float(owner, "backoff_base", backoff_base, minimum=0.0, inclusive=True)
+        backoff_max = require_float(owner, "backoff_max", backoff_max, minimum=0.0, inclusive=True)
         self.raw_dir = Path(raw_dir)
         self.model, self.key_env, self._key = model, key_env, api_key
         self.url = base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith("/chat/completions")
                                            else "/chat/completions")
+        #: the URL as messages show it: no user:password
+        self.shown_url = public_url(self.url)
         self.max_turns, self.max_fixes, self.max_retries = max_turns, max_fixes, max_retries
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.say = log or (lambda _t: None)
         self.usage = Usage()
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), headers={
-            "Authorization": f"Bearer {api_key}", "X-Title": "Tributary metadata draft"})
         self.tables = read_tables(self.raw_dir)
         self.con = sandbox_connection(self.tables)
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), headers={
+            "Authorization": f"Bearer {api_key}", "X-Title": "Tributary metadata draft"})
         self._profiles: dict[str, Any] | None = None
 
     def close(self) -> None:
@@ -204,7 +227,7 @@ class DraftAgent:
         self.close()
 
     def __repr__(self) -> str:  # never the key
-        return f"DraftAgent(model={self.model!r}, url={self.url!r})"
+        return f"DraftAgent(model={self.model!r}, url={self.shown_url!r})"
 
     # -- the conversation ------------------------------------------------------------------
 
@@ -263,11 +286,11 @@ class DraftAgent:
                                            backoff_base=self.backoff_base, backoff_max=self.backoff_max,
                                            before_attempt=before_attempt, wait=wait)
         if response is None:
-            raise TributaryError(self._redact(f"{self.url}: gave up after {self.max_retries + 1} "
+            raise TributaryError(self._redact(f"{self.shown_url}: gave up after {self.max_retries + 1} "
                                               f"attempts; the last: {last}"))
         if response.status_code != 200:
             hint = f" (check {self.key_env})" if response.status_code in (401, 403) else ""
-            raise TributaryError(self._redact(f"{self.url} refused the request: HTTP "
+            raise TributaryError(self._redact(f"{self.shown_url} refused the request: HTTP "
                                               f"{response.status_code}{error_detail(response)}{hint}"))
         return self._parse(response)
 
@@ -279,7 +302,7 @@ class DraftAgent:
             if not isinstance(message, dict):
                 raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
-            raise TributaryError(self._redact(f"{self.url}: the response is not a chat completion: "
+            raise TributaryError(self._redact(f"{self.shown_url}: the response is not a chat completion: "
                                               f"{' '.join(response.text.split())[:200]}")) from None
         self.usage.add(payload.get("usage"))
         return choice
