@@ -470,3 +470,15 @@ def test_inspect_sample(shop):
     assert as_json["cells"][0]["target"] and as_json["rows"][0]["hops"] == 0
     bad = CliRunner().invoke(cli, ["inspect", str(shop.path), "--sample", "big_order", "--row", "999"])
     assert bad.exit_code == 2 and "--row: task 'big_order' has 40 seeds (0 to 39)" in bad.output
+
+
+def test_kernel_compilation_is_cached_on_disk(shop):
+    """The kernel's structured (named-tuple) arguments keep Numba's on-disk cache working: the
+    call was looked up in, or loaded from, the cache, whose index is on disk."""
+    from tributary_core.sampler.kernel import sample_contexts
+
+    graph = SamplerGraph.from_store(shop)
+    sample_batch(graph, graph.task("big_order"), np.arange(2), context_len=8, width=1)
+    stats = sample_contexts.stats
+    assert sum(stats.cache_hits.values()) + sum(stats.cache_misses.values()) >= 1
+    assert list(Path(stats.cache_path).glob("*sample_contexts-*.nbi"))

@@ -15,6 +15,8 @@ from tributary_core.sampler.kernel import (
     SLOT_NUMBER,
     SLOT_TIMESTAMP,
     SLOT_VOCAB,
+    BatchArrays,
+    ContextSeeds,
     sample_contexts,
 )
 from tributary_core.sampler.splits import mix64
@@ -123,38 +125,17 @@ def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, cont
     """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows)."""
     seeds = np.asarray(seeds, dtype=np.int64)
     B, L = len(seeds), int(context_len)
-    P = graph.max_parents
     anchor = task.anchor_rows[seeds]
     obs = task.observation_time[seeds]
     rng = context_seeds(sampler_seed, task.name, anchor, draw)
-    cell_col = np.full((B, L), -1, dtype=np.int32)
-    column_id = np.full((B, L), -1, dtype=np.int32)
-    stype = np.full((B, L), -1, dtype=np.int16)
-    row = np.zeros((B, L), dtype=np.int32)
-    number = np.zeros((B, L), dtype=np.float32)
-    timestamp = np.zeros((B, L, N_TS), dtype=np.float32)
-    boolean = np.zeros((B, L), dtype=np.bool_)
-    vocab = np.zeros((B, L), dtype=np.int64)
-    is_null = np.zeros((B, L), dtype=np.bool_)
-    is_target = np.zeros((B, L), dtype=np.bool_)
-    n_cells = np.zeros(B, dtype=np.int32)
-    row_table = np.full((B, L), -1, dtype=np.int16)
-    row_index = np.full((B, L), -1, dtype=np.int64)
-    row_hops = np.zeros((B, L), dtype=np.int16)
-    row_parents = np.full((B, L, P), -1, dtype=np.int32)
-    n_rows = np.zeros(B, dtype=np.int32)
-    sample_contexts(*graph.kernel_graph_args(), task.anchor_table, anchor, obs, rng, task.hidden,
-                    task.hidden_fk, task.target_col, task.col_embed, task.col_stype, L, width,
-                    n_threads, cell_col, column_id, stype, row, number, timestamp, boolean, vocab,
-                    is_null, is_target, n_cells, row_table, row_index, row_hops, row_parents, n_rows)
-    is_padding = np.arange(L, dtype=np.int32)[None, :] >= n_cells[:, None]
+    out = BatchArrays.allocate(B, L, graph.max_parents)
+    sample_contexts(graph.kernel_arrays, task.kernel_arrays, ContextSeeds(anchor, obs, rng), L,
+                    width, n_threads, out)
+    is_padding = np.arange(L, dtype=np.int32)[None, :] >= out.n_cells[:, None]
     t_number, t_ts, t_bool, t_vocab, valid = target_arrays(task, seeds)
     return Batch(
         database=graph.name, task=task.name, target_stype=task.stype,
-        stype_names=graph.stype_names, column_id=column_id, stype=stype, row=row, number=number,
-        timestamp=timestamp, boolean=boolean, vocab=vocab, is_null=is_null, is_target=is_target,
-        is_padding=is_padding, n_cells=n_cells, row_table=row_table, row_index=row_index,
-        row_hops=row_hops, row_parents=row_parents, n_rows=n_rows,
+        stype_names=graph.stype_names, is_padding=is_padding, **out._asdict(),
         target_pos=np.zeros(B, dtype=np.int64), target_number=t_number, target_timestamp=t_ts,
         target_boolean=t_bool, target_vocab=t_vocab, target_is_null=~valid, anchor_row=anchor,
-        observation_time=obs, seed=seeds, candidates=task.candidates, cell_col=cell_col)
+        observation_time=obs, seed=seeds, candidates=task.candidates)

@@ -18,6 +18,8 @@ from tributary_core.sampler.kernel import (
     SLOT_NUMBER,
     SLOT_TIMESTAMP,
     SLOT_VOCAB,
+    GraphArrays,
+    TaskArrays,
 )
 from tributary_core.store import Store
 from tributary_core.store.format import StoreFile
@@ -211,12 +213,17 @@ class SamplerGraph:
             self._tasks[name] = TaskView(self, name)
         return self._tasks[name]
 
-    def kernel_graph_args(self) -> tuple:
-        return (self.time, self.time_off, self.out_ptr, self.out_fk, self.in_ptr, self.in_fk,
-                self.fk_parent_table, self.fk_child_table, self.parent, self.parent_off,
-                self.indptr, self.indptr_off, self.children, self.child_time, self.children_off,
-                self.col_ptr, self.col_slot, self.col_src, self.col_valid, self.numbers,
-                self.timestamps, self.bits, self.vocab)
+    @cached_property
+    def kernel_arrays(self) -> GraphArrays:
+        """The arrays the kernel reads, as one structured argument (built once)."""
+        return GraphArrays(
+            time=self.time, time_off=self.time_off, out_ptr=self.out_ptr, out_fk=self.out_fk,
+            in_ptr=self.in_ptr, in_fk=self.in_fk, fk_parent_table=self.fk_parent_table,
+            fk_child_table=self.fk_child_table, parent=self.parent, parent_off=self.parent_off,
+            indptr=self.indptr, indptr_off=self.indptr_off, children=self.children,
+            child_time=self.child_time, children_off=self.children_off, col_ptr=self.col_ptr,
+            col_slot=self.col_slot, col_src=self.col_src, col_valid=self.col_valid,
+            numbers=self.numbers, timestamps=self.timestamps, bits=self.bits, vocab=self.vocab)
 
 
 class TaskView:
@@ -329,6 +336,13 @@ class TaskView:
     @cached_property
     def col_stype(self) -> np.ndarray:
         return np.append(self.graph.col_stype, np.int16(self.stype_code))
+
+    @cached_property
+    def kernel_arrays(self) -> TaskArrays:
+        """The task as one structured kernel argument (built on first use, once)."""
+        return TaskArrays(anchor_table=int(self.anchor_table), target_col=int(self.target_col),
+                          hidden=self.hidden, hidden_fk=self.hidden_fk, col_embed=self.col_embed,
+                          col_stype=self.col_stype)
 
 
 def _csr(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

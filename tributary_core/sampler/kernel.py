@@ -29,16 +29,30 @@ at it. Randomness is a splitmix64 stream per context, seeded from the
 caller, so a context depends on its seed alone, never on the thread that built it.
 
 Rows are addressed as ``(table << 40) | row`` in the frontier and the seen-set.
+
+The kernel takes four structured arguments, ``typing.NamedTuple`` classes of arrays that Numba
+passes as (heterogeneous) tuples: :class:`GraphArrays` (the store, built once per ``SamplerGraph``),
+:class:`TaskArrays` (one task, built once per ``TaskView``), :class:`ContextSeeds` (the batch's
+anchors, observation times and random streams) and :class:`BatchArrays` (the output). Inside a
+``prange`` loop they are only handed on to the non-inlined :func:`_context`: Numba's parallel
+lowering can lose writes made through a named tuple's array directly in a ``prange`` body
+(numba#7135); those made in a function the body calls are kept.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
 from numba import prange
 
+from tributary_core.semantic_type import TIMESTAMP_WIDTH
+
 NO_TIME = np.iinfo(np.int64).min
-N_TS = 15
+#: Features per timestamp cell; one home, :data:`tributary_core.semantic_type.TIMESTAMP_WIDTH`.
+#: The kernel reads the width off its arrays, so a cached compilation never holds a stale one.
+N_TS = TIMESTAMP_WIDTH
 SLOT_NONE, SLOT_NUMBER, SLOT_TIMESTAMP, SLOT_BOOLEAN, SLOT_VOCAB = 0, 1, 2, 3, 4
 
 _ROW_BITS = np.int64(40)
@@ -166,62 +180,193 @@ def _claim(set_keys, set_stamp, set_local, stamp, mask, node):
     return True
 
 
+class GraphArrays(NamedTuple):
+    """A store as the kernel reads it: each kind of array concatenated once, with per-table,
+    per-FK or per-column offsets (``SamplerGraph.kernel_arrays``). T tables, F foreign keys,
+    C kernel columns (every non-ignored column, in table order)."""
+
+    #: int64: the row times of every timed table, concatenated (NO_TIME: unknown).
+    time: np.ndarray
+    #: int64 [T]: where each table's times start in ``time``; -1 for an untimed table.
+    time_off: np.ndarray
+    #: int64 [T + 1], [F]: the FKs of each child table (CSR: ``out_fk[out_ptr[t]:out_ptr[t + 1]]``).
+    out_ptr: np.ndarray
+    out_fk: np.ndarray
+    #: int64 [T + 1], [F]: the FKs that reference each parent table (CSR).
+    in_ptr: np.ndarray
+    in_fk: np.ndarray
+    #: int64 [F]: each FK's parent and child table.
+    fk_parent_table: np.ndarray
+    fk_child_table: np.ndarray
+    #: int32: each FK's parent row per child row (-1 none), at ``parent_off[f]``.
+    parent: np.ndarray
+    parent_off: np.ndarray
+    #: int64: each FK's children CSR over parent rows, at ``indptr_off[f]``; offsets into
+    #: ``children``/``child_time`` relative to ``children_off[f]``.
+    indptr: np.ndarray
+    indptr_off: np.ndarray
+    #: int32 / int64: each parent row's children, sorted by time, and their times.
+    children: np.ndarray
+    child_time: np.ndarray
+    children_off: np.ndarray
+    #: int64 [T + 1]: each table's kernel columns ``col_ptr[t]:col_ptr[t + 1]``.
+    col_ptr: np.ndarray
+    #: int64 [C]: each column's batch slot (SLOT_*), its values' offset in the slot's array
+    #: (-1 for SLOT_NONE) and its validity bitmap's offset (in bytes) in ``bits``.
+    col_slot: np.ndarray
+    col_src: np.ndarray
+    col_valid: np.ndarray
+    #: The values by slot: float32 numbers, float32 [*, N_TS] timestamps, packed bits (validity
+    #: and booleans), uint32 vocabulary ids.
+    numbers: np.ndarray
+    timestamps: np.ndarray
+    bits: np.ndarray
+    vocab: np.ndarray
+
+
+class TaskArrays(NamedTuple):
+    """One task as the kernel reads it (``TaskView.kernel_arrays``)."""
+
+    #: The anchor table's index.
+    anchor_table: int
+    #: The kernel column of the target on the anchor row, C for a derived task's virtual cell,
+    #: or -1 for none.
+    target_col: int
+    #: bool [C + 1]: the task's hidden columns.
+    hidden: np.ndarray
+    #: bool [F]: the FKs whose (anchor-table) column is hidden: their edges are hidden too.
+    hidden_fk: np.ndarray
+    #: int32 [C + 1], int16 [C + 1]: each kernel column's column-embedding id and stype code,
+    #: the virtual target cell last.
+    col_embed: np.ndarray
+    col_stype: np.ndarray
+
+
+class ContextSeeds(NamedTuple):
+    """The contexts of one batch: context ``b`` is built around ``anchor_rows[b]`` at
+    ``obs_times[b]`` with random stream ``streams[b]`` (all [B])."""
+
+    anchor_rows: np.ndarray
+    obs_times: np.ndarray
+    streams: np.ndarray
+
+
+class BatchArrays(NamedTuple):
+    """The kernel's output for B contexts of L cells, named as :class:`Batch`'s fields. Make it
+    with :meth:`allocate`: zeroed, with -1 in the index fields."""
+
+    cell_col: np.ndarray     # [B, L] int32: the kernel column of each cell
+    column_id: np.ndarray    # [B, L] int32
+    stype: np.ndarray        # [B, L] int16
+    row: np.ndarray          # [B, L] int32: the cell's row within its context
+    number: np.ndarray       # [B, L] float32
+    timestamp: np.ndarray    # [B, L, N_TS] float32
+    boolean: np.ndarray      # [B, L] bool
+    vocab: np.ndarray        # [B, L] int64
+    is_null: np.ndarray      # [B, L] bool
+    is_target: np.ndarray    # [B, L] bool
+    n_cells: np.ndarray      # [B] int32
+    row_table: np.ndarray    # [B, L] int16
+    row_index: np.ndarray    # [B, L] int64
+    row_hops: np.ndarray     # [B, L] int16
+    row_parents: np.ndarray  # [B, L, P] int32
+    n_rows: np.ndarray       # [B] int32
+
+    @classmethod
+    def allocate(cls, B: int, L: int, P: int) -> BatchArrays:
+        """Output arrays for B contexts of L cells whose rows have at most P parents each."""
+        return cls(
+            cell_col=np.full((B, L), -1, dtype=np.int32),
+            column_id=np.full((B, L), -1, dtype=np.int32),
+            stype=np.full((B, L), -1, dtype=np.int16),
+            row=np.zeros((B, L), dtype=np.int32),
+            number=np.zeros((B, L), dtype=np.float32),
+            timestamp=np.zeros((B, L, N_TS), dtype=np.float32),
+            boolean=np.zeros((B, L), dtype=np.bool_),
+            vocab=np.zeros((B, L), dtype=np.int64),
+            is_null=np.zeros((B, L), dtype=np.bool_),
+            is_target=np.zeros((B, L), dtype=np.bool_),
+            n_cells=np.zeros(B, dtype=np.int32),
+            row_table=np.full((B, L), -1, dtype=np.int16),
+            row_index=np.full((B, L), -1, dtype=np.int64),
+            row_hops=np.zeros((B, L), dtype=np.int16),
+            row_parents=np.full((B, L, P), -1, dtype=np.int32),
+            n_rows=np.zeros(B, dtype=np.int32),
+        )
+
+
+class _Scratch(NamedTuple):
+    """One thread's working memory, reused from context to context: the frontier (a binary
+    heap), the seen-set (open addressing; a slot is live when its stamp is the context's) and,
+    per visited row, its children entry (each FK's first candidate and count, how many to
+    draw, how many drawn and which)."""
+
+    heap_keys: np.ndarray
+    heap_vals: np.ndarray
+    set_keys: np.ndarray
+    set_stamp: np.ndarray
+    set_local: np.ndarray
+    g_lo: np.ndarray
+    g_cnt: np.ndarray
+    g_limit: np.ndarray
+    g_taken: np.ndarray
+    g_chosen: np.ndarray
+
+
 @numba.njit(cache=True)
-def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table, fk_child_table,
-             parent, parent_off, indptr, indptr_off, children, child_time, children_off, col_ptr,
-             col_slot, col_src, col_valid, numbers, timestamps, bits, vocab_flat,
-             anchor_table, anchor_row, obs, seed, hidden, hidden_fk, target_col, col_embed, col_stype,
-             L, width,
-             heap_keys, heap_vals, set_keys, set_stamp, set_local, stamp, g_lo, g_cnt, g_limit,
-             g_taken, g_chosen,
-             cell_col, column_id, stype, cell_row, number, ts, boolean, vocab, is_null, is_target,
-             n_cells, row_table, row_index, row_hops, row_parents, n_rows):
+def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
+    """Context ``b`` of ``out``: around ``anchor_row`` at ``obs``, random stream ``seed``, with
+    scratch ``s`` whose live seen-set slots carry ``stamp``."""
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed
-    mask = np.int64(set_keys.shape[0] - 1)
-    max_rows = row_table.shape[1]
-    n_par_slots = row_parents.shape[2]
+    mask = np.int64(s.set_keys.shape[0] - 1)
+    max_rows = out.row_table.shape[1]
+    n_par_slots = out.row_parents.shape[2]
+    n_ts = g.timestamps.shape[1]
+    anchor_table = task.anchor_table
+    target_col = task.target_col
     counter = np.int64(1)
     node = (np.int64(anchor_table) << _ROW_BITS) | np.int64(anchor_row)
-    _claim(set_keys, set_stamp, set_local, stamp, mask, node)
-    size = _heap_push(heap_keys, heap_vals, 0, np.int64(0), node)
+    _claim(s.set_keys, s.set_stamp, s.set_local, stamp, mask, node)
+    size = _heap_push(s.heap_keys, s.heap_vals, 0, np.int64(0), node)
     pos = 0
     nr = 0
     while size > 0 and pos < L and nr < max_rows:
-        key, val, size = _heap_pop(heap_keys, heap_vals, size)
+        key, val, size = _heap_pop(s.heap_keys, s.heap_vals, size)
         hops = (key >> np.int64(52)) & np.int64(1023)
         if val < 0:
-            # The children of visited row g, drawn one at a time without replacement among
+            # The children of visited row gr, drawn one at a time without replacement among
             # the first g_cnt ones (at or before the observation time) of each of its FKs.
-            g = -val - 1
+            gr = -val - 1
             total = np.int64(0)
-            gt = np.int64(row_table[b, g])
-            n_in = in_ptr[gt + 1] - in_ptr[gt]
+            gt = np.int64(out.row_table[b, gr])
+            n_in = g.in_ptr[gt + 1] - g.in_ptr[gt]
             for k in range(n_in):
-                total += g_cnt[g, k]
+                total += s.g_cnt[gr, k]
             while True:
                 idx = _below(state, total)
                 fresh = True
-                for q in range(g_taken[g]):
-                    if g_chosen[g, q] == idx:
+                for q in range(s.g_taken[gr]):
+                    if s.g_chosen[gr, q] == idx:
                         fresh = False
                         break
                 if fresh:
                     break
-            g_chosen[g, g_taken[g]] = idx
-            g_taken[g] += 1
-            if g_taken[g] < g_limit[g]:
-                size = _heap_push(heap_keys, heap_vals, size,
+            s.g_chosen[gr, s.g_taken[gr]] = idx
+            s.g_taken[gr] += 1
+            if s.g_taken[gr] < s.g_limit[gr]:
+                size = _heap_push(s.heap_keys, s.heap_vals, size,
                                   _key(np.int64(1), hops, splitmix64(state), counter), val)
                 counter += 1
             node = np.int64(-1)
             for k in range(n_in):
-                if idx < g_cnt[g, k]:
-                    f = in_fk[in_ptr[gt] + k]
-                    node = (fk_child_table[f] << _ROW_BITS) | np.int64(children[g_lo[g, k] + idx])
+                if idx < s.g_cnt[gr, k]:
+                    f = g.in_fk[g.in_ptr[gt] + k]
+                    node = ((g.fk_child_table[f] << _ROW_BITS)
+                            | np.int64(g.children[s.g_lo[gr, k] + idx]))
                     break
-                idx -= g_cnt[g, k]
-            if not _claim(set_keys, set_stamp, set_local, stamp, mask, node):
+                idx -= s.g_cnt[gr, k]
+            if not _claim(s.set_keys, s.set_stamp, s.set_local, stamp, mask, node):
                 continue
         else:
             node = val
@@ -229,172 +374,157 @@ def _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
         r = node & _ROW_MASK
         local = nr
         nr += 1
-        set_local[_slot_of(set_keys, set_stamp, stamp, mask, node)] = local
-        row_table[b, local] = t
-        row_index[b, local] = r
-        row_hops[b, local] = hops
-        rt = _row_time(time, time_off, t, r)
+        s.set_local[_slot_of(s.set_keys, s.set_stamp, stamp, mask, node)] = local
+        out.row_table[b, local] = t
+        out.row_index[b, local] = r
+        out.row_hops[b, local] = hops
+        rt = _row_time(g.time, g.time_off, t, r)
         is_anchor = local == 0
         # -- cells ---------------------------------------------------------------------------
         if is_anchor and target_col >= 0:
-            cell_col[b, pos] = target_col
-            column_id[b, pos] = col_embed[target_col]
-            stype[b, pos] = col_stype[target_col]
-            cell_row[b, pos] = local
-            is_target[b, pos] = True
+            out.cell_col[b, pos] = target_col
+            out.column_id[b, pos] = task.col_embed[target_col]
+            out.stype[b, pos] = task.col_stype[target_col]
+            out.row[b, pos] = local
+            out.is_target[b, pos] = True
             pos += 1
         hide = t == anchor_table and (is_anchor or rt == NO_TIME or rt >= obs)
-        for c in range(col_ptr[t], col_ptr[t + 1]):
+        for c in range(g.col_ptr[t], g.col_ptr[t + 1]):
             if pos >= L:
                 break
-            if (c == target_col and is_anchor) or (hide and hidden[c]):
+            if (c == target_col and is_anchor) or (hide and task.hidden[c]):
                 continue
-            cell_col[b, pos] = c
-            column_id[b, pos] = col_embed[c]
-            stype[b, pos] = col_stype[c]
-            cell_row[b, pos] = local
-            ok = _bit(bits, col_valid[c], r)
-            is_null[b, pos] = not ok
+            out.cell_col[b, pos] = c
+            out.column_id[b, pos] = task.col_embed[c]
+            out.stype[b, pos] = task.col_stype[c]
+            out.row[b, pos] = local
+            ok = _bit(g.bits, g.col_valid[c], r)
+            out.is_null[b, pos] = not ok
             if ok:
-                s = col_slot[c]
-                if s == SLOT_NUMBER:
-                    number[b, pos] = numbers[col_src[c] + r]
-                elif s == SLOT_TIMESTAMP:
-                    src = col_src[c] + r
-                    for j in range(N_TS):
-                        ts[b, pos, j] = timestamps[src, j]
-                elif s == SLOT_BOOLEAN:
-                    boolean[b, pos] = _bit(bits, col_src[c], r)
-                elif s == SLOT_VOCAB:
-                    vocab[b, pos] = vocab_flat[col_src[c] + r]
+                slot = g.col_slot[c]
+                if slot == SLOT_NUMBER:
+                    out.number[b, pos] = g.numbers[g.col_src[c] + r]
+                elif slot == SLOT_TIMESTAMP:
+                    src = g.col_src[c] + r
+                    for j in range(n_ts):
+                        out.timestamp[b, pos, j] = g.timestamps[src, j]
+                elif slot == SLOT_BOOLEAN:
+                    out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
+                elif slot == SLOT_VOCAB:
+                    out.vocab[b, pos] = g.vocab[g.col_src[c] + r]
             pos += 1
         # -- parents, unless after the observation time ----------------------------------------
-        for k in range(out_ptr[t], out_ptr[t + 1]):
-            f = out_fk[k]
-            if hide and hidden_fk[f]:
+        for k in range(g.out_ptr[t], g.out_ptr[t + 1]):
+            f = g.out_fk[k]
+            if hide and task.hidden_fk[f]:
                 continue  # a hidden foreign-key cell: its edge is hidden too
-            p = np.int64(parent[parent_off[f] + r])
+            p = np.int64(g.parent[g.parent_off[f] + r])
             if p < 0:
                 continue
-            pt = fk_parent_table[f]
-            ptime = _row_time(time, time_off, pt, p)
+            pt = g.fk_parent_table[f]
+            ptime = _row_time(g.time, g.time_off, pt, p)
             if ptime != NO_TIME and ptime > obs:
                 continue
             pnode = (pt << _ROW_BITS) | p
-            if _claim(set_keys, set_stamp, set_local, stamp, mask, pnode):
-                size = _heap_push(heap_keys, heap_vals, size,
+            if _claim(s.set_keys, s.set_stamp, s.set_local, stamp, mask, pnode):
+                size = _heap_push(s.heap_keys, s.heap_vals, size,
                                   _key(np.int64(0), hops + 1, splitmix64(state), counter), pnode)
                 counter += 1
         # -- children: one frontier entry that yields up to `width` of them, lazily ------------
         total = np.int64(0)
         n_pre = np.int64(0)
-        for k in range(in_ptr[t + 1] - in_ptr[t]):
-            f = in_fk[in_ptr[t] + k]
-            base = children_off[f]
-            lo = base + indptr[indptr_off[f] + r]
-            hi = base + indptr[indptr_off[f] + r + 1]
-            if hidden_fk[f]:
+        for k in range(g.in_ptr[t + 1] - g.in_ptr[t]):
+            f = g.in_fk[g.in_ptr[t] + k]
+            base = g.children_off[f]
+            lo = base + g.indptr[g.indptr_off[f] + r]
+            hi = base + g.indptr[g.indptr_off[f] + r + 1]
+            if task.hidden_fk[f]:
                 # only children whose (hidden) key cell shows: at a known time before obs
-                lo = _upper_bound(child_time, lo, hi, NO_TIME)
-                end = _lower_bound(child_time, lo, hi, obs)
-                if parent[parent_off[f] + anchor_row] == r:
+                lo = _upper_bound(g.child_time, lo, hi, NO_TIME)
+                end = _lower_bound(g.child_time, lo, hi, obs)
+                if g.parent[g.parent_off[f] + anchor_row] == r:
                     # nor the anchor (its key cell never shows): marked as drawn already
-                    at = _row_time(time, time_off, anchor_table, anchor_row)
-                    j = _lower_bound(child_time, lo, end, at)
-                    while j < end and child_time[j] == at:
-                        if children[j] == anchor_row:
-                            g_chosen[local, n_pre] = total + j - lo
+                    at = _row_time(g.time, g.time_off, anchor_table, anchor_row)
+                    j = _lower_bound(g.child_time, lo, end, at)
+                    while j < end and g.child_time[j] == at:
+                        if g.children[j] == anchor_row:
+                            s.g_chosen[local, n_pre] = total + j - lo
                             n_pre += 1
                             break
                         j += 1
             else:
-                end = _upper_bound(child_time, lo, hi, obs)
-            g_lo[local, k] = lo
-            g_cnt[local, k] = end - lo
-            total += g_cnt[local, k]
-        g_taken[local] = n_pre
-        g_limit[local] = min(total - n_pre, np.int64(width)) + n_pre
-        if g_limit[local] > n_pre:
-            size = _heap_push(heap_keys, heap_vals, size,
+                end = _upper_bound(g.child_time, lo, hi, obs)
+            s.g_lo[local, k] = lo
+            s.g_cnt[local, k] = end - lo
+            total += s.g_cnt[local, k]
+        s.g_taken[local] = n_pre
+        s.g_limit[local] = min(total - n_pre, np.int64(width)) + n_pre
+        if s.g_limit[local] > n_pre:
+            size = _heap_push(s.heap_keys, s.heap_vals, size,
                               _key(np.int64(1), hops + 1, splitmix64(state), counter), -(local + 1))
             counter += 1
-    n_cells[b] = pos
-    n_rows[b] = nr
+    out.n_cells[b] = pos
+    out.n_rows[b] = nr
     # -- the FK adjacency among the context's rows: each row's parents that made it in -------
     for i in range(nr):
-        t = np.int64(row_table[b, i])
-        r = row_index[b, i]
+        t = np.int64(out.row_table[b, i])
+        r = out.row_index[b, i]
         hide = False
         if t == anchor_table:
-            rt = _row_time(time, time_off, t, r)
+            rt = _row_time(g.time, g.time_off, t, r)
             hide = i == 0 or rt == NO_TIME or rt >= obs
         m = 0
-        for k in range(out_ptr[t], out_ptr[t + 1]):
-            f = out_fk[k]
-            if hide and hidden_fk[f]:
+        for k in range(g.out_ptr[t], g.out_ptr[t + 1]):
+            f = g.out_fk[k]
+            if hide and task.hidden_fk[f]:
                 continue
-            p = np.int64(parent[parent_off[f] + r])
+            p = np.int64(g.parent[g.parent_off[f] + r])
             if p < 0 or m >= n_par_slots:
                 continue
-            pnode = (fk_parent_table[f] << _ROW_BITS) | p
-            slot = _slot_of(set_keys, set_stamp, stamp, mask, pnode)
-            if set_stamp[slot] == stamp and set_local[slot] >= 0:
-                row_parents[b, i, m] = set_local[slot]
+            pnode = (g.fk_parent_table[f] << _ROW_BITS) | p
+            slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, pnode)
+            if s.set_stamp[slot] == stamp and s.set_local[slot] >= 0:
+                out.row_parents[b, i, m] = s.set_local[slot]
                 m += 1
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def sample_contexts(time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table, fk_child_table,
-                    parent, parent_off, indptr, indptr_off, children, child_time, children_off,
-                    col_ptr, col_slot, col_src, col_valid, numbers, timestamps, bits, vocab_flat,
-                    anchor_table, anchor_rows, obs_times, seeds, hidden, hidden_fk, target_col,
-                    col_embed, col_stype, L, width, n_threads, cell_col, column_id, stype, cell_row,
-                    number, ts, boolean, vocab, is_null, is_target, n_cells, row_table, row_index, row_hops,
-                    row_parents, n_rows):
-    """Fill one batch: context ``b`` around ``anchor_rows[b]`` at ``obs_times[b]`` with random
-    stream ``seeds[b]``.
+def sample_contexts(graph, task, contexts, L, width, n_threads, out):
+    """Fill ``out`` (a :class:`BatchArrays` from :meth:`BatchArrays.allocate`): context ``b``
+    of ``contexts`` (:class:`ContextSeeds`) for ``task`` (:class:`TaskArrays`) on ``graph``
+    (:class:`GraphArrays`), at most ``L`` cells and ``width`` children per row.
 
-    Output arrays must come zeroed, with -1 in ``cell_col``, ``column_id``, ``stype``,
-    ``row_table``, ``row_index`` and ``row_parents``. ``hidden`` marks hidden kernel columns and
-    ``hidden_fk`` the foreign keys whose (anchor-table) column is hidden. ``col_embed`` and
-    ``col_stype`` map kernel columns (the virtual target last) to column-embedding ids and
-    stype codes. ``target_col``: the kernel column of the target on the anchor row, the index
-    past the last column for a derived task's virtual cell, or -1 for none. ``n_threads``
-    chunks share the work; the result does not depend on it.
+    ``n_threads`` chunks share the work; the result does not depend on it.
     """
-    n = anchor_rows.shape[0]
-    max_rows = row_table.shape[1]
+    n = contexts.anchor_rows.shape[0]
+    max_rows = out.row_table.shape[1]
     max_out = 0
-    for t in range(out_ptr.shape[0] - 1):
-        max_out = max(max_out, out_ptr[t + 1] - out_ptr[t])
+    for t in range(graph.out_ptr.shape[0] - 1):
+        max_out = max(max_out, graph.out_ptr[t + 1] - graph.out_ptr[t])
     max_in = 1
-    for t in range(in_ptr.shape[0] - 1):
-        max_in = max(max_in, in_ptr[t + 1] - in_ptr[t])
+    for t in range(graph.in_ptr.shape[0] - 1):
+        max_in = max(max_in, graph.in_ptr[t + 1] - graph.in_ptr[t])
     cap = max_rows * (max_out + 1) + 2
     hsize = 1
     while hsize < 2 * (cap + max_rows):
         hsize *= 2
     chunks = max(1, min(n_threads, n))
     for ch in prange(chunks):
-        heap_keys = np.empty(cap, dtype=np.int64)
-        heap_vals = np.empty(cap, dtype=np.int64)
-        set_keys = np.empty(hsize, dtype=np.int64)
-        set_stamp = np.zeros(hsize, dtype=np.int64)
-        set_local = np.empty(hsize, dtype=np.int32)
-        g_lo = np.empty((max_rows, max_in), dtype=np.int64)
-        g_cnt = np.empty((max_rows, max_in), dtype=np.int64)
-        g_limit = np.empty(max_rows, dtype=np.int64)
-        g_taken = np.empty(max_rows, dtype=np.int64)
-        g_chosen = np.empty((max_rows, max(width, 1) + max_in), dtype=np.int64)
+        scratch = _Scratch(
+            heap_keys=np.empty(cap, dtype=np.int64),
+            heap_vals=np.empty(cap, dtype=np.int64),
+            set_keys=np.empty(hsize, dtype=np.int64),
+            set_stamp=np.zeros(hsize, dtype=np.int64),
+            set_local=np.empty(hsize, dtype=np.int32),
+            g_lo=np.empty((max_rows, max_in), dtype=np.int64),
+            g_cnt=np.empty((max_rows, max_in), dtype=np.int64),
+            g_limit=np.empty(max_rows, dtype=np.int64),
+            g_taken=np.empty(max_rows, dtype=np.int64),
+            g_chosen=np.empty((max_rows, max(width, 1) + max_in), dtype=np.int64),
+        )
         lo = ch * n // chunks
         hi = (ch + 1) * n // chunks
         for b in range(lo, hi):
-            _context(b, time, time_off, out_ptr, out_fk, in_ptr, in_fk, fk_parent_table,
-                     fk_child_table, parent, parent_off, indptr, indptr_off, children, child_time,
-                     children_off, col_ptr, col_slot, col_src, col_valid, numbers, timestamps, bits,
-                     vocab_flat, anchor_table, anchor_rows[b], obs_times[b], seeds[b], hidden,
-                     hidden_fk, target_col, col_embed, col_stype, L, width, heap_keys, heap_vals, set_keys,
-                     set_stamp, set_local,
-                     b - lo + 1, g_lo, g_cnt, g_limit, g_taken, g_chosen, cell_col, column_id,
-                     stype, cell_row, number, ts, boolean, vocab, is_null, is_target, n_cells,
-                     row_table, row_index, row_hops, row_parents, n_rows)
+            # only handed on: writes go through _context, never the prange body (numba#7135)
+            _context(b, graph, task, contexts.anchor_rows[b], contexts.obs_times[b],
+                     contexts.streams[b], L, width, scratch, b - lo + 1, out)
