@@ -127,3 +127,47 @@ def test_without_the_plugin_metadata_naming_its_type_fails_clearly(installed, sh
             "needs its package installed: see `tributary plugins list`)") in result.stderr
     assert "$.tasks.visit_items.target_stype: unknown stype 'count'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lightgbm_baseline_fits_the_poisson_objective_of_the_poisson_head(installed, shops, tmp_path):
+    """The tabular baseline asks the head what to fit: for ``poisson`` LightGBM's ``poisson``
+    objective on the counts, whose raw score is the head's log-rate. Fitted as a regression on
+    counts instead, exp(score) would be far off and the MAE in counts huge."""
+    from tributary_core.baselines import lightgbm_baseline
+    from tributary_core.preprocess import preprocess
+    from tributary_core.store import open_store
+
+    _, raw, md = shops
+    preprocess(md, raw, tmp_path / "store", force=True,
+               embedder=get_registry().create_embedder("hashing", dimension=8))
+    entry = lightgbm_baseline([open_store(tmp_path / "store")], rounds=50)["shops/visit_items"]
+    assert (entry["loss_head"], entry["objective"]) == ("poisson", "poisson")
+    assert "skipped" not in entry and entry["labelled"] > 0
+    items = pq.read_table(raw / "visits.parquet").column("items").to_numpy().astype(float)
+    spread = float(np.abs(items - items.mean()).mean())
+    assert 0 <= entry["metrics"]["deviance"] < 10
+    assert entry["metrics"]["mae"] < 1.5 * spread
+
+
+def test_leakage_check_reads_count_labels(installed, shops, tmp_path):
+    """A ``count`` target: labels read by the type's label_values, scored by R² (its head's
+    objective is a regression), so spend (about 4.5 items) is a proxy until it is hidden."""
+    from tributary_core.leakage import _label, check_leakage
+
+    # counts as numbers (not class codes, where "10" sorts before "2"); non-counts unusable
+    label, ok = _label(pa.chunked_array([[0, 2, 10, None, -1, 1.5]]), "count")
+    assert label[ok].tolist() == [0, 2, 10] and ok.tolist() == [True] * 3 + [False] * 3
+    _, raw, md = shops
+    shown = json.loads(md.read_text())
+    shown["tasks"]["visit_items"]["hidden_columns"] = []
+    (tmp_path / "shown.json").write_text(json.dumps(shown))
+    for path, hidden in ((tmp_path / "shown.json", False), (md, True)):
+        scores: dict = {}
+        findings = check_leakage(path, raw, scores=scores)
+        assert "visits.ts" in scores["visit_items"]
+        proxies = {f.column: f for f in findings if f.kind == "proxy"}
+        if hidden:
+            assert "visits.spend" not in scores["visit_items"] and not proxies
+        else:
+            assert proxies["visits.spend"].metric == "r2"
+            assert proxies["visits.spend"].score >= 0.95

@@ -9,9 +9,15 @@ foreign-key column hides its edge: the parent it references gives no features; a
 anchor table shows its hidden columns only when its time is known and before the observation
 time; and an anchor that references itself gives no parent features (a row appears once in a
 context). Numbers are their z-scores, times their
-15 features, booleans 0/1, categories their vocabulary ids as LightGBM categorical features,
-identifiers present/absent; text is left out. Predictions are scored by the task's own loss
-head, so the metrics are the ones ``tributary run evaluate`` reports.
+:data:`~tributary_core.semantic_type.TIMESTAMP_WIDTH` features, booleans 0/1, categories their
+vocabulary ids as LightGBM categorical features, identifiers present/absent; text is left out.
+
+What is learnt and how it is scored come from the task's loss head (its target type's default):
+LightGBM fits :attr:`LossHead.tabular_objective` to :meth:`LossHead.tabular_label` of the head's
+own targets, and :meth:`LossHead.compute_metrics` scores :meth:`LossHead.tabular_prediction` of
+LightGBM's raw scores, so the metrics are the ones ``tributary run evaluate`` reports. A task
+whose head declares no tabular objective, or that has no labelled seed in a split, gets an entry
+with no metrics and a ``skipped`` note saying why.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import numpy as np
 from tributary_core.errors import TributaryError
 from tributary_core.registry import get_registry
 from tributary_core.sampler import HashSplit, Sampler, TemporalSplit
-from tributary_core.sampler.batch import target_arrays
 from tributary_core.sampler.kernel import NO_TIME
 from tributary_core.store import Store
 
@@ -111,7 +116,8 @@ def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = 
                       max_seeds: int | None = None) -> dict[str, Any]:
     """Per task: LightGBM trained on the training split (early-stopped on validation), scored on
     ``split`` with the task's loss-head metrics. ``max_seeds`` scores the same evenly spaced
-    subset of ``split`` that ``evaluate(max_seeds=...)`` scores the model on."""
+    subset of ``split`` that ``evaluate(max_seeds=...)`` scores the model on. A task that cannot
+    be fitted has ``"metrics": {}`` and ``"skipped"``: the reason."""
     try:
         import lightgbm as lgb
     except ImportError:
@@ -119,7 +125,7 @@ def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = 
                              "pip install 'tributary[baselines]'") from None
     import torch
 
-    from tributary_core.train.evaluate import evenly_spaced
+    from tributary_core.train.evaluate import evenly_spaced, target_tensors
 
     registry = get_registry()
     splits = {name: Sampler(stores, tasks=tasks, split=name, splitter=splitter, seed=seed)
@@ -130,6 +136,16 @@ def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = 
         if not stype.target_losses:
             continue
         head = registry.loss_head(stype.target_losses[0])
+        objective = head.tabular_objective
+
+        def skipped(reason: str, head=head) -> dict[str, Any]:
+            return {"split": split, "labelled": 0, "loss_head": head.name, "metrics": {},
+                    "skipped": reason}
+
+        if objective is None:
+            results[task.key] = skipped(f"loss head {head.name!r} declares no tabular objective "
+                                        f"(tabular_objective is None)")
+            continue
         parts = {}
         for name, sampler in splits.items():
             t = next(x for x in sampler.tasks if x.key == task.key)
@@ -138,45 +154,39 @@ def lightgbm_baseline(stores: Sequence[Store], *, tasks: Sequence[str] | None = 
                 seeds = np.random.default_rng(seed).choice(seeds, max_train, replace=False)
             elif name == split:
                 seeds = evenly_spaced(seeds, max_seeds)
-            number, ts, boolean, vocab, valid = target_arrays(t.view, seeds)
+            tensors = target_tensors(t.view, seeds)
+            target = head.target(tensors)
+            label = np.asarray(head.tabular_label(target), dtype=np.float64)
+            if label.shape != (len(seeds),):
+                raise TributaryError(f"loss head {head.name!r} gave tabular labels of shape "
+                                     f"{label.shape} for {len(seeds)} seeds in tabular_label()")
+            keep = ~tensors["target_is_null"].numpy() & ~np.isnan(label)
             X, names, cats = task_features(t.graph.store, t, seeds)
-            parts[name] = (X[valid], number[valid], ts[valid], boolean[valid], vocab[valid])
-        if any(len(p[0]) == 0 for p in parts.values()):
+            parts[name] = (X[keep], label[keep], target[torch.from_numpy(keep)])
+        empty = [name for name, part in parts.items() if len(part[0]) == 0]
+        if empty:
+            results[task.key] = skipped(f"no labelled seed in the {' and '.join(empty)} split")
             continue
-        params: dict[str, Any] = {"learning_rate": 0.05, "num_leaves": 31, "verbose": -1,
-                                  "seed": seed, "num_threads": 0, "min_data_in_leaf": 20}
-        cands = task.view.candidates
-        if head.name == "bce":
-            params["objective"] = "binary"
-            y = {k: v[3].astype(float) for k, v in parts.items()}
-        elif head.name == "infonce":
-            lookup = {int(c): i for i, c in enumerate(cands)}
-            y = {k: np.array([lookup.get(int(c), -1) for c in v[4]]) for k, v in parts.items()}
-            keep = {k: y[k] >= 0 for k in y}
-            parts = {k: tuple(a[keep[k]] for a in v) for k, v in parts.items()}
-            y = {k: y[k][keep[k]] for k in y}
-            params.update(objective="multiclass", num_class=len(cands))
-        else:
-            params["objective"] = "huber"
-            y = {k: (v[2][:, -1] if task.view.stype == "timestamp" else v[1]).astype(float)
-                 for k, v in parts.items()}
-        train_set = lgb.Dataset(parts["train"][0], y["train"], feature_name=names,
+        params: dict[str, Any] = {"objective": objective, "learning_rate": 0.05, "num_leaves": 31,
+                                  "verbose": -1, "seed": seed, "num_threads": 0,
+                                  "min_data_in_leaf": 20}
+        if objective.startswith(("multiclass", "softmax", "multiclassova", "ova", "ovr")):
+            # classes are the head's labels 0..K-1: the target column's candidates when it has
+            # them (a class unseen in training still gets its column), else the labels seen
+            cands = task.view.candidates
+            seen = int(max(p[1].max() for p in parts.values())) + 1
+            params["num_class"] = max(len(cands) if cands is not None else 0, seen)
+        train_set = lgb.Dataset(parts["train"][0], parts["train"][1], feature_name=names,
                                 categorical_feature=cats, free_raw_data=False,
                                 params={"verbose": -1})
-        val_set = lgb.Dataset(parts["val"][0], y["val"], reference=train_set, params={"verbose": -1})
+        val_set = lgb.Dataset(parts["val"][0], parts["val"][1], reference=train_set,
+                              params={"verbose": -1})
         model = lgb.train(params, train_set, num_boost_round=rounds, valid_sets=[val_set],
                           callbacks=[lgb.early_stopping(30, verbose=False)])
-        raw = model.predict(parts[split][0], raw_score=True)
-        target_y = y[split]
-        if head.name == "bce":
-            pred, target = torch.from_numpy(raw), torch.from_numpy(target_y)
-        elif head.name == "infonce":
-            pred, target = torch.from_numpy(np.asarray(raw)), torch.from_numpy(target_y).long()
-        else:
-            width = 15 if task.view.stype == "timestamp" else 1
-            pred = torch.from_numpy(np.repeat(raw[:, None], width, 1)).float()
-            target = torch.from_numpy(np.repeat(target_y[:, None], width, 1)).float()
-        results[task.key] = {"split": split, "labelled": int(len(target_y)), "features": len(names),
-                             "rounds": int(model.best_iteration or rounds),
+        X_eval, label_eval, target = parts[split]
+        pred = head.tabular_prediction(model.predict(X_eval, raw_score=True), target)
+        results[task.key] = {"split": split, "labelled": int(len(label_eval)),
+                             "loss_head": head.name, "objective": objective,
+                             "features": len(names), "rounds": int(model.best_iteration or rounds),
                              "metrics": head.compute_metrics(pred, target, task.stats)}
     return results

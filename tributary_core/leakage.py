@@ -5,12 +5,17 @@
 1. **Proxies.** Each task's query runs in the sandboxed DuckDB; on a sample of its seeds, every
    column a context can show (the anchor row's, minus the task's hidden columns, the anchor key
    and the target itself; and one hop out, the columns of the rows the anchor references) is
-   tried alone as a predictor of the label: the column is binned (64 quantile bins for numbers
-   and times, the 64 commonest values for categories and text, presence for identifiers, one
-   bin for nulls; a parent reached through a hidden foreign-key column is not tried: the sampler
-   does not follow that edge), each bin predicts the mean (or majority) label of the first half of the
-   sample, and the second half scores it: AUROC for boolean labels, R² for numbers and times,
-   accuracy (against the majority class) for categories. A column at or above the threshold
+   tried alone as a predictor of the label. Labels and values are read by their semantic type
+   (:meth:`SemanticType.label_values`: booleans 1/0, times epoch µs, categories class codes...).
+   The column is binned by its type's batch slot (64 quantile bins of its values for the
+   ``number``, ``timestamp`` and ``boolean`` slots, the 64 commonest values for ``vocab``
+   (categories, text), presence for ``none`` (identifiers), one bin for nulls; a parent reached
+   through a hidden foreign-key column is not tried: the sampler does not follow that edge),
+   each bin predicts the mean (or majority) label of the first half of the sample, and the
+   second half scores it, by the kind of problem the target's loss head declares
+   (:attr:`LossHead.tabular_objective`): AUROC for ``binary`` (booleans), accuracy (against the
+   majority class) for ``multiclass`` (categories), R² otherwise (numbers, times, counts). A
+   column at or above the threshold
    (AUROC >= 0.98, R² >= 0.95, accuracy >= 0.98 where the majority is below it) is a likely
    proxy: hide it with the task's ``hidden_columns``.
 2. **Untimed tables under timed ones.** A table with no time is visible at every observation
@@ -41,7 +46,6 @@ from tributary_core.metadata import Metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.registry import get_registry
 from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
-from tributary_core.timeconv import to_epoch_us
 
 __all__ = ["Finding", "check_leakage", "Thresholds"]
 
@@ -190,6 +194,9 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
     except duckdb.Error as exc:
         raise TributaryError(f"task {name!r}: the leakage query fails: {str(exc).splitlines()[0]}") from None
     label, label_ok = _label(data.column("__label"), task.target_stype)
+    target_metric = _metric(task.target_stype)
+    if target_metric == "accuracy":  # class codes 0..K-1, whatever numbers the type gave
+        label[label_ok] = np.unique(label[label_ok], return_inverse=True)[1]
     if label_ok.sum() < 20:
         return []
     rng = np.random.default_rng(seed)
@@ -200,7 +207,7 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
     out = []
     for k, (_alias, table, cname, stype, where) in enumerate(cols):
         bins = _bins(data.column(f"__f{k}"), stype, train)
-        metric, score = _score(bins, label, train, test, task.target_stype)
+        metric, score = _score(bins, label, train, test, target_metric)
         if score is None:
             continue
         limit = getattr(thresholds, metric)
@@ -218,47 +225,47 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
 
 
 def _label(column: pa.ChunkedArray, stype: str) -> tuple[np.ndarray, np.ndarray]:
-    if stype in ("numerical",):
-        arr = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        ok = ~np.isnan(arr) & np.isfinite(arr)
-        return np.where(ok, arr, 0.0), ok
-    if stype == "timestamp":
-        conv = to_epoch_us(column)
-        return conv.values.astype(np.float64), conv.valid
-    if stype == "boolean":
-        return _booleans(column)
-    values = [None if v is None else str(v) for v in column.to_pylist()]
-    codes = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
-    return np.array([codes.get(v, -1) for v in values], dtype=np.float64), np.array(
-        [v is not None for v in values])
+    """``(labels as numbers (0 where unusable), usable)``, read by the target's semantic type
+    (:meth:`SemanticType.label_values`), so a label reads here as the type reads it."""
+    values = _values(get_registry().semantic_type(stype), column)
+    ok = np.isfinite(values)
+    return np.where(ok, values, 0.0), ok
 
 
-def _booleans(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """``(1.0 / 0.0 per cell, valid)``, read by the boolean semantic type itself, so "no",
-    "N" or 0 is false here exactly as preprocessing encodes it (and a cell it cannot read is
-    missing)."""
-    prepared = get_registry().semantic_type("boolean").prepare(column)
-    valid = np.asarray(prepared.valid, dtype=np.bool_)
-    return np.where(valid, np.asarray(prepared.values, dtype=np.float64), 0.0), valid
+def _values(semantic_type: Any, column: pa.ChunkedArray) -> np.ndarray:
+    values = np.asarray(semantic_type.label_values(column.to_pylist()), dtype=np.float64)
+    if values.shape != (len(column),):
+        raise TributaryError(f"semantic type {semantic_type.name!r} gave label_values() of shape "
+                             f"{values.shape} for {len(column)} values")
+    return values
+
+
+def _metric(stype: str) -> str:
+    """How a column's bins are scored against labels of ``stype``: by the kind of problem the
+    type's default loss head declares (``tabular_objective``): AUROC for ``binary``, accuracy
+    for ``multiclass``, R² otherwise (regression, counts, no tabular objective)."""
+    registry = get_registry()
+    losses = registry.semantic_type(stype).target_losses
+    objective = registry.loss_head(losses[0]).tabular_objective if losses else None
+    if objective == "binary":
+        return "auroc"
+    if objective is not None and objective.startswith(("multiclass", "softmax", "ova", "ovr")):
+        return "accuracy"
+    return "r2"
 
 
 def _bins(column: pa.ChunkedArray, stype: str, train: np.ndarray) -> np.ndarray:
-    """One integer bin per row; 0 is null."""
+    """One integer bin per row; 0 is null. By the type's batch slot: presence for ``none``,
+    quantiles of its :meth:`~SemanticType.label_values` for ``number``, ``timestamp`` and
+    ``boolean``, the commonest values for ``vocab``."""
     n = len(column)
-    if stype == "identifier":
+    semantic_type = get_registry().semantic_type(stype)
+    slot = semantic_type.batch_slot
+    if slot == "none":
         return np.array([0 if v is None else 1 for v in column.to_pylist()], dtype=np.int64)
-    if stype in ("numerical", "timestamp", "boolean"):
-        if stype == "timestamp":
-            conv = to_epoch_us(column)
-            values, ok = conv.values.astype(np.float64), conv.valid
-        elif stype == "boolean":
-            values, ok = _booleans(column)
-        else:
-            try:
-                values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                values = np.array([np.nan if v is None else float(v) for v in column.to_pylist()])
-            ok = np.isfinite(values)
+    if slot != "vocab":
+        values = _values(semantic_type, column)
+        ok = np.isfinite(values)
         fit = values[np.intersect1d(train, np.flatnonzero(ok))]
         if not len(fit):
             return np.where(ok, 1, 0)
@@ -275,9 +282,9 @@ def _bins(column: pa.ChunkedArray, stype: str, train: np.ndarray) -> np.ndarray:
 
 
 def _score(bins: np.ndarray, label: np.ndarray, train: np.ndarray, test: np.ndarray,
-           stype: str) -> tuple[str, float | None]:
+           metric: str) -> tuple[str, float | None]:
     k = int(bins.max()) + 1
-    if stype in ("categorical", "text"):
+    if metric == "accuracy":
         n_cls = int(label.max()) + 1
         table = np.zeros((k, n_cls))
         np.add.at(table, (bins[train], label[train].astype(np.int64)), 1)
@@ -289,7 +296,7 @@ def _score(bins: np.ndarray, label: np.ndarray, train: np.ndarray, test: np.ndar
     mean = label[train].mean()
     pred = np.where(counts > 0, sums / np.maximum(counts, 1), mean)[bins[test]]
     y = label[test]
-    if stype == "boolean":
+    if metric == "auroc":
         import torch
 
         from tributary_core.metrics import auroc
