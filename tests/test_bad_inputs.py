@@ -326,3 +326,86 @@ def test_metadata_schema_takes_no_arguments():
     assert result.exit_code == 2 and "unexpected extra argument" in result.output
     ok = CliRunner().invoke(cli, ["metadata", "schema"])
     assert ok.exit_code == 0 and json.loads(ok.output)["type"] == "object"
+
+
+# -- found by the hunt, fixed in files other helpers owned -------------------------------------
+
+
+def _write_parquet(folder, name, table):
+    import pyarrow.parquet as pq
+
+    folder.mkdir(exist_ok=True)
+    pq.write_table(table, folder / f"{name}.parquet")
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    ("no columns", "the table has no columns"),
+    ("empty name", "a column has an empty name"),
+    ("case", "differ only in case"),
+    ("folder", "no .parquet files"),
+])
+def test_draft_refuses_tables_sql_cannot_read(tmp_path, make, fragment):
+    import pyarrow as pa
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    if make == "no columns":
+        _write_parquet(raw, "a", pa.table({"x": [1]}).drop(["x"]))
+    elif make == "empty name":
+        _write_parquet(raw, "a", pa.table({"": [1], "y": [2]}))
+    elif make == "case":
+        _write_parquet(raw, "a", pa.table({"ID": [1], "id": [2]}))
+    else:
+        (raw / "sub.parquet").mkdir()
+    one_line_error(CliRunner().invoke(cli, ["metadata", "draft", str(raw)]), fragment)
+
+
+def test_draft_says_a_table_has_no_rows(tmp_path):
+    import pyarrow as pa
+
+    from tributary_core.draft import draft_metadata
+
+    raw = tmp_path / "raw"
+    _write_parquet(raw, "people", pa.table({"person_id": pa.array([1, 2], pa.int64()),
+                                             "name": ["a", "b"]}))
+    _write_parquet(raw, "empty", pa.table({"empty_id": pa.array([], pa.int64()),
+                                            "note": pa.array([], pa.string())}))
+    draft = draft_metadata(raw)
+    text = json.dumps(draft, default=str)
+    assert "the table has no rows" in text
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    (["-E", "batch_size=1", "-E", "batch_size=2"], "batch_size is given twice"),
+    (["-E", "batch_size=abc"], "batch_size must be an integer, got 'abc'"),
+    (["-E", "timeout=soon"], "timeout must be a number, got 'soon'"),
+])
+def test_embedder_option_text_is_refused_with_its_rule(monkeypatch, options, fragment):
+    monkeypatch.setenv("TRIBUTARY_EMBEDDER_URL", "http://127.0.0.1:9/v1")
+    result = CliRunner().invoke(cli, ["serve", "embedder", "--backend", "http", "--model", "m",
+                                      *options, "--port", "0"])
+    one_line_error(result, fragment)
+
+
+def test_stdout_that_cannot_be_written(tmp_path):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "tributary_core.cli", "metadata", "schema"],
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "<stdout>: No space left on device" in done.stderr
+    reader = subprocess.Popen([sys.executable, "-m", "tributary_core.cli", "metadata", "schema"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.read(10)
+    reader.stdout.close()  # the reader leaves early, as `| head -1` does
+    assert reader.wait() == 0 and b"Traceback" not in reader.stderr.read()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--width", "100000000"), ("--seq-len", "1000000000")])
+def test_train_sizes_that_cannot_fit_are_refused(tmp_path, option, value):
+    result = CliRunner().invoke(cli, ["run", "train", "--db", str(tmp_path), option, value,
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and option in result.output
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,8 @@ exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Any
 
@@ -30,15 +32,31 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TributaryError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:  # `tributary ... | head`: the reader left; not an error
+            _quiet_stdout()
+            ctx.exit(0)
         except OSError as exc:
             # a file the user named, or the disk, refused: a read-only folder, a full disk,
-            # a path under a file. Without a file name it may be a bug: keep the traceback.
+            # a path under a file. Without a file name it may be a bug: keep the traceback,
+            # except for a full disk behind stdout (`> /dev/full`).
+            if exc.filename is None and exc.errno == errno.ENOSPC:
+                _quiet_stdout()
+                raise UserError(f"<stdout>: {exc.strerror}") from None
             if exc.filename is None or exc.strerror is None:
                 raise
             raise UserError(f"{exc.filename}: {exc.strerror}") from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's capture)
+        pass
 
 
 def _version() -> str:

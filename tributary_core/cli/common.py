@@ -95,10 +95,14 @@ def make_embedder(name: str, model: str | None, dimension: int, options: tuple[s
             known = ", ".join(sorted(cls.options)) or "none"
             raise TributaryError(f"-E {item!r}: embedder {name!r} takes KEY=VALUE with KEY one of: "
                                  f"{known}")
+        if key in kwargs:
+            raise TributaryError(f"-E {item!r}: {key} is given twice; give it once")
+        convert = cls.options[key]
         try:
-            kwargs[key] = cls.options[key](value)
+            kwargs[key] = convert(value)
         except ValueError:
-            raise TributaryError(f"-E {item!r}: {value!r} is not a valid {key}") from None
+            kind = {int: "an integer", float: "a number"}.get(convert, f"a valid {key}")
+            raise TributaryError(f"-E {item!r}: {key} must be {kind}, got {value!r}") from None
     return registry.create_embedder(name, model=model, dimension=dimension, **kwargs)
 
 

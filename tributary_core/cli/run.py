@@ -107,9 +107,9 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
 @click.option("--tasks", default=None, help="Comma-separated task names (task or db/task) [default: all].")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=1, max=65536), default=256, show_default=True,
               help="Cells per context (L).")
-@click.option("--width", type=click.IntRange(min=0), default=8, show_default=True,
+@click.option("--width", type=click.IntRange(min=0, max=4096), default=8, show_default=True,
               help="Children per row the sampler takes at most.")
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)

@@ -97,15 +97,27 @@ def read_tables(raw_dir: str | Path) -> dict[str, pads.Dataset]:
     raw = Path(raw_dir)
     if not raw.is_dir():
         raise TributaryError(f"{raw}: not a folder of <table>.parquet files")
-    files = sorted(raw.glob("*.parquet"))
+    files = sorted(f for f in raw.glob("*.parquet") if f.is_file())
     if not files:
         raise TributaryError(f"{raw}: no .parquet files")
     out = {}
     for f in files:
         try:
-            out[f.stem] = pads.dataset(f, format="parquet")
+            data = pads.dataset(f, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             raise TributaryError(f"{f}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        names = data.schema.names
+        if not names:
+            raise TributaryError(f"{f}: the table has no columns")
+        if any(not n.strip() for n in names):
+            raise TributaryError(f"{f}: a column has an empty name; name every column")
+        folded: dict[str, str] = {}
+        for n in names:
+            if n.lower() in folded:
+                raise TributaryError(f"{f}: columns {folded[n.lower()]!r} and {n!r} differ only in "
+                                     f"case, which SQL (DuckDB) cannot tell apart; rename one")
+            folded[n.lower()] = n
+        out[f.stem] = data
     return out
 
 
@@ -223,7 +235,7 @@ def _stype(col: ColumnProfile, table: TableProfile, is_key: bool, fk: tuple | No
            has_time: bool) -> tuple[str, str]:
     n, d = col.non_null, col.distinct
     if n == 0:
-        return "ignored", "every value is null"
+        return "ignored", ("the table has no rows" if table.rows == 0 else "every value is null")
     if fk is not None:
         parent, key, rate, distinct = fk
         return "identifier", (f"foreign key to {parent}.{key}: {rate:.0%} of its {distinct:,} distinct "
