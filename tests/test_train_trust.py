@@ -8,6 +8,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -283,3 +284,44 @@ def test_metrics_read_while_a_line_is_being_appended(tmp_path):
     assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n')
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+# -- a run records its semantic types -------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["plugin installed after training", "plugin removed after training"])
+def test_installing_or_removing_a_plugin_keeps_a_run_loadable(shop, tmp_path, monkeypatch, change):
+    """The example package adds the `count` type, which sorts between built-ins and shifts the
+    batch codes of every later type; the run must give the same predictions either way."""
+    from tributary_core.registry import ENV_PLUGINS, reset_registry
+    from tributary_core.sampler import stype_names
+    from tributary_core.train import load_run, predict
+
+    without = {ENV_PLUGINS: "none-at-all"}  # only the built-ins
+
+    def plugins(env: dict[str, str]) -> None:
+        for key in (ENV_PLUGINS,):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        reset_registry()
+
+    before, after = (without, {}) if change.startswith("plugin installed") else ({}, without)
+    plugins(before)
+    if "count" not in stype_names() and not before:
+        pytest.skip("the example plugin package is not installed")
+    train(small_config(shop, steps=4), tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["stypes"]
+    assert recorded == stype_names()
+    first = predict(load_run(tmp_path / "run"), "big_order").column("prediction").to_pylist()
+    plugins(after)
+    assert stype_names() != recorded  # the installed types really changed
+    second = predict(load_run(tmp_path / "run"), "big_order").column("prediction").to_pylist()
+    np.testing.assert_allclose(second, first, rtol=1e-6)
+    if after:  # the plugin is gone: predicting works, training on needs it back
+        with pytest.raises(TributaryError, match="no longer installed: install them"):
+            train(small_config(shop, steps=6), tmp_path / "run")
+    else:  # the run resumes with its own types, not refused as "other settings"
+        train(small_config(shop, steps=6), tmp_path / "run")
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["stypes"] == recorded
+    plugins(before)

@@ -361,9 +361,12 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str, Any]], None] | None = None,
           force: bool = False) -> RelationalTransformer:
     """Train (or resume) the run in ``out``; returns the trained model. In a process group
-    (torchrun or ``--nproc``) every rank calls this; rank 0 writes the run folder."""
-    import torch.distributed as dist
+    (torchrun or ``--nproc``) every rank calls this; rank 0 writes the run folder.
 
+    The stages: the settings are checked (:meth:`TrainConfig.check`); the stores, samplers and
+    model are built (:func:`_plan`); only then is the run folder claimed or resumed
+    (:func:`_prepare_folder`), so a mistake leaves nothing behind; then :class:`_Loop` runs
+    the steps. ``progress`` is called on rank 0 with each step's metrics row."""
     from tributary_core.memory import tune_allocator
 
     out = Path(out)
@@ -371,98 +374,176 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     if config.stypes is None:
         config = attrs.evolve(config, stypes=_initial_stypes(config, out, force))
     tune_allocator()  # a flat heap over hours of steps (see tributary_core.memory)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    device = _device()
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    place = _Place.here()
+    plan = _plan(config, place)
+    latest = _prepare_folder(out, config, force, place.rank, place.distributed)
+    optimizer = torch.optim.AdamW([p for p in plan.model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    start, resumed = _resume(out, plan.model, optimizer, scheduler, place.device, latest)
+    loop = _Loop(config, place, plan, out, optimizer, scheduler, progress, last_ckpt=resumed)
+    if place.rank == 0 and resumed is not None:  # drop what the killed run logged after it
+        _write_jsonl(loop.log, [r for r in read_metrics(out) if r.get("step", 0) <= start])
+    loop.run(start)
+    return plan.model
+
+
+@attrs.define(frozen=True)
+class _Place:
+    """Where this process trains: its rank in the process group (if any) and its device."""
+
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def here(cls) -> _Place:
+        import torch.distributed as dist
+
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        world = dist.get_world_size() if distributed else 1
+        device = _device()
+        if device.type == "cuda" and distributed:
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            device = torch.device("cuda", local % torch.cuda.device_count())
+        return cls(distributed, rank, world, device)
+
+
+@attrs.define
+class _Plan:
+    """What a run trains: its stores, the training and validation samplers, the model (with
+    ``--init`` weights and ``--freeze-backbone`` applied) and the frozen text embeddings."""
+
+    stores: list[Store]
+    train: Sampler
+    val: Sampler
+    model: RelationalTransformer
+    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _plan(config: TrainConfig, place: _Place) -> _Plan:
+    """Build everything a run needs, refusing settings that cannot train, before any file is
+    written."""
     stores = [open_store(p) for p in config.stores]
     torch.manual_seed(config.seed)
-    d_text = stores[0].embedder.dimension
-    sampler = Sampler(stores, tasks=config.tasks, split="train", splitter=config.splitter(),
-                      batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
-                      seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
-                      pretrain=config.pretrain)
-    val = Sampler(stores, tasks=config.tasks, split="val", splitter=config.splitter(),
-                  batch_size=config.batch_size, context_len=config.seq_len, width=config.width,
-                  seed=config.seed, rank=rank, world_size=world, n_threads=config.sampler_threads,
-                  pretrain=config.pretrain)
-    if not any(len(t.seeds) for t in sampler.tasks):
-        listing = ", ".join(f"{t.key} ({len(t.view):,} seeds in all)" for t in sampler.tasks)
-        raise TributaryError(f"nothing to train on: no task has seeds in the train split"
-                             f"{' of rank ' + str(rank) if distributed else ''} ({listing or 'no tasks'})")
-    model = build_model(config, d_text).to(device)
-    if config.init:  # a resumed run's checkpoint replaces these weights below
-        _initialise(model, config, stores, device)
+    samplers = [Sampler(stores, tasks=config.tasks, split=split, splitter=config.splitter(),
+                        batch_size=config.batch_size, context_len=config.seq_len,
+                        width=config.width, seed=config.seed, rank=place.rank,
+                        world_size=place.world, n_threads=config.sampler_threads,
+                        pretrain=config.pretrain)
+                for split in ("train", "val")]
+    if not any(len(t.seeds) for t in samplers[0].tasks):
+        listing = ", ".join(f"{t.key} ({len(t.view):,} seeds in all)" for t in samplers[0].tasks)
+        of_rank = f" of rank {place.rank}" if place.distributed else ""
+        raise TributaryError(f"nothing to train on: no task has seeds in the train split{of_rank} "
+                             f"({listing or 'no tasks'})")
+    model = build_model(config, stores[0].embedder.dimension).to(place.device)
+    if model.missing_stypes:
+        raise TributaryError(f"the run's semantic types {', '.join(model.missing_stypes)} come from "
+                             f"plugins that are no longer installed: install them to train on "
+                             f"(evaluate and predict work without them)")
+    if config.init:  # a resumed run's checkpoint replaces these weights later
+        _initialise(model, config, stores, place.device)
     if config.freeze_backbone:
         for pname, param in model.named_parameters():
             param.requires_grad_(pname.startswith(("heads.", "null_head.")))
-    embeddings = {s.name: store_embeddings(s, device) for s in stores}
-    # the folder is touched only once the settings proved usable: a mistake leaves nothing
-    resume_from = _prepare_folder(out, config, force, rank, distributed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    start, resume_from = _resume(out, model, optimizer, scheduler, device, resume_from)
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    log = (out / METRICS) if rank == 0 else None
-    if log is not None and resume_from is not None:  # drop what the killed run logged after it
-        _write_jsonl(log, [r for r in read_metrics(out) if r.get("step", 0) <= start])
-    batches: Iterator[Batch] = prefetch(sampler.batch_at(s) for s in range(start + 1, config.steps + 1))
-    last_ckpt = resume_from
-    tick = time.perf_counter()
-    for step in range(start + 1, config.steps + 1):
-        batch = next(batches)
-        net.train()
-        loss, _ = batch_loss(net, batch, embeddings, device, config.null_weight)
+    embeddings = {s.name: store_embeddings(s, place.device) for s in stores}
+    return _Plan(stores, samplers[0], samplers[1], model, embeddings)
+
+
+class _Loop:
+    """The training steps of one rank: forward, loss check, backward, clip, update; every
+    ``val_every`` steps a validation; every ``ckpt_every`` steps a checkpoint (rank 0 writes,
+    the last two are kept); at the end ``model.pt`` and ``curves.png``."""
+
+    def __init__(self, config: TrainConfig, place: _Place, plan: _Plan, out: Path,
+                 optimizer: torch.optim.Optimizer, scheduler: Any,
+                 progress: Callable[[dict[str, Any]], None] | None, *,
+                 last_ckpt: Path | None) -> None:
+        self.config, self.place, self.plan, self.out = config, place, plan, out
+        self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
+        self.last_ckpt = last_ckpt
+        self.log = out / METRICS
+        self.net: nn.Module = plan.model
+        if place.distributed:
+            self.net = nn.parallel.DistributedDataParallel(plan.model, find_unused_parameters=True)
+        self.trainable = [p for p in plan.model.parameters() if p.requires_grad]
+
+    def run(self, start: int) -> None:
+        c = self.config
+        batches: Iterator[Batch] = prefetch(self.plan.train.batch_at(s)
+                                            for s in range(start + 1, c.steps + 1))
+        try:
+            tick = time.perf_counter()
+            for step in range(start + 1, c.steps + 1):
+                row = self.step(step, next(batches))
+                now = time.perf_counter()
+                row["seeds_per_s"] = c.batch_size * self.place.world / max(now - tick, 1e-9)
+                if step % c.val_every == 0 or step == c.steps:
+                    row.update(validate(self.net, self.plan.val, self.plan.embeddings,
+                                        self.place.device, c))
+                    now = time.perf_counter()
+                tick = now
+                self.record(row)
+                if step % c.ckpt_every == 0 or step == c.steps:
+                    self.checkpoint(step)
+        finally:
+            batches.close()
+        if self.place.rank == 0:
+            _save(self.out / MODEL, {"model": self.plan.model.state_dict(), "step": c.steps})
+            plot_curves(self.out)
+
+    def step(self, step: int, batch: Batch) -> dict[str, Any]:
+        """One optimizer step; returns the step's metrics row."""
+        import torch.distributed as dist
+
+        self.net.train()
+        loss, _ = batch_loss(self.net, batch, self.plan.embeddings, self.place.device,
+                             self.config.null_weight)
         value = loss.detach()
-        if distributed:
+        if self.place.distributed:
             dist.all_reduce(value)
-            value /= world
+            value /= self.place.world
         if not bool(torch.isfinite(value)):
-            where = f"; the last checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+            where = (f"; the last checkpoint is {self.last_ckpt}" if self.last_ckpt
+                     else "; no checkpoint was written")
             raise TributaryError(f"step {step}: the loss is {float(value)} on task "
                                  f"{batch.database}/{batch.task}; training stopped{where}. "
                                  f"Lower --lr or check the data.")
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], config.clip))
-        optimizer.step()
-        scheduler.step()
-        now = time.perf_counter()
-        row = {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
-               "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-               "seeds_per_s": config.batch_size * world / max(now - tick, 1e-9)}
-        tick = now
-        if step % config.val_every == 0 or step == config.steps:
-            row.update(validate(net, val, embeddings, device, config))
-            tick = time.perf_counter()
-        if log is not None:  # strict JSON: no NaN or Infinity
-            clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                     for k, v in row.items()}
-            with open(log, "a") as f:
-                f.write(json.dumps(clean) + "\n")
-        if progress is not None and rank == 0:
-            progress(row)
-        if step % config.ckpt_every == 0 or step == config.steps:
-            if rank == 0:
-                path = out / CHECKPOINTS / f"step-{step:08d}.pt"
-                _save(path, {"step": step, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-                for old in sorted((out / CHECKPOINTS).glob("step-*.pt"))[:-2]:
-                    old.unlink()
-                last_ckpt = path
-            if distributed:
-                dist.barrier()
-    batches.close()
-    if rank == 0:
-        _save(out / MODEL, {"model": model.state_dict(), "step": config.steps})
-        plot_curves(out)
-    return model
+        grad_norm = float(nn.utils.clip_grad_norm_(self.trainable, self.config.clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
+                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append the row to metrics.jsonl (strict JSON: no NaN or Infinity) and report it."""
+        if self.place.rank != 0:
+            return
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                 for k, v in row.items()}
+        with open(self.log, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.progress is not None:
+            self.progress(row)
+
+    def checkpoint(self, step: int) -> None:
+        import torch.distributed as dist
+
+        if self.place.rank == 0:
+            path = self.out / CHECKPOINTS / f"step-{step:08d}.pt"
+            _save(path, {"step": step, "model": self.plan.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict()})
+            for old in checkpoints(self.out)[:-2]:
+                old.unlink()
+            self.last_ckpt = path
+        if self.place.distributed:
+            dist.barrier()
 
 
 def _initial_stypes(config: TrainConfig, out: Path, force: bool) -> list[str]:
