@@ -409,3 +409,21 @@ def test_train_sizes_that_cannot_fit_are_refused(tmp_path, option, value):
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and option in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_metrics_table_names_a_skipped_task(capsys):
+    from tributary_core.cli.common import metrics_table
+
+    metrics_table({"db/a": {"metrics": {}, "baseline": {}, "skipped": "the head has no tabular objective"},
+                   "db/b": {"metrics": {"auroc": 0.75}, "baseline": {"auroc": 0.5}}},
+                  "test", ("LightGBM",))
+    out = capsys.readouterr().out
+    assert "db/a" in out and "skipped: the head has no tabular objective" in out
+    assert "0.7500" in out
+
+
+def test_free_text_is_not_a_tabular_feature():
+    registry = get_registry()
+    assert registry.semantic_type("text").tabular_feature is False
+    assert all(registry.semantic_type(n).tabular_feature
+               for n in ("numerical", "categorical", "boolean", "timestamp"))

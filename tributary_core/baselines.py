@@ -55,7 +55,7 @@ def task_features(store: Store, task: Any, seeds: np.ndarray) -> tuple[np.ndarra
         safe = np.where(present, row_idx, 0)
         for cname, cmeta in t.columns.items():
             stype = registry.semantic_type(cmeta["stype"])
-            if stype.is_ignored or cname in skip or stype.name == "text":
+            if stype.is_ignored or cname in skip or not stype.tabular_feature:
                 continue
             valid = np.asarray(t.valid(cname))[safe] & present
             slot = stype.batch_slot

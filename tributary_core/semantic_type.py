@@ -136,6 +136,8 @@ class SemanticType:
             (field ``value``, float32), ``"timestamp"`` (field ``value``,
             :data:`TIMESTAMP_WIDTH` float32), ``"boolean"`` (field ``value``), ``"vocab"``
             (field ``index``, a vocabulary id) or ``"none"`` (presence only, as identifiers).
+        tabular_feature: whether the LightGBM baseline uses this type's cells as features
+            (False for free text, whose vocabulary ids are not categories).
 
     A type that can be a target may override :meth:`decode_prediction`; every type may override
     :meth:`label_values`. The defaults read plain numbers.
@@ -146,6 +148,7 @@ class SemanticType:
     target_losses: ClassVar[tuple[str, ...]] = ()
     is_ignored: ClassVar[bool] = False
     batch_slot: ClassVar[str] = "none"
+    tabular_feature: ClassVar[bool] = True
 
     # -- checking (metadata validate) ------------------------------------------------------
 

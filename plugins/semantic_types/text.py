@@ -15,6 +15,7 @@ MAX_CHARS = 512
 class Text(EmbeddedType):
     name = "text"
     batch_slot = "vocab"
+    tabular_feature = False  # free text: its vocabulary ids are not categories
     description = "free text: u32 vocab index + validity"
     max_chars = MAX_CHARS
 

@@ -130,6 +130,9 @@ def metrics_table(results: dict, split: str, columns: tuple[str, ...]) -> None:
     click.echo(f"{'task':<44} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)
                + f"  ({split} split)")
     for task, entry in results.items():
+        if not entry["metrics"] and entry.get("skipped"):
+            click.echo(f"{task:<44} skipped: {entry['skipped']}")
+            continue
         for name, value in entry["metrics"].items():
             cells = [_num(value)] + [_num(entry["baseline"].get(name)) for _ in columns[1:]]
             click.echo(f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells))
