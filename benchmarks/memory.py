@@ -1,14 +1,14 @@
-"""Training memory over thousands of steps: RSS with Tributary's allocator setting and without.
+"""Training memory over thousands of steps: RSS with Tributary's heap trimming and without.
 
     python benchmarks/memory.py [--steps 3000] [--every 250] [--db data/processed/nycflights13]
 
 Trains the same run twice, each in a fresh process, on nycflights13 (all six tasks; made with
 the hashing embedder if data/processed/nycflights13 is missing): d_model 96, 3 layers, L 128,
-B 32, validation every 500 steps. Once as Tributary runs by default (glibc's mmap threshold fixed
-by ``tributary_core.memory.tune_allocator``) and once with ``TRIBUTARY_MALLOC_TUNING=0`` (glibc's
-own dynamic threshold, the behaviour before). Prints RSS every ``--every`` steps, the growth
-from the first reading to the last in MB per 1,000 steps, and the median seconds per step of
-each (the price of the setting, if any).
+B 32, validation every 500 steps. Once as Tributary runs by default (``malloc_trim`` every 50
+steps, ``tributary_core.memory.HeapTrimmer``) and once with ``TRIBUTARY_MALLOC_TUNING=0`` (glibc
+left alone, the behaviour before). Prints RSS every ``--every`` steps, the growth from the
+second reading to the last in MB per 1,000 steps, and the median seconds per step of each (the
+price of trimming, if any).
 """
 
 from __future__ import annotations

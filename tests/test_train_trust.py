@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_METADATA
 from test_sampler import make_shop
 
 from tributary_core.cli import cli
 from tributary_core.errors import TributaryError
-from tributary_core.memory import rss_bytes, tune_allocator
+from tributary_core.memory import rss_bytes
 from tributary_core.train import TrainConfig, read_metrics, train
 from tributary_core.train.trainer import checkpoints
 
@@ -269,13 +270,16 @@ def test_write_failure_is_one_line(shop, tmp_path):
 # -- memory ----------------------------------------------------------------------------------
 
 
-def test_allocator_is_tuned_on_glibc():
+def test_heap_trimming_on_glibc(monkeypatch):
     import platform
 
-    tuned = tune_allocator()
-    assert tune_allocator() == tuned  # idempotent
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert tuned
+    from tributary_core.memory import HeapTrimmer, trim_heap
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert trim_heap() == glibc
+    assert HeapTrimmer().enabled == glibc
+    monkeypatch.setenv("TRIBUTARY_MALLOC_TUNING", "0")
+    assert not HeapTrimmer().enabled
     assert rss_bytes() > 10_000_000
 
 
@@ -325,3 +329,51 @@ def test_installing_or_removing_a_plugin_keeps_a_run_loadable(shop, tmp_path, mo
         train(small_config(shop, steps=6), tmp_path / "run")
         assert json.loads((tmp_path / "run" / "config.json").read_text())["stypes"] == recorded
     plugins(before)
+
+
+# -- found in review ---------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_writing_names_the_file(shop, tmp_path, monkeypatch):
+    """pyarrow and plain writes report a full disk as an OSError with no file name: the
+    atomic writer names the file it was writing, and leaves no partial file."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    train(small_config(shop, steps=4), run)
+
+    def full(*_args, **_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    out = tmp_path / "preds" / "p.parquet"
+    line = one_line_error(invoke("run", "predict", "--run", run, "--task", "big_order", "--out", out),
+                          str(out))
+    assert "No space left on device" in line
+    assert list(out.parent.iterdir()) == []
+
+
+def test_preprocess_never_writes_a_store_over_the_working_directory(tmp_path, monkeypatch,
+                                                                      tiny_raw, write_json):
+    tiny_metadata = write_json(TINY_METADATA)
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "keep.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path / "cwd")
+    for out, force in ((".", []), (str(tmp_path / "cwd"), ["--force"]), ("..", ["--force"])):
+        result = invoke("run", "preprocess", "--db", "tiny", "--raw", tiny_raw, "--metadata",
+                        tiny_metadata, "--embedder", "hashing", "--out", out, *force)
+        one_line_error(result, "working directory or a folder above it")
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["keep.txt"]
+
+
+def test_writing_to_a_device_never_replaces_it(tmp_path):
+    """As root, renaming a temporary file over /dev/null would replace the device node."""
+    import stat
+
+    from tributary_core.atomic import atomic_write_text
+
+    atomic_write_text("/dev/null", "discarded")
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+    assert not list(Path("/dev").glob(".null.*.tmp"))

@@ -147,6 +147,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, durable: bo
     Every writer of a single file in Tributary goes through here (``atomic_write_text``,
     ``atomic_write_bytes``, checkpoints, predictions, metrics)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # a device or pipe (/dev/stdout, a FIFO): written in place, never renamed over, which
+        # as root would replace the device node itself
+        try:
+            write(path)
+        except OSError as exc:
+            raise TributaryError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         write(tmp)
@@ -154,6 +162,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, durable: bo
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk, a folder that is a file: name the file
+        raise TributaryError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
 

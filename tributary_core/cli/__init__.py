@@ -29,25 +29,64 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a full disk or closed pipe behind stdout shows up here
+            return result
         except TributaryError as exc:
             raise UserError(str(exc)) from None
-        except BrokenPipeError:  # `tributary ... | head`: the reader left; not an error
+        except StdoutError as exc:  # `> /dev/full`, or `| head` leaving early
             _quiet_stdout()
-            ctx.exit(0)
+            if isinstance(exc.error, BrokenPipeError):  # the reader left: not an error
+                ctx.exit(0)
+            raise UserError(f"<stdout>: {exc.error.strerror}") from None
         except OSError as exc:
             # a file the user named, or the disk, refused: a read-only folder, a full disk,
-            # a path under a file. Without a file name it may be a bug: keep the traceback,
-            # except for a full disk behind stdout (`> /dev/full`).
-            if exc.filename is None and exc.errno == errno.ENOSPC:
-                _quiet_stdout()
-                raise UserError(f"<stdout>: {exc.strerror}") from None
+            # a path under a file. Without a file name: the disk (no name known), or a bug,
+            # which keeps its traceback.
+            if exc.filename is None and exc.errno in _DISK_ERRORS:
+                raise UserError(f"cannot write: {exc.strerror}") from None
             if exc.filename is None or exc.strerror is None:
                 raise
             raise UserError(f"{exc.filename}: {exc.strerror}") from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+
+
+#: Errors of the disk or the file system, never of Tributary's code.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EIO})
+
+
+class StdoutError(Exception):
+    """Writing the command's standard output failed (``error``: the OSError)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _GuardedStdout:
+    """``sys.stdout`` whose write failures are :class:`StdoutError`, so the CLI edge can tell
+    them from a failure writing a file (both are OSErrors without a file name)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise StdoutError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise StdoutError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _quiet_stdout() -> None:
@@ -98,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     warnings.showwarning = _show_warning
+    if not isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout = _GuardedStdout(sys.stdout)
     cli.main(args=argv, prog_name="tributary", standalone_mode=True)
 
 

@@ -136,7 +136,8 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
               help="Processes for distributed data-parallel training on this machine.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Run folder, e.g. runs/flights. An existing one is resumed.")
-@click.option("--force", is_flag=True, help="Delete an existing run folder and start over.")
+@click.option("--force", is_flag=True,
+              help="Start a run folder over: its run's files are removed, nothing else.")
 def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_size: int, seq_len: int,
                   width: int, lr: float, weight_decay: float, warmup: int, clip: float, d_model: int,
                   layers: int, heads: int, val_every: int, val_batches: int, ckpt_every: int,

@@ -84,7 +84,14 @@ def fetch_dataset(name: str, out: str | Path, *, force: bool = False,
                                source=manifest["source"], written=False)
         raise TributaryError(f"{out} already exists and is not a complete {name} fetch with "
                              "these options; use --force to replace it")
-    with staged_folder(out) as tmp:
+    def may_replace(path: Path) -> str | None:  # checked again at publish time
+        if not path.is_dir() or path.is_symlink():
+            return "is not a folder; remove it yourself or choose another --out"
+        if any(path.iterdir()) and not is_fetch(path):
+            return "now holds other files; remove them yourself or choose another --out"
+        return None
+
+    with staged_folder(out, may_replace=may_replace) as tmp:
         rows, source = DATASETS[name](tmp, **options)
         (tmp / MANIFEST).write_text(json.dumps(
             {"dataset": name, "options": options, "source": source, "rows": rows}, indent=2))

@@ -43,7 +43,14 @@ from tributary_core.http import (
     post_with_retries,
     public_url,
 )
-from tributary_core.sql import fetch_arrow, quote_identifier, sandbox_connection
+from tributary_core.sql import (
+    QueryTimeout,
+    fetch_arrow,
+    quote_identifier,
+    run_interruptible,
+    run_query,
+    sandbox_connection,
+)
 
 __all__ = ["Usage", "AgentResult", "DraftAgent", "OPENROUTER_URL", "DEFAULT_MODEL", "KEY_ENV",
            "check_answer"]
@@ -53,6 +60,8 @@ OPENROUTER_URL = "https://openrouter.ai/api/v1"
 KEY_ENV = "OPENROUTER_API_KEY"
 DEFAULT_MODEL = "openai/gpt-4.1-mini"
 MAX_ROWS = 50
+#: Seconds one of the model's tool queries may run.
+TOOL_QUERY_TIMEOUT_S = 60.0
 
 SYSTEM = """You annotate relational databases for Tributary, which trains a model to predict \
 their cells. You get a database (parquet tables) and an automatic draft of its metadata.json. \
@@ -159,9 +168,14 @@ def check_answer(data: Any, raw_dir: Path, con: Any) -> tuple[list[str], dict[st
     timed = {t for t, tb in md.tables.items() if tb.temporal_column or tb.temporal_from}
     for name, task in md.tasks.items():
         try:
-            rows[name] = int(con.execute(f"SELECT count(*) FROM ({task.query})").fetchone()[0])
+            counted = run_query(con, f"SELECT count(*) AS n FROM ({task.query})")
+            rows[name] = int(counted.column("n")[0].as_py())
         except duckdb.Error as exc:
             problems.append(f"$.tasks.{name}.query: {str(exc).splitlines()[0]}")
+            continue
+        except QueryTimeout as exc:
+            problems.append(f"$.tasks.{name}.query: ran past the {exc.seconds:g} s limit; make it "
+                            f"cheaper")
             continue
         if rows[name] == 0:
             problems.append(f"$.tasks.{name}.query: returns no rows")
@@ -320,7 +334,7 @@ class DraftAgent:
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
             result = self._tool(name, args)
-        except (ValueError, TypeError, KeyError, duckdb.Error, TributaryError) as exc:
+        except (ValueError, TypeError, KeyError, duckdb.Error, TributaryError, QueryTimeout) as exc:
             result = {"error": " ".join(str(exc).split())[:300]}
         self.say(f"tool {name}({fn.get('arguments', '')[:80]})")
         return json.dumps(result, default=str)[:20_000]
@@ -338,7 +352,9 @@ class DraftAgent:
         return column
 
     def _query(self, sql: str, limit: int = MAX_ROWS) -> list[dict[str, Any]]:
-        return fetch_arrow(self.con.sql(sql).limit(limit)).to_pylist()
+        # the model's SQL: bounded in rows and in time (a QueryTimeout goes back to the model)
+        return run_interruptible(self.con, lambda: fetch_arrow(self.con.sql(sql).limit(limit)),
+                                 timeout_s=TOOL_QUERY_TIMEOUT_S).to_pylist()
 
     def _tool(self, name: str, args: dict[str, Any]) -> Any:
         q = quote_identifier

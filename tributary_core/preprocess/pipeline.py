@@ -46,6 +46,7 @@ from tributary_core.atomic import staged_folder
 from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache_dir, embed_texts
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
+from tributary_core.folders import is_protected
 from tributary_core.keys import KeyMatch, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
@@ -136,6 +137,9 @@ def preprocess(
     if query_timeout_s is not None and not query_timeout_s > 0:
         raise TributaryError(f"--query-timeout: must be a positive number of seconds, got "
                              f"{query_timeout_s}")
+    if is_protected(out_dir):
+        raise TributaryError(f"{out_dir}: is the working directory or a folder above it; a store "
+                             f"needs a folder of its own, e.g. data/processed/NAME")
     if out_dir.exists() or out_dir.is_symlink():
         if not force:
             raise TributaryError(f"{out_dir} already exists; use --force to replace it")

@@ -52,6 +52,12 @@ def launch(config: TrainConfig, out: str | Path, *, nproc: int = 1, force: bool 
     import tempfile
 
     config.check()
+    if config.stypes is None:  # settled once, so every rank builds the same model
+        import attrs
+
+        from tributary_core.train.trainer import _initial_stypes
+
+        config = attrs.evolve(config, stypes=_initial_stypes(config, out, force))
     port = _free_port()
     # the ranks report user errors through files outside the run folder, so a refused run
     # leaves nothing in --out
@@ -77,7 +83,7 @@ def _worker(rank: int, world: int, port: int, config: TrainConfig, out: str, for
     dist.init_process_group("nccl" if _cuda() else "gloo", rank=rank, world_size=world)
     bar = progress if rank == 0 else None
     try:
-        train(config, out, progress=bar, force=force and rank == 0)
+        train(config, out, progress=bar, force=force)  # only rank 0 touches the folder
     except TributaryError as exc:
         Path(errors_dir, f"rank{rank}").write_text(str(exc))
         raise SystemExit(2) from None

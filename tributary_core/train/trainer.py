@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from tributary_core.errors import TributaryError
+from tributary_core.memory import HeapTrimmer
 from tributary_core.registry import get_registry
 from tributary_core.sampler import HashSplit, Sampler, TemporalSplit, prefetch
 from tributary_core.sampler.batch import Batch
@@ -338,7 +339,11 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 def _save(path: Path, payload: dict[str, Any]) -> None:
     from tributary_core.atomic import atomic_write
 
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), durable=True)
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp), durable=True)
+    except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TributaryError(f"{path}: cannot write it (is the disk full? {first[:160]})") from None
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -367,13 +372,10 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     model are built (:func:`_plan`); only then is the run folder claimed or resumed
     (:func:`_prepare_folder`), so a mistake leaves nothing behind; then :class:`_Loop` runs
     the steps. ``progress`` is called on rank 0 with each step's metrics row."""
-    from tributary_core.memory import tune_allocator
-
     out = Path(out)
     config.check()
     if config.stypes is None:
         config = attrs.evolve(config, stypes=_initial_stypes(config, out, force))
-    tune_allocator()  # a flat heap over hours of steps (see tributary_core.memory)
     place = _Place.here()
     plan = _plan(config, place)
     latest = _prepare_folder(out, config, force, place.rank, place.distributed)
@@ -470,6 +472,7 @@ class _Loop:
         if place.distributed:
             self.net = nn.parallel.DistributedDataParallel(plan.model, find_unused_parameters=True)
         self.trainable = [p for p in plan.model.parameters() if p.requires_grad]
+        self.trim = HeapTrimmer()  # a flat heap over hours of steps (tributary_core.memory)
 
     def run(self, start: int) -> None:
         c = self.config
@@ -489,6 +492,7 @@ class _Loop:
                 self.record(row)
                 if step % c.ckpt_every == 0 or step == c.steps:
                     self.checkpoint(step)
+                self.trim(step)
         finally:
             batches.close()
         if self.place.rank == 0:
@@ -526,8 +530,11 @@ class _Loop:
             return
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                  for k, v in row.items()}
-        with open(self.log, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+        try:
+            with open(self.log, "a") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as exc:
+            raise TributaryError(f"{self.log}: cannot write it ({exc.strerror or exc})") from None
         if self.progress is not None:
             self.progress(row)
 
