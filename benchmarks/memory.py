@@ -67,7 +67,7 @@ def main() -> None:
 
         args.db = str(ensure_flights())
     results = {}
-    for label, tuning in (("tuned (default)", "1"), ("untuned (TRIBUTARY_MALLOC_TUNING=0)", "0")):
+    for label, tuning in (("trimmed (default)", "1"), ("untuned (TRIBUTARY_MALLOC_TUNING=0)", "0")):
         env = {**os.environ, "TRIBUTARY_MALLOC_TUNING": tuning}
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
         done = subprocess.run([sys.executable, __file__, "--child", "--db", args.db, "--steps",
