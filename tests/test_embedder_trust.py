@@ -315,6 +315,7 @@ def _vector_server(rows_for):
             self.wfile.write(raw)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.close = lambda: (httpd.shutdown(), httpd.server_close())
     httpd.calls = calls
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -338,8 +339,7 @@ def test_zero_vectors_are_refused_and_nothing_is_cached_then_a_good_server_is_as
         with client(broken.url) as emb, pytest.raises(TributaryError) as info:
             embed_texts(emb, TEXTS, cache=EmbeddingCache(tmp_path, emb.identity))
     finally:
-        broken.shutdown()
-        broken.server_close()
+        broken.close()
     assert str(info.value) == (
         f"embedder 'http' (model 'char-ngram-blake2b-v1') at {broken.url}/embeddings returned a "
         f"zero vector for 'carrier is A'; nothing from this batch is used")
@@ -359,8 +359,7 @@ def test_one_servers_vectors_are_not_served_for_another(tmp_path):
         with client(const.url) as emb:  # the same server again: all from the cache
             again, s2 = embed_texts(emb, TEXTS, cache=EmbeddingCache(tmp_path, emb.identity))
     finally:
-        const.shutdown()
-        const.server_close()
+        const.close()
     assert (s1.embedded, s2.cache_hits, s2.embedded) == (len(TEXTS), len(TEXTS), 0)
     np.testing.assert_array_equal(first, again)
     with EmbeddingServer(hashing()) as good, client(good.url) as emb:
@@ -384,8 +383,7 @@ def test_only_the_bad_batch_is_left_out_of_the_cache(tmp_path):
         with client(srv.url) as emb, pytest.raises(TributaryError) as info:
             embed_texts(emb, texts, cache=EmbeddingCache(tmp_path, emb.identity))
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.close()
     message = str(info.value)
     assert "returned a zero vector for 'bad value xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...'" \
         in message and long_bad not in message and "\n" not in message
@@ -415,8 +413,7 @@ def test_degenerate_values_are_one_line_errors(tmp_path, rows, message):
         with client(srv.url) as emb, pytest.raises(TributaryError) as info:
             embed_texts(emb, TEXTS, cache=EmbeddingCache(tmp_path, emb.identity))
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.close()
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not list(tmp_path.rglob("*.seg"))
 
@@ -427,8 +424,7 @@ def test_a_width_that_changes_between_batches_is_refused(tmp_path):
         with client(srv.url) as emb, pytest.raises(TributaryError) as info:
             emb.embed(TEXTS)
     finally:
-        srv.shutdown()
-        srv.server_close()
+        srv.close()
     assert "returned 48 values per string for 'carrier is E', after 32 for earlier strings" \
         in str(info.value)
 

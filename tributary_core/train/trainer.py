@@ -32,7 +32,7 @@ from tributary_core.store import Store, open_store
 from tributary_core.train.model import RelationalTransformer
 
 __all__ = ["TrainConfig", "train", "load_run", "Run", "batch_loss", "latest_checkpoint", "read_config",
-           "is_run_folder", "load_weights", "claim_run_folder"]
+           "load_weights", "claim_run_folder"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -189,8 +189,10 @@ def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
     names = [n for n in recorded if n in registry.semantic_types]
     model = RelationalTransformer(names, d_text, d_model=config.d_model, n_layers=config.n_layers,
                                   n_heads=config.n_heads, dropout=config.dropout)
-    model.code_map = torch.tensor([names.index(n) if n in names else -1 for n in installed],
-                                  dtype=torch.long)
+    # a buffer, so it moves with the model to its device; not persistent: not in checkpoints
+    model.register_buffer("code_map", torch.tensor(
+        [names.index(n) if n in names else -1 for n in installed], dtype=torch.long),
+        persistent=False)
     model.installed_stypes = installed
     model.missing_stypes = [n for n in recorded if n not in names]
     return model
@@ -202,7 +204,6 @@ def _recode(model: nn.Module, stype: torch.Tensor) -> torch.Tensor:
     code_map = getattr(core, "code_map", None)
     if code_map is None:
         return stype
-    code_map = code_map.to(stype.device)
     real = stype >= 0
     out = torch.where(real, code_map[stype.clamp(min=0).long()], stype.long()).to(stype.dtype)
     unknown = real & (out < 0)
@@ -271,16 +272,6 @@ def read_config(run: str | Path, *, option: str = "") -> TrainConfig:
     except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError):
         raise TributaryError(f"{path}: not a training run's {CONFIG} (damaged or written by "
                              f"another program)") from None
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder holding a training run (a ``config.json`` that reads as a
-    :class:`TrainConfig`)."""
-    try:
-        read_config(path)
-    except TributaryError:
-        return False
-    return Path(path).is_dir()
 
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -558,10 +549,14 @@ def _initial_stypes(config: TrainConfig, out: Path, force: bool) -> list[str]:
     starts from (``--init``), else the installed ones."""
     from tributary_core.sampler import stype_names
 
-    if not force and is_run_folder(out):
-        mine = read_config(out)
-        if mine.stypes is not None:
-            return list(mine.stypes)
+    mine = None
+    if not force and (out / CONFIG).exists():
+        try:
+            mine = read_config(out)
+        except TributaryError:  # not a run: claim_run_folder refuses it later, in one line
+            mine = None
+    if mine is not None and mine.stypes is not None:
+        return list(mine.stypes)
     if config.init:
         theirs = read_config(config.init, option="--init")
         if theirs.stypes is not None:
