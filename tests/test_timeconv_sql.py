@@ -89,3 +89,21 @@ def test_quote_identifier():
     con = duckdb.connect()
     name = 'odd "name".x'
     assert con.sql(f"SELECT 1 AS {quote_identifier(name)}").columns == [name]
+
+
+@pytest.mark.parametrize(("text", "us"), [
+    ("7 days", 7 * 86_400_000_000), ("1 day", 86_400_000_000), ("36 hours", 36 * 3_600_000_000),
+    ("0 days", 0), ("1 year", 366 * 86_400_000_000), ("2 months", 62 * 86_400_000_000),
+    (" 1.5 Seconds ", 1_500_000)])
+def test_parse_duration(text, us):
+    from tributary_core.timeconv import parse_duration
+
+    assert parse_duration(text) == us
+
+
+@pytest.mark.parametrize("text", ["7", "days", "-1 day", "7 fortnights", "", "1e400 days"])
+def test_parse_duration_refuses(text):
+    from tributary_core.timeconv import parse_duration
+
+    with pytest.raises(ValueError, match="duration|longer"):
+        parse_duration(text)

@@ -8,6 +8,8 @@ Strings are parsed once per distinct value with DuckDB's ``TRY_CAST(... AS TIMES
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -15,7 +17,7 @@ import pyarrow.compute as pc
 
 from tributary_core.sql import fetch_arrow
 
-__all__ = ["to_epoch_us", "is_time_like", "TimeConversion"]
+__all__ = ["to_epoch_us", "is_time_like", "TimeConversion", "parse_duration", "DURATION_UNITS"]
 
 _US = pa.timestamp("us")
 
@@ -131,3 +133,29 @@ def format_epoch_us(us: int) -> str:
     import datetime as _dt
 
     return (_dt.datetime(1970, 1, 1) + _dt.timedelta(microseconds=int(us))).isoformat(sep=" ")
+
+
+#: Microseconds per unit of a duration (``parse_duration``). A month and a year count as the
+#: longest they can be (31 and 366 days): a task's label horizon is an upper bound on when its
+#: label is known, so rounding up never shows a label before it was known.
+DURATION_UNITS = {
+    "microsecond": 1, "millisecond": 1_000, "second": 1_000_000, "minute": 60_000_000,
+    "hour": 3_600_000_000, "day": 86_400_000_000, "week": 7 * 86_400_000_000,
+    "month": 31 * 86_400_000_000, "year": 366 * 86_400_000_000,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+?)s?\s*$")
+
+
+def parse_duration(text: str) -> int:
+    """``"7 days"``, ``"1 year"``, ``"36 hours"``, ``"0 days"`` as whole microseconds (rounded
+    up). Raises ``ValueError`` with the accepted units for anything else."""
+    match = _DURATION.match(str(text).lower())
+    unit = match.group(2) if match else None
+    if match is None or unit not in DURATION_UNITS:
+        units = ", ".join(DURATION_UNITS)
+        raise ValueError(f"{text!r} is not a duration such as \"7 days\" (a number and one of: "
+                         f"{units}; plural allowed)")
+    value = float(match.group(1)) * DURATION_UNITS[unit]
+    if value >= 2**62:
+        raise ValueError(f"{text!r} is longer than any timestamp range")
+    return int(-(-value // 1))

@@ -60,6 +60,11 @@ class Task:
     observation_time_column: str | None = None
     #: Extension: ``"table.column"`` cells masked in this task's contexts.
     hidden_columns: tuple[str, ...] = ()
+    #: Extension: how long after its observation time a seed's label is known, e.g.
+    #: ``"7 days"`` for a count over the next 7 days (months count 31 days, years 366). A
+    #: labelled example is shown in a context only once its label is known. Omitted: the
+    #: label is known at the observation time.
+    horizon: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -27,6 +27,7 @@ from tributary_core.metadata.paths import jpath
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType
 from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_interruptible, sandbox_connection
+from tributary_core.timeconv import parse_duration
 
 __all__ = ["ValidationReport", "validate_metadata"]
 
@@ -254,6 +255,11 @@ class _StaticChecks:
                 self.error(jpath(*tpath, "hidden_columns", i),
                            f"{ref!r} is not a column of the anchor table {task.anchor_table!r}: "
                            "hidden_columns hide the anchor table's own columns only")
+        if task.horizon is not None:
+            try:
+                parse_duration(task.horizon)
+            except ValueError as exc:
+                self.error(jpath(*tpath, "horizon"), str(exc))
         self.check_query(task.query, jpath(*tpath, "query"))
 
     def check_query(self, query: str, path: str) -> None:

@@ -61,7 +61,7 @@ from tributary_core.store.format import (
     replace_problem,
     write_file,
 )
-from tributary_core.timeconv import format_epoch_us, to_epoch_us
+from tributary_core.timeconv import format_epoch_us, parse_duration, to_epoch_us
 
 __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
 
@@ -681,6 +681,8 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         "target_column_id": column_id, "target_is_anchor_column": on_anchor,
         "observation_time_column": task.observation_time_column,
         "hidden_columns": list(task.hidden_columns), "stats": stats, "fields": fields,
+        "horizon": task.horizon,
+        "horizon_us": parse_duration(task.horizon) if task.horizon is not None else 0,
         "valid": "target_valid", "seeds": int(len(anchor)),
         "unmatched_anchor_keys": int((~keep).sum()),
         "candidates": "candidates" if ids is not None else None,
