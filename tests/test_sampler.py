@@ -71,10 +71,11 @@ SHOP_METADATA = {
 #: (so earlier orders show their keys and later ones do not) and a task on the untimed items.
 HIDDEN_FK_METADATA = {**SHOP_METADATA, "tasks": {
     **SHOP_METADATA["tasks"],
+    "big_order": {**SHOP_METADATA["tasks"]["big_order"], "horizon": "36 hours"},
     "paid_later": {
         "query": "SELECT order_id, ts + INTERVAL 2 DAY AS at, paid FROM orders",
         "anchor_table": "orders", "anchor_key": "order_id", "target_column": "paid",
-        "target_stype": "boolean", "observation_time_column": "at",
+        "target_stype": "boolean", "observation_time_column": "at", "horizon": "1 day",
         "hidden_columns": ["orders.user_id", "orders.prev_id", "orders.paid"]},
     "item_price": {
         "query": "SELECT item_id, price FROM items", "anchor_table": "items",
@@ -133,13 +134,15 @@ def kernel_context(graph: SamplerGraph, batch, i: int) -> dict:
     for k in range(batch.n_cells[i]):
         c = int(batch.cell_col[i, k])
         cells.append((rows[batch.row[i, k]][0], graph.col_name[c] if c < graph.n_cols else None,
-                      int(batch.row[i, k]), bool(batch.is_target[i, k])))
+                      int(batch.row[i, k]), bool(batch.is_target[i, k]), bool(batch.is_label[i, k])))
     parents = [[int(x) for x in batch.row_parents[i, k] if x >= 0] for k in range(batch.n_rows[i])]
     return {"rows": rows, "cells": cells, "parents": parents}
 
 
-def check_batch(store, graph, task_name, batch, L, width):
-    """Every property a batch must have; returns the contexts as plain data."""
+def check_batch(store, graph, task_name, batch, L, width, walk_cells=None):
+    """Every property a batch must have; returns the contexts as plain data. ``walk_cells``:
+    the cells the walk may fill before labelled examples take over (default all L)."""
+    walk_cells = L if walk_cells is None else walk_cells
     meta = store.tasks[task_name].meta
     tables = store.tables
     B = len(batch)
@@ -174,12 +177,14 @@ def check_batch(store, graph, task_name, batch, L, width):
                 k == 0 or tables[t].time is None or tables[t].time[r] == NO_TIME
                 or tables[t].time[r] >= obs)
 
-        for t, c, k, target in ctx["cells"]:
-            if f"{t}.{c}" in meta["hidden_columns"] and not target:
+        for t, c, k, target, label in ctx["cells"]:
+            if f"{t}.{c}" in meta["hidden_columns"] and not target and not label:
                 assert not hides(k), (t, c, k)
+                assert batch.row_hops[i, k] != -1, "a labelled example shows a hidden column"
         # ... nor their edges: a row that hides a key is not linked to the parent through it
         def cut(k, fk, ctx=ctx, hides=hides):
-            return hides(k) and fk.child_table == ctx["rows"][k][0] and \
+            example = ctx["rows"][k][2] == -1  # a labelled example hides as the anchor does
+            return (hides(k) or example) and fk.child_table == ctx["rows"][k][0] and \
                 f"{fk.child_table}.{fk.column}" in meta["hidden_columns"]
 
         index = {x[:2]: k for k, x in enumerate(ctx["rows"])}
@@ -191,18 +196,25 @@ def check_batch(store, graph, task_name, batch, L, width):
             assert sorted(ctx["parents"][k]) == expected, (k, ctx["parents"][k], expected)
         # rows appear once; hops: the anchor 0, others >= 1
         assert len(set(x[:2] for x in ctx["rows"])) == len(ctx["rows"])
-        assert ctx["rows"][0][2] == 0 and all(h >= 1 for *_, h in ctx["rows"][1:])
+        assert ctx["rows"][0][2] == 0 and all(h >= 1 or h == -1 for *_, h in ctx["rows"][1:])
+        np.testing.assert_array_equal(batch.row_is_example[i, : len(ctx["rows"])],
+                                      [h == -1 for *_, h in ctx["rows"]])
         # items can only be reached from their order: at most `width` per order
         items_of: dict[int, int] = {}
-        for t, r, _ in ctx["rows"][1:]:
-            if t == "items":
+        for t, r, h in ctx["rows"][1:]:
+            if t == "items" and h != -1:  # (labelled examples are not reached from a row)
                 parent = int(store.foreign_keys[_fk(store, "items", "order_id")].parent[r])
                 items_of[parent] = items_of.get(parent, 0) + 1
         assert all(v <= width for v in items_of.values())
-        # the frontier ran dry before L: every eligible parent of every row made it in
-        if batch.n_cells[i] < L and batch.n_rows[i] < L:
+        # the frontier ran dry before the walk's share of L: every eligible parent of every
+        # row the walk reached made it in
+        walked = [c for c in ctx["cells"] if not c[4] and ctx["rows"][c[2]][2] != -1]
+        n_walk_rows = sum(1 for *_, h in ctx["rows"] if h != -1)
+        if len(walked) < walk_cells and n_walk_rows < L and batch.n_rows[i] < L:
             present = {x[:2] for x in ctx["rows"]}
-            for k, (t, r, _) in enumerate(ctx["rows"]):
+            for k, (t, r, h) in enumerate(ctx["rows"]):
+                if h == -1:
+                    continue  # labelled examples do not walk on
                 for fk in store.foreign_keys:
                     if fk.child_table != t or fk.parent[r] < 0 or cut(k, fk):
                         continue
@@ -240,11 +252,84 @@ def test_random_databases(tmp_path_factory, seed, n_users, n_orders, n_items, L,
             ref = reference_context(store, task_name, int(view.anchor_rows[i]),
                                     int(view.observation_time[i]), int(rng[i]),
                                     context_len=L, width=width)
-            assert ref == ctx
+            assert ref.pop("labels") == [] and ref == ctx
         # deterministic, whatever the thread count
         again = sample_batch(graph, view, seeds, context_len=L, width=width,
                              sampler_seed=sampler_seed, n_threads=2)
         for name in ("column_id", "number", "timestamp", "vocab", "is_null", "row", "row_parents"):
+            np.testing.assert_array_equal(getattr(batch, name), getattr(again, name))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31), n_users=st.integers(1, 6), n_orders=st.integers(1, 30),
+       n_items=st.integers(1, 40), L=st.integers(1, 60), width=st.integers(0, 5),
+       sampler_seed=st.integers(0, 1000), icl_share=st.sampled_from([0.1, 0.4, 0.8]),
+       temporal=st.booleans(), split_seed=st.integers(0, 50))
+def test_labelled_examples_random_databases(tmp_path_factory, seed, n_users, n_orders, n_items, L,
+                                            width, sampler_seed, icl_share, temporal, split_seed):
+    """Labelled examples on random shops, against the reference on the same draws, and never a
+    leak: every label shown is a training seed's, of another anchor row, known (its observation
+    time plus the task's horizon) at the context's observation time, and equal to the task's
+    label; example rows hide the task's hidden columns and keys. Both split kinds."""
+    from tributary_core.sampler.batch import example_cells
+    from tributary_core.sampler.examples import known_times
+    from tributary_core.timeconv import parse_duration
+
+    store = make_shop(tmp_path_factory.mktemp("icl"), seed, n_users, n_orders, n_items,
+                      metadata=HIDDEN_FK_METADATA)
+    graph = SamplerGraph.from_store(store)
+    hashed = HashSplit(ratios=(0.5, 0.25, 0.25), seed=split_seed)
+    splitter = (TemporalSplit(int((T0 + dt.timedelta(days=12)).timestamp() * 1e6),
+                              int((T0 + dt.timedelta(days=20)).timestamp() * 1e6), fallback=hashed)
+                if temporal else hashed)
+    for task_name in store.tasks:
+        view = graph.task(task_name)
+        horizon = parse_duration(HIDDEN_FK_METADATA["tasks"][task_name].get("horizon") or "0 days")
+        assert view.horizon_us == horizon
+        table = graph.table_names[view.anchor_table]
+        train = splitter.assign(table, view.anchor_rows, view.observation_time) == 0
+        examples = view.examples(splitter)
+        seeds = np.arange(len(view))
+        batch = sample_batch(graph, view, seeds, context_len=L, width=width, sampler_seed=sampler_seed,
+                             examples=examples, icl_share=icl_share)
+        walk = L - example_cells(L, icl_share) if len(examples.order) else L
+        contexts = check_batch(store, graph, task_name, batch, L, width, walk_cells=walk)
+        rng = context_seeds(sampler_seed, task_name, view.anchor_rows[seeds])
+        known = known_times(view.observation_time, horizon)
+        task = store.tasks[task_name]
+        for i, ctx in enumerate(contexts):
+            ref = reference_context(store, task_name, int(view.anchor_rows[i]),
+                                    int(view.observation_time[i]), int(rng[i]), context_len=L,
+                                    width=width, icl_share=icl_share, train=train)
+            labels = ref.pop("labels")
+            assert ref == ctx
+            shown = dict(labels)
+            assert len(shown) == len(labels), "a row shows two labels"
+            label_pos = np.flatnonzero(batch.is_label[i, : batch.n_cells[i]])
+            assert sorted(int(batch.row[i, k]) for k in label_pos) == sorted(shown)
+            obs = int(view.observation_time[i])
+            for k in label_pos:
+                local = int(batch.row[i, k])
+                e = shown[local]
+                # a training seed, of another anchor row (never this seed or its entity),
+                # its label known at the observation time, valid, on its own row
+                assert train[e] and task.target_valid[e]
+                assert view.anchor_rows[e] != view.anchor_rows[i]
+                assert known[e] <= obs
+                assert batch.row_table[i, local] == view.anchor_table
+                assert batch.row_index[i, local] == view.anchor_rows[e]
+                assert batch.column_id[i, k] == batch.column_id[i, 0]  # the target's column
+                assert not batch.is_null[i, k] and not batch.is_target[i, k]
+                if view.stype == "boolean":
+                    assert batch.boolean[i, k] == bool(view.target[e])
+                elif view.stype == "numerical":
+                    assert batch.number[i, k] == view.target[e]
+                elif view.stype == "categorical":
+                    assert batch.vocab[i, k] == view.target[e]
+        again = sample_batch(graph, view, seeds, context_len=L, width=width,
+                             sampler_seed=sampler_seed, examples=examples, icl_share=icl_share,
+                             n_threads=2)
+        for name in ("column_id", "number", "vocab", "is_label", "row", "row_parents"):
             np.testing.assert_array_equal(getattr(batch, name), getattr(again, name))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from tributary_core.sampler.examples import EMPTY_EXAMPLES, ExampleIndex
 from tributary_core.sampler.graph import SamplerGraph, TaskView
 from tributary_core.sampler.kernel import (
     N_TS,
@@ -21,7 +22,7 @@ from tributary_core.sampler.kernel import (
 )
 from tributary_core.sampler.splits import mix64
 
-__all__ = ["Batch", "sample_batch", "context_seeds", "target_arrays"]
+__all__ = ["Batch", "sample_batch", "context_seeds", "target_arrays", "example_cells"]
 
 _M64 = (1 << 64) - 1
 
@@ -62,11 +63,15 @@ class Batch:
     is_null: np.ndarray
     is_target: np.ndarray
     is_padding: np.ndarray
+    #: The label cells of labelled examples (other seeds of the task, with their labels).
+    is_label: np.ndarray
     n_cells: np.ndarray
     row_table: np.ndarray
     row_index: np.ndarray
     row_hops: np.ndarray
     row_parents: np.ndarray
+    #: Rows added as labelled examples (not reached by the walk; ``row_hops`` -1).
+    row_is_example: np.ndarray
     n_rows: np.ndarray
     target_pos: np.ndarray
     target_number: np.ndarray
@@ -120,17 +125,31 @@ def target_arrays(task: TaskView, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     return t_number, t_ts, t_bool, t_vocab, valid
 
 
+def example_cells(context_len: int, icl_share: float) -> int:
+    """How many of a context's ``context_len`` cells are kept for labelled examples (never the
+    first: the seed's target cell)."""
+    return min(int(context_len) - 1, max(0, int(round(context_len * icl_share))))
+
+
 def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, context_len: int = 1024,
-                 width: int = 16, sampler_seed: int = 0, draw: int = 0, n_threads: int = 1) -> Batch:
-    """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows)."""
+                 width: int = 16, sampler_seed: int = 0, draw: int = 0, n_threads: int = 1,
+                 examples: ExampleIndex | None = None, icl_share: float = 0.0) -> Batch:
+    """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows).
+
+    With ``examples`` (``task.examples(splitter)``) and ``icl_share`` > 0, the walk around the
+    seed stops at ``1 - icl_share`` of the cells and labelled examples fill the rest (all of it
+    where the walk runs dry early)."""
     seeds = np.asarray(seeds, dtype=np.int64)
     B, L = len(seeds), int(context_len)
     anchor = task.anchor_rows[seeds]
     obs = task.observation_time[seeds]
     rng = context_seeds(sampler_seed, task.name, anchor, draw)
     out = BatchArrays.allocate(B, L, graph.max_parents)
-    sample_contexts(graph.kernel_arrays, task.kernel_arrays, ContextSeeds(anchor, obs, rng), L,
-                    width, n_threads, out)
+    if examples is None or icl_share <= 0:
+        examples, icl_share = EMPTY_EXAMPLES, 0.0
+    walk = L - example_cells(L, icl_share) if len(examples.order) else L
+    sample_contexts(graph.kernel_arrays, task.kernel_arrays, examples,
+                    ContextSeeds(anchor, obs, rng), L, walk, width, n_threads, out)
     is_padding = np.arange(L, dtype=np.int32)[None, :] >= out.n_cells[:, None]
     t_number, t_ts, t_bool, t_vocab, valid = target_arrays(task, seeds)
     return Batch(

@@ -257,6 +257,22 @@ class TaskView:
         self.candidates = (np.asarray(task.candidates, dtype=np.int32)
                            if task.candidates is not None else None)
         self.stats = meta.get("stats") or {}
+        #: How long after its observation time a label is known (µs; stores from before
+        #: horizons: 0, known at the observation time).
+        self.horizon_us = int(meta.get("horizon_us") or 0)
+        self._examples: dict = {}
+
+    def examples(self, splitter):
+        """The labelled examples of this task under ``splitter`` (a hash or temporal split):
+        its training split's seeds with valid labels (:mod:`tributary_core.sampler.examples`);
+        built once per splitter."""
+        from tributary_core.sampler.examples import build_example_index
+
+        if splitter not in self._examples:
+            name = self.graph.table_names[self.anchor_table]
+            train = splitter.assign(name, self.anchor_rows, self.observation_time) == 0
+            self._examples[splitter] = build_example_index(self, train)
+        return self._examples[splitter]
 
     @classmethod
     def for_rows(cls, graph: SamplerGraph, table: str) -> TaskView:
@@ -287,6 +303,8 @@ class TaskView:
         view.hidden_fk = np.zeros(len(graph.fk_col), dtype=np.bool_)
         view.candidates = None
         view.stats = {}
+        view.horizon_us = 0
+        view._examples = {}
         return view
 
     @classmethod
@@ -342,7 +360,7 @@ class TaskView:
         """The task as one structured kernel argument (built on first use, once)."""
         return TaskArrays(anchor_table=int(self.anchor_table), target_col=int(self.target_col),
                           hidden=self.hidden, hidden_fk=self.hidden_fk, col_embed=self.col_embed,
-                          col_stype=self.col_stype)
+                          col_stype=self.col_stype, slot=int(self.slot))
 
 
 def _csr(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

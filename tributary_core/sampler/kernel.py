@@ -240,6 +240,8 @@ class TaskArrays(NamedTuple):
     #: the virtual target cell last.
     col_embed: np.ndarray
     col_stype: np.ndarray
+    #: The target's batch slot (SLOT_*): where a labelled example's label is written.
+    slot: int
 
 
 class ContextSeeds(NamedTuple):
@@ -265,11 +267,13 @@ class BatchArrays(NamedTuple):
     vocab: np.ndarray        # [B, L] int64
     is_null: np.ndarray      # [B, L] bool
     is_target: np.ndarray    # [B, L] bool
+    is_label: np.ndarray     # [B, L] bool: a labelled example's label cell
     n_cells: np.ndarray      # [B] int32
     row_table: np.ndarray    # [B, L] int16
     row_index: np.ndarray    # [B, L] int64
     row_hops: np.ndarray     # [B, L] int16
     row_parents: np.ndarray  # [B, L, P] int32
+    row_is_example: np.ndarray  # [B, L] bool: a row added as a labelled example
     n_rows: np.ndarray       # [B] int32
 
     @classmethod
@@ -286,11 +290,13 @@ class BatchArrays(NamedTuple):
             vocab=np.zeros((B, L), dtype=np.int64),
             is_null=np.zeros((B, L), dtype=np.bool_),
             is_target=np.zeros((B, L), dtype=np.bool_),
+            is_label=np.zeros((B, L), dtype=np.bool_),
             n_cells=np.zeros(B, dtype=np.int32),
             row_table=np.full((B, L), -1, dtype=np.int16),
             row_index=np.full((B, L), -1, dtype=np.int64),
             row_hops=np.zeros((B, L), dtype=np.int16),
             row_parents=np.full((B, L, P), -1, dtype=np.int32),
+            row_is_example=np.zeros((B, L), dtype=np.bool_),
             n_rows=np.zeros(B, dtype=np.int32),
         )
 
@@ -313,16 +319,191 @@ class _Scratch(NamedTuple):
     g_chosen: np.ndarray
 
 
+@numba.njit(cache=True, inline="always")
+def _write_cell(b, pos, c, local, r, g, task, out):
+    """Cell ``pos`` of context ``b``: kernel column ``c`` of row ``r`` (context row ``local``)."""
+    out.cell_col[b, pos] = c
+    out.column_id[b, pos] = task.col_embed[c]
+    out.stype[b, pos] = task.col_stype[c]
+    out.row[b, pos] = local
+    ok = _bit(g.bits, g.col_valid[c], r)
+    out.is_null[b, pos] = not ok
+    if ok:
+        slot = g.col_slot[c]
+        if slot == SLOT_NUMBER:
+            out.number[b, pos] = g.numbers[g.col_src[c] + r]
+        elif slot == SLOT_TIMESTAMP:
+            src = g.col_src[c] + r
+            for j in range(g.timestamps.shape[1]):
+                out.timestamp[b, pos, j] = g.timestamps[src, j]
+        elif slot == SLOT_BOOLEAN:
+            out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
+        elif slot == SLOT_VOCAB:
+            out.vocab[b, pos] = g.vocab[g.col_src[c] + r]
+
+
+@numba.njit(cache=True, inline="always")
+def _label_cell(b, pos, local, e, task, ex, out):
+    """Cell ``pos`` of context ``b``: the label of example seed ``e`` on context row ``local``,
+    in the task's target column."""
+    tc = task.target_col
+    out.cell_col[b, pos] = tc
+    out.column_id[b, pos] = task.col_embed[tc]
+    out.stype[b, pos] = task.col_stype[tc]
+    out.row[b, pos] = local
+    out.is_label[b, pos] = True
+    if task.slot == SLOT_NUMBER:
+        out.number[b, pos] = ex.number[e]
+    elif task.slot == SLOT_TIMESTAMP:
+        for j in range(ex.timestamp.shape[1]):
+            out.timestamp[b, pos, j] = ex.timestamp[e, j]
+    elif task.slot == SLOT_BOOLEAN:
+        out.boolean[b, pos] = ex.boolean[e]
+    elif task.slot == SLOT_VOCAB:
+        out.vocab[b, pos] = ex.vocab[e]
+
+
+@numba.njit(cache=True, inline="always")
+def _latest_known(ex, r, t):
+    """The seed of anchor row ``r`` whose label is the latest known at ``t``; -1 if none."""
+    lo = ex.row_ptr[r]
+    hi = ex.row_ptr[r + 1]
+    j = _upper_bound(ex.by_row_known, lo, hi, t) - 1
+    if j < lo:
+        return np.int64(-1)
+    return ex.by_row[j]
+
+
 @numba.njit(cache=True)
-def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
+def _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out):
+    """Add anchor-table row ``r`` as a labelled example (seed ``e``): a new context row with its
+    label cell first, then its cells but the task's hidden columns and the target column.
+    Returns the new (cell count, row count)."""
+    t = np.int64(task.anchor_table)
+    node = (t << _ROW_BITS) | r
+    slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, node)
+    s.set_keys[slot] = node
+    s.set_stamp[slot] = stamp
+    s.set_local[slot] = nr
+    local = nr
+    out.row_table[b, local] = t
+    out.row_index[b, local] = r
+    out.row_hops[b, local] = -1
+    out.row_is_example[b, local] = True
+    _label_cell(b, pos, local, e, task, ex, out)
+    pos += 1
+    for c in range(g.col_ptr[t], g.col_ptr[t + 1]):
+        if pos >= L:
+            break
+        if c == task.target_col or task.hidden[c]:
+            continue
+        _write_cell(b, pos, c, local, r, g, task, out)
+        pos += 1
+    return pos, nr + 1
+
+
+_EXAMPLE_STREAM = np.uint64(0xA0761D6478BD642F)
+#: Siblings probed per foreign key of the anchor row, latest first.
+_SIBLING_PROBES = 64
+
+
+@numba.njit(cache=True)
+def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr, out):
+    """Fill context ``b`` from cell ``pos`` on with labelled examples, in three tiers:
+
+    1. rows of the anchor table the walk reached get their latest known label as one more
+       cell (for a target that is a column of the anchor table, only where that column is
+       hidden on the row, since it shows otherwise);
+    2. siblings: the other rows that share a parent with the anchor row through one of its
+       (not hidden) foreign keys, latest first, at most ``_SIBLING_PROBES`` per key;
+    3. rows drawn uniformly among the seeds whose label is known at ``obs`` (never a row
+       from after ``obs``, whatever its seed's observation time).
+
+    Each row gives at most one example, its latest known label; the anchor row never does.
+    Tier 3 draws from a random stream of its own, so adding examples leaves the walk as it was.
+    Returns the new (cell count, row count)."""
+    max_rows = out.row_table.shape[1]
+    anchor_table = np.int64(task.anchor_table)
+    tc = task.target_col
+    real = tc < g.col_slot.shape[0]
+    # -- 1. rows the walk reached -------------------------------------------------------------
+    for i in range(1, nr):
+        if pos >= L:
+            return pos, nr
+        if out.row_table[b, i] != anchor_table:
+            continue
+        r = out.row_index[b, i]
+        if real:
+            rt = _row_time(g.time, g.time_off, anchor_table, r)
+            if not ((rt == NO_TIME or rt >= obs) and task.hidden[tc]):
+                continue  # its own cell of the target column shows already
+        e = _latest_known(ex, r, obs)
+        if e >= 0:
+            _label_cell(b, pos, i, e, task, ex, out)
+            pos += 1
+    # -- 2. siblings through the anchor row's parents ------------------------------------------
+    for k in range(g.out_ptr[anchor_table], g.out_ptr[anchor_table + 1]):
+        f = g.out_fk[k]
+        if task.hidden_fk[f]:
+            continue
+        p = np.int64(g.parent[g.parent_off[f] + anchor_row])
+        if p < 0:
+            continue
+        ptime = _row_time(g.time, g.time_off, g.fk_parent_table[f], p)
+        if ptime != NO_TIME and ptime > obs:
+            continue
+        base = g.children_off[f]
+        lo = base + g.indptr[g.indptr_off[f] + p]
+        hi = base + g.indptr[g.indptr_off[f] + p + 1]
+        j = _upper_bound(g.child_time, lo, hi, obs) - 1
+        probes = 0
+        while j >= lo and probes < _SIBLING_PROBES:
+            if pos >= L or nr >= max_rows:
+                return pos, nr
+            r = np.int64(g.children[j])
+            j -= 1
+            probes += 1
+            if r == anchor_row:
+                continue
+            slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, (anchor_table << _ROW_BITS) | r)
+            if s.set_stamp[slot] == stamp and s.set_local[slot] >= 0:
+                continue  # in the context already
+            e = _latest_known(ex, r, obs)
+            if e >= 0:
+                pos, nr = _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out)
+    # -- 3. uniformly among the seeds known at obs ----------------------------------------------
+    n_known = _upper_bound(ex.known, 0, ex.known.shape[0], obs)
+    if n_known == 0:
+        return pos, nr
+    state = np.empty(1, dtype=np.uint64)
+    state[0] = seed ^ _EXAMPLE_STREAM
+    tries = 2 * (L - pos) + 8
+    while tries > 0 and pos < L and nr < max_rows:
+        tries -= 1
+        r = ex.row[_below(state, n_known)]
+        if r == anchor_row:
+            continue
+        rt = _row_time(g.time, g.time_off, anchor_table, r)
+        if rt != NO_TIME and rt > obs:
+            continue  # a row from after the observation time: never in the context
+        slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, (anchor_table << _ROW_BITS) | r)
+        if s.set_stamp[slot] == stamp and s.set_local[slot] >= 0:
+            continue
+        e = _latest_known(ex, r, obs)
+        pos, nr = _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out)
+    return pos, nr
+
+
+@numba.njit(cache=True)
+def _context(b, g, task, ex, anchor_row, obs, seed, L, walk_cells, width, s, stamp, out):
     """Context ``b`` of ``out``: around ``anchor_row`` at ``obs``, random stream ``seed``, with
-    scratch ``s`` whose live seen-set slots carry ``stamp``."""
+    scratch ``s`` whose live seen-set slots carry ``stamp``. The walk fills at most
+    ``walk_cells`` cells; labelled examples from ``ex`` fill the rest, up to ``L``."""
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed
     mask = np.int64(s.set_keys.shape[0] - 1)
     max_rows = out.row_table.shape[1]
     n_par_slots = out.row_parents.shape[2]
-    n_ts = g.timestamps.shape[1]
     anchor_table = task.anchor_table
     target_col = task.target_col
     counter = np.int64(1)
@@ -331,7 +512,7 @@ def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
     size = _heap_push(s.heap_keys, s.heap_vals, 0, np.int64(0), node)
     pos = 0
     nr = 0
-    while size > 0 and pos < L and nr < max_rows:
+    while size > 0 and pos < walk_cells and nr < max_rows:
         key, val, size = _heap_pop(s.heap_keys, s.heap_vals, size)
         hops = (key >> np.int64(52)) & np.int64(1023)
         if val < 0:
@@ -390,28 +571,11 @@ def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
             pos += 1
         hide = t == anchor_table and (is_anchor or rt == NO_TIME or rt >= obs)
         for c in range(g.col_ptr[t], g.col_ptr[t + 1]):
-            if pos >= L:
+            if pos >= walk_cells:
                 break
             if (c == target_col and is_anchor) or (hide and task.hidden[c]):
                 continue
-            out.cell_col[b, pos] = c
-            out.column_id[b, pos] = task.col_embed[c]
-            out.stype[b, pos] = task.col_stype[c]
-            out.row[b, pos] = local
-            ok = _bit(g.bits, g.col_valid[c], r)
-            out.is_null[b, pos] = not ok
-            if ok:
-                slot = g.col_slot[c]
-                if slot == SLOT_NUMBER:
-                    out.number[b, pos] = g.numbers[g.col_src[c] + r]
-                elif slot == SLOT_TIMESTAMP:
-                    src = g.col_src[c] + r
-                    for j in range(n_ts):
-                        out.timestamp[b, pos, j] = g.timestamps[src, j]
-                elif slot == SLOT_BOOLEAN:
-                    out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
-                elif slot == SLOT_VOCAB:
-                    out.vocab[b, pos] = g.vocab[g.col_src[c] + r]
+            _write_cell(b, pos, c, local, r, g, task, out)
             pos += 1
         # -- parents, unless after the observation time ----------------------------------------
         for k in range(g.out_ptr[t], g.out_ptr[t + 1]):
@@ -463,6 +627,8 @@ def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
             size = _heap_push(s.heap_keys, s.heap_vals, size,
                               _key(np.int64(1), hops + 1, splitmix64(state), counter), -(local + 1))
             counter += 1
+    if ex.order.shape[0] > 0 and pos < L and nr < max_rows:
+        pos, nr = _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr, out)
     out.n_cells[b] = pos
     out.n_rows[b] = nr
     # -- the FK adjacency among the context's rows: each row's parents that made it in -------
@@ -472,7 +638,7 @@ def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
         hide = False
         if t == anchor_table:
             rt = _row_time(g.time, g.time_off, t, r)
-            hide = i == 0 or rt == NO_TIME or rt >= obs
+            hide = i == 0 or out.row_is_example[b, i] or rt == NO_TIME or rt >= obs
         m = 0
         for k in range(g.out_ptr[t], g.out_ptr[t + 1]):
             f = g.out_fk[k]
@@ -489,10 +655,12 @@ def _context(b, g, task, anchor_row, obs, seed, L, width, s, stamp, out):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def sample_contexts(graph, task, contexts, L, width, n_threads, out):
+def sample_contexts(graph, task, examples, contexts, L, walk_cells, width, n_threads, out):
     """Fill ``out`` (a :class:`BatchArrays` from :meth:`BatchArrays.allocate`): context ``b``
     of ``contexts`` (:class:`ContextSeeds`) for ``task`` (:class:`TaskArrays`) on ``graph``
-    (:class:`GraphArrays`), at most ``L`` cells and ``width`` children per row.
+    (:class:`GraphArrays`), at most ``L`` cells and ``width`` children per row. The walk
+    stops at ``walk_cells`` cells; labelled examples of ``examples``
+    (:class:`~tributary_core.sampler.examples.ExampleIndex`, empty for none) fill the rest.
 
     ``n_threads`` chunks share the work; the result does not depend on it.
     """
@@ -526,5 +694,5 @@ def sample_contexts(graph, task, contexts, L, width, n_threads, out):
         hi = (ch + 1) * n // chunks
         for b in range(lo, hi):
             # only handed on: writes go through _context, never the prange body (numba#7135)
-            _context(b, graph, task, contexts.anchor_rows[b], contexts.obs_times[b],
-                     contexts.streams[b], L, width, scratch, b - lo + 1, out)
+            _context(b, graph, task, examples, contexts.anchor_rows[b], contexts.obs_times[b],
+                     contexts.streams[b], L, walk_cells, width, scratch, b - lo + 1, out)

@@ -64,13 +64,17 @@ class Sampler:
         pretrain: add a cell-masking task (``db/table.column:mask``) for every column that can
             be a target, beside the SQL tasks; with ``tasks`` naming only masking tasks (or an
             empty list), just those.
+        icl_share: the share of each context's cells kept for labelled examples: other seeds
+            of the same task, from the training split whatever ``split`` is, shown with their
+            labels once those are known (``sampler/examples.py``). 0: none.
     """
 
     def __init__(self, stores: Sequence[Store | str | Path], *,
                  tasks: Sequence[str] | Mapping[str, float] | None = None, split: str = "train",
                  splitter: HashSplit | TemporalSplit | None = None, batch_size: int = 256,
                  context_len: int = 1024, width: int = 16, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, n_threads: int = 1, pretrain: bool = False) -> None:
+                 world_size: int = 1, n_threads: int = 1, pretrain: bool = False,
+                 icl_share: float = 0.0) -> None:
         if not stores:
             raise TributaryError("the sampler needs at least one store")
         opened = [s if isinstance(s, Store) else open_store(s) for s in stores]
@@ -84,6 +88,9 @@ class Sampler:
             raise TributaryError(f"two stores share a database name: {sorted(names)}")
         if batch_size < 1 or context_len < 1 or width < 0:
             raise TributaryError("batch_size and context_len must be >= 1 and width >= 0")
+        if not 0.0 <= icl_share < 1.0:
+            raise TributaryError(f"icl_share must be at least 0 and below 1, not {icl_share}")
+        self.icl_share = float(icl_share)
         self.split = split
         self.split_id = split_index(split)
         self.splitter = splitter or HashSplit()
@@ -127,9 +134,10 @@ class Sampler:
 
     def batch(self, task: SampledTask, seeds: np.ndarray, draw: int = 0) -> Batch:
         """Contexts of ``task`` around its rows ``seeds`` (indices into the task's rows)."""
+        examples = task.view.examples(self.splitter) if self.icl_share > 0 else None
         return sample_batch(task.graph, task.view, seeds, context_len=self.context_len,
                             width=self.width, sampler_seed=self.seed, draw=draw,
-                            n_threads=self.n_threads)
+                            n_threads=self.n_threads, examples=examples, icl_share=self.icl_share)
 
     def __iter__(self) -> Iterator[Batch]:
         """An endless training stream: tasks drawn by weight, each walking shuffled passes."""
