@@ -5,7 +5,9 @@ predicts is its own business; the trainer only passes predictions back to the sa
 :meth:`LossHead.loss`, :meth:`LossHead.compute_metrics` and :meth:`LossHead.decode`, and
 ``tributary run predict`` the decoded values to :meth:`LossHead.to_user_units`. The tabular
 (LightGBM) baseline fits :attr:`LossHead.tabular_objective` to :meth:`LossHead.tabular_label`
-and scores :meth:`LossHead.tabular_prediction` with the same metrics.
+and scores :meth:`LossHead.tabular_prediction` with the same metrics. Test-time ensembling
+(``evaluate(..., ensemble=K)``, ``predict(..., ensemble=K)``) merges a head's predictions for the
+same targets from K contexts with :meth:`LossHead.combine`.
 
 A head never tests the name of its target's semantic type: what it needs to know about it (the
 batch slot, :attr:`SemanticType.target_width`) it reads from :meth:`LossHead.target_type`.
@@ -76,6 +78,25 @@ class LossHead:
     def baseline(self, train_target: torch.Tensor, n: int) -> torch.Tensor:
         """The prediction of the majority (or mean) of ``train_target``, repeated ``n`` times."""
         raise NotImplementedError(f"loss head {self.name!r} does not implement baseline()")
+
+    def combine(self, predictions: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One prediction from several predictions of the same targets: test-time ensembling,
+        where each seed is predicted from K contexts sampled with different draws.
+
+        ``predictions`` holds K >= 1 tensors of the same shape, this head's predictions (as
+        :meth:`build_head`'s module returns them, cast to float) for the same N targets in the
+        same order. The result has that shape too and is read like one prediction: by
+        :meth:`loss`, :meth:`compute_metrics` and :meth:`decode`. The default is the
+        element-wise mean, right for a head that predicts a value (a z-score); a head whose
+        prediction is a logit or class scores overrides it to average probabilities (the
+        ``bce`` and ``infonce`` heads do). Evaluation with ``ensemble=1`` never calls it."""
+        import torch
+
+        if not predictions:
+            raise ValueError(f"loss head {self.name!r}: combine() needs at least one prediction")
+        if len(predictions) == 1:
+            return predictions[0]
+        return torch.stack(list(predictions)).mean(0)
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         """Predictions as plain values: a probability, a candidate index, a z-score..."""

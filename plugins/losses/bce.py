@@ -1,5 +1,6 @@
 """``bce``: boolean targets. The head gives a logit; binary cross-entropy; AUROC and accuracy.
-Predictions are shown as the probability of true."""
+Predictions are shown as the probability of true. An ensemble of logits (:meth:`BCE.combine`)
+is the logit of their mean probability."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ class BCE(LossHead):
         p = float(train_target.float().mean()) if len(train_target) else 0.5
         p = min(max(p, 1e-6), 1 - 1e-6)
         return torch.full((n,), math.log(p / (1 - p)))
+
+    def combine(self, predictions):
+        """The logit of the mean probability: ``logit(mean(sigmoid(x_k)))``, computed in log
+        space (``logsumexp`` of ``logsigmoid``) so confident logits stay finite. Averaging the
+        logits themselves would be a geometric mean of odds, letting one confident context
+        outvote the others; the mean probability is what ``predict`` shows and what accuracy
+        (threshold 0.5) reads, and it keeps the order AUROC ranks by."""
+        if len(predictions) <= 1:
+            return super().combine(predictions)
+        logits = torch.stack([p.float() for p in predictions])
+        log_k = math.log(len(predictions))
+        log_p = torch.logsumexp(nn.functional.logsigmoid(logits), 0) - log_k  # log mean p
+        log_q = torch.logsumexp(nn.functional.logsigmoid(-logits), 0) - log_k  # log mean (1 - p)
+        return log_p - log_q
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(prediction.float()).cpu().numpy()

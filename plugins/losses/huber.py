@@ -7,6 +7,8 @@ the last) apart from the 14 sin/cos ones: ``(1 - w) * mean(cyclic) + w * epoch``
 ``w = epoch_weight`` (0.5), so getting the date right counts as much as all the cycles together.
 Metrics are on the last value (the z-score, or the epoch component): MAE in the column's units
 (the z-score error times the target's std; days for timestamps) and R².
+An ensemble keeps :meth:`LossHead.combine`'s default, the mean predicted value (of every
+feature; the metrics and ``decode`` read the last).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``infonce``: categorical targets, scored against the frozen text embeddings of the target
 column's categories (InfoNCE: cross-entropy over the candidates, temperature learned).
-Predictions are shown as the chosen category's value."""
+Predictions are shown as the chosen category's value. An ensemble (:meth:`InfoNCE.combine`)
+averages the probabilities over the candidates and gives their logarithm."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ class InfoNCE(LossHead):
         out = torch.zeros(n, max(k, 1))
         out[:, int(counts.argmax())] = 1.0
         return out
+
+    def combine(self, predictions):
+        """The log of the mean softmax over the candidates: ``log(mean_k(softmax(s_k)))``,
+        ``(N, candidates)`` log-probabilities. They are scores like the head's own (the
+        cross-entropy of log-probabilities is their negative log-likelihood, ``argmax`` picks
+        the most probable category), so the metrics and ``decode`` read them unchanged."""
+        if len(predictions) <= 1:
+            return super().combine(predictions)
+        scores = torch.stack([p.float() for p in predictions])  # (K, N, candidates)
+        return torch.logsumexp(torch.log_softmax(scores, -1), 0) - math.log(len(predictions))
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction.argmax(-1).cpu().numpy()

@@ -1,4 +1,5 @@
-"""``null``: whether the target is null. Trained on every task beside the target's own head."""
+"""``null``: whether the target is null. Trained on every task beside the target's own head.
+An ensemble of its logits is, as for ``bce``, the logit of the mean probability."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tributary_core.sampler.batch import target_arrays
 from tributary_core.store import Store, open_store
 from tributary_core.train.trainer import Run, batch_loss, labelled, load_run, store_embeddings
 
-__all__ = ["evaluate", "predict", "evenly_spaced", "target_tensors"]
+__all__ = ["evaluate", "predict", "evenly_spaced", "target_tensors", "check_ensemble"]
 
 
 def target_tensors(view: Any, seeds: np.ndarray) -> dict[str, Any]:
@@ -49,17 +50,25 @@ def evenly_spaced(seeds: np.ndarray, limit: int | None) -> np.ndarray:
 @torch.no_grad()
 def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None,
              max_seeds: int | None = None, stores: Sequence[Store | str | Path] | None = None,
-             tasks: Sequence[str] | None = None) -> dict[str, Any]:
+             tasks: Sequence[str] | None = None, ensemble: int = 1) -> dict[str, Any]:
     """Per task: the model's metrics on ``split`` beside those of the majority/mean of the
     training split's labels. ``max_seeds`` caps each task's evaluated seeds (an evenly spaced
     subset of the split, the same every time).
+
+    ``ensemble=K`` predicts each seed from K contexts, sampled with draws 0 to K-1 (draw 0 is
+    the one ``ensemble=1`` uses), and merges the K predictions with the loss head's
+    :meth:`~tributary_core.loss.LossHead.combine` (the null head's for the null logit); the
+    metrics and the loss are those of the merged prediction. It costs K times the time. Each
+    task's entry records it as ``"ensemble"``.
 
     By default the run's own stores and tasks. ``stores`` (and ``tasks``, default all of their
     SQL tasks) evaluate it elsewhere: on another database, or on tasks it never trained on
     (zero-shot). Those stores need the run's embedder identity; splits and context settings are
     the run's."""
+    ensemble = check_ensemble(ensemble)
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
+    null_head = registry.loss_head("null")
     batch_size = batch_size or run.config.batch_size
     if stores is None and tasks is None:
         sampler, train = run.sampler(split, batch_size=batch_size), run.sampler("train")
@@ -84,14 +93,24 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         preds, targets, losses = [], [], []
         for batch in sampler.evaluation(task.key):
             loss, out = batch_loss(run.model, batch, embeddings, run.device, run.config.null_weight)
+            prediction = out["prediction"]
+            if ensemble > 1:  # the same seeds with draws 1..K-1, merged with draw 0
+                outs = [out] + [batch_loss(run.model, sampler.batch(task, batch.seed, draw=k),
+                                           embeddings, run.device, run.config.null_weight)[1]
+                                for k in range(1, ensemble)]
+                prediction = _combined(head, [o["prediction"] for o in outs])
+                null_logit = _combined(null_head, [o["null_logit"] for o in outs])
+                loss = _merged_loss(head, null_head, prediction, null_logit, out, batch,
+                                    run.config.null_weight)
             losses.append(float(loss) * len(batch))
             keep = out["labelled"]
-            preds.append(out["prediction"][keep].float().cpu())
+            preds.append(prediction[keep].float().cpu())
             targets.append(out["target"][keep].cpu())
         n = sum(len(t) for t in targets)
         entry: dict[str, Any] = {"split": split, "seeds": int(len(task.seeds)), "labelled": n,
                                  "loss": (sum(losses) / len(task.seeds)) if len(task.seeds) else None,
-                                 "loss_head": loss_name, "metrics": {}, "baseline": {}}
+                                 "loss_head": loss_name, "ensemble": ensemble, "metrics": {},
+                                 "baseline": {}}
         if n:
             pred, target = torch.cat(preds), torch.cat(targets)
             entry["metrics"] = _clean(head.compute_metrics(pred, target, task.stats))
@@ -107,6 +126,37 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
     return results
 
 
+def check_ensemble(ensemble: Any) -> int:
+    """``ensemble`` as an int, or a one-line error unless it is a whole number >= 1."""
+    if isinstance(ensemble, bool) or not isinstance(ensemble, numbers.Integral) or ensemble < 1:
+        raise TributaryError(f"ensemble must be a whole number of contexts per seed, >= 1; "
+                             f"got {ensemble!r}")
+    return int(ensemble)
+
+
+def _combined(head: Any, predictions: list[torch.Tensor]) -> torch.Tensor:
+    """``head.combine`` of K >= 2 predictions (cast to float), checked to keep their shape."""
+    merged = head.combine([p.float() for p in predictions])
+    if not isinstance(merged, torch.Tensor) or merged.shape != predictions[0].shape:
+        got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
+        raise TributaryError(f"loss head {head.name!r} combined {len(predictions)} predictions of "
+                             f"shape {tuple(predictions[0].shape)} into {got} in combine()")
+    return merged
+
+
+def _merged_loss(head: Any, null_head: Any, prediction: torch.Tensor, null_logit: torch.Tensor,
+                 out: dict[str, Any], batch: Any, null_weight: float) -> torch.Tensor:
+    """The loss :func:`batch_loss` gives, of merged predictions: the target head's loss on the
+    labelled targets plus ``null_weight`` times the null head's loss."""
+    null_target = null_head.target({"target_is_null": torch.as_tensor(
+        batch.target_is_null, device=null_logit.device)})
+    loss = null_weight * null_head.loss(null_logit, null_target)
+    keep = out["labelled"]
+    if bool(keep.any()):
+        loss = loss + head.loss(prediction[keep], out["target"][keep])
+    return loss
+
+
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             for k, v in metrics.items()}
@@ -114,12 +164,17 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
 
 @torch.no_grad()
 def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = None,
-            batch_size: int | None = None) -> pa.Table:
+            batch_size: int | None = None, ensemble: int = 1) -> pa.Table:
     """Predictions for ``task`` (``"task"`` or ``"db/task"``) at ``seeds`` (rows of the task
     file; default all): one row per seed with ``anchor_row``, ``observation_time``,
     ``prediction`` and ``p_null``. The task's loss head turns its predictions into the user's
     units (:meth:`LossHead.to_user_units`: a probability, a category, a value in the column's
-    units, a time...)."""
+    units, a time...).
+
+    ``ensemble=K`` predicts each seed from K contexts (draws 0 to K-1) merged with the loss
+    head's :meth:`~tributary_core.loss.LossHead.combine` (``p_null``: the null head's, the
+    mean probability), at K times the cost; ``ensemble=1`` is a single context, draw 0."""
+    ensemble = check_ensemble(ensemble)
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
     sampler = run.sampler("train", batch_size=batch_size or run.config.batch_size)
@@ -133,12 +188,18 @@ def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = N
     if len(rows) and (rows.min() < 0 or rows.max() >= len(view)):
         raise TributaryError(f"--rows: task {t.key!r} has seeds 0 to {len(view) - 1}")
     head = registry.loss_head(run.model.loss_of[view.stype])
+    null_head = registry.loss_head("null")
     values, p_null = [], []
     for start in range(0, len(rows), sampler.batch_size):
-        batch = sampler.batch(t, rows[start : start + sampler.batch_size])
-        _, out = batch_loss(run.model, batch, run.embeddings, run.device, 0.0)
-        values.append(head.decode(out["prediction"]))
-        p_null.append(torch.sigmoid(out["null_logit"].float()).cpu().numpy())
+        chunk = rows[start : start + sampler.batch_size]
+        outs = [batch_loss(run.model, sampler.batch(t, chunk, draw=k), run.embeddings, run.device,
+                           0.0)[1] for k in range(ensemble)]
+        prediction, null_logit = outs[0]["prediction"], outs[0]["null_logit"]
+        if ensemble > 1:
+            prediction = _combined(head, [o["prediction"] for o in outs])
+            null_logit = _combined(null_head, [o["null_logit"] for o in outs])
+        values.append(head.decode(prediction))
+        p_null.append(torch.sigmoid(null_logit.float()).cpu().numpy())
     decoded = np.concatenate(values) if values else np.zeros(0)
     candidate_values = None
     if view.candidates is not None:
