@@ -214,7 +214,13 @@ class SemanticType:
         """The module mapping this type's cells, as its ``batch_slot`` holds them, to
         ``(N, d_model)``: ``number`` (N, 1), ``timestamp`` (N, :data:`TIMESTAMP_WIDTH`),
         ``boolean`` (N, 1), ``vocab`` (N, d_text) text embeddings, ``none`` (N, 0). The default is
-        :func:`tributary_core.nn.slot_encoder` for the slot."""
+        :func:`tributary_core.nn.slot_encoder` for the slot.
+
+        A type may take a keyword ``options``, a mapping of the run's model-wide encoder settings
+        (``"numeric_encoding"``: ``"linear"`` or ``"periodic"``); the model passes it only to a
+        ``value_encoder`` that names that keyword (:func:`tributary_core.train.model.value_encoder`),
+        so types written without it keep working. Read it with ``.get`` and a default: keys may
+        be added."""
         if self.is_ignored:
             raise NotImplementedError(f"semantic type {self.name!r} has no cells to encode")
         from tributary_core.nn import slot_encoder

@@ -187,6 +187,21 @@ class Numerical(SemanticType):
                float(stats["std"]), n_threads(), out, valid.view(np.uint8))
         return EncodedColumn({"value": out}, valid)
 
+    def value_encoder(self, d_model: int, d_text: int, *,
+                      options: Mapping[str, Any] | None = None) -> Any:
+        """The z-score's encoder. ``options["numeric_encoding"]`` (the run's
+        ``--numeric-encoding``): ``"linear"`` (the default, :class:`~tributary_core.nn.LinearEncoder`:
+        Linear, GELU, Linear) or ``"periodic"`` (:class:`~tributary_core.nn.PeriodicEncoder`:
+        trainable sin/cos frequencies, Linear, ReLU)."""
+        encoding = (options or {}).get("numeric_encoding", "linear")
+        if encoding == "periodic":
+            from tributary_core.nn import PeriodicEncoder
+
+            return PeriodicEncoder(1, d_model)
+        if encoding != "linear":
+            raise ValueError(f"numeric_encoding {encoding!r}: expected 'linear' or 'periodic'")
+        return super().value_encoder(d_model, d_text)
+
     def check_encoded(self, prepared: Prepared, stats: Mapping[str, Any],
                       encoded: EncodedColumn) -> str | None:
         """Warn about finite values stored as null because their z-score exceeds float32 (a

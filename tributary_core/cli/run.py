@@ -132,6 +132,25 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
 @click.option("--init", "init_run", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Start from a trained run's weights (its architecture is used).")
 @click.option("--freeze-backbone", is_flag=True, help="With --init: train the heads only.")
+@click.option("--qk-norm/--no-qk-norm", default=False, show_default=True,
+              help="RMSNorm of each head's queries and keys before attention.")
+@click.option("--zero-init/--no-zero-init", default=False, show_default=True,
+              help="Start each block's residual output projections at zero.")
+@click.option("--log-scale-attention/--no-log-scale-attention", default=False, show_default=True,
+              help="Scale each query's attention logits by log(its keys) / log(256).")
+@click.option("--full-attention/--no-full-attention", default=False, show_default=True,
+              help="A fourth head group attending to every cell of the context (--heads >= 4).")
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw",
+              show_default=True,
+              help="muon: Muon for the blocks' weight matrices, AdamW for the rest.")
+@click.option("--muon-lr", type=float, default=0.02, show_default=True,
+              help="Muon's peak learning rate (with --optimizer muon).")
+@click.option("--ema", type=float, default=0.0, show_default=True,
+              help="Decay of a moving average of the weights, used for validation and written "
+                   "as model.pt (0: off).")
+@click.option("--numeric-encoding", type=click.Choice(["linear", "periodic"]), default="linear",
+              show_default=True, help="Encoder of numerical cells (periodic: learned sin/cos "
+                                      "frequencies).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for distributed data-parallel training on this machine.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -143,7 +162,9 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
                   layers: int, heads: int, val_every: int, val_batches: int, ckpt_every: int,
                   seed: int, val_start: str | None, test_start: str | None, sampler_threads: int,
                   pretrain: bool, init_run: Path | None, freeze_backbone: bool,
-                  nproc: int, out: Path, force: bool) -> None:
+                  qk_norm: bool, zero_init: bool, log_scale_attention: bool,
+                  full_attention: bool, optimizer: str, muon_lr: float, ema: float,
+                  numeric_encoding: str, nproc: int, out: Path, force: bool) -> None:
     """Train a relational transformer on the tasks of one or more stores.
 
     Runs on the GPU when there is one (bf16 autocast). A run folder that already holds
@@ -157,6 +178,8 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
 
         theirs = read_config(init_run, option="--init")
         d_model, layers, heads = theirs.d_model, theirs.n_layers, theirs.n_heads
+        qk_norm, log_scale_attention = theirs.qk_norm, theirs.log_scale_attention
+        full_attention, numeric_encoding = theirs.full_attention, theirs.numeric_encoding
     config = TrainConfig(
         stores=[store_path(d) for d in dbs],
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
@@ -165,6 +188,9 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         n_heads=heads, val_every=val_every, val_batches=val_batches, ckpt_every=ckpt_every,
         seed=seed, sampler_threads=sampler_threads, pretrain=pretrain,
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
+        qk_norm=qk_norm, zero_init=zero_init, log_scale_attention=log_scale_attention,
+        full_attention=full_attention, optimizer=optimizer, muon_lr=muon_lr, ema=ema,
+        numeric_encoding=numeric_encoding,
         val_start=parse_time(val_start, "--val-start") if val_start else None,
         test_start=parse_time(test_start, "--test-start") if test_start else None)
     config.check()
@@ -185,9 +211,13 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
                    "database, or tasks the run never trained on [default: the run's].")
 @click.option("--tasks", default=None,
               help="Comma-separated task names [default: the run's, or all of --db's].")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Predict each seed from K contexts sampled with different draws and combine "
+                   "them (the loss head's combine(), e.g. the mean probability). Costs K times "
+                   "the time.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: int | None,
-                     dbs: tuple[str, ...], tasks: str | None, as_json: bool) -> None:
+                     dbs: tuple[str, ...], tasks: str | None, ensemble: int, as_json: bool) -> None:
     """Metrics of a trained run per task, beside the majority/mean of the training labels."""
     import json
 
@@ -196,11 +226,14 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     stores = [store_path(d) for d in dbs] or None
     results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds,
-                       stores=stores, tasks=names)
+                       stores=stores, tasks=names, ensemble=ensemble)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
     metrics_table(results, split, ("model", "baseline"))
+    click.echo("ensemble: 1 context per seed" if ensemble == 1 else
+               f"ensemble: {ensemble} contexts per seed (draws 0 to {ensemble - 1}), combined "
+               f"by each task's loss head")
 
 
 @run.command("predict")
@@ -209,13 +242,17 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
 @click.option("--rows", default=None, help="Seeds (rows of the task), e.g. 0,5,9 or 0-99 [default: all].")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Parquet file to write.")
-def predict_command(run_dir: Path, task: str, rows: str | None, out: Path) -> None:
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Predict each seed from K contexts sampled with different draws and combine "
+                   "them (the loss head's combine(), e.g. the mean probability). Costs K times "
+                   "the time.")
+def predict_command(run_dir: Path, task: str, rows: str | None, out: Path, ensemble: int) -> None:
     """Predict a task's targets with a trained run and write them as parquet."""
     import pyarrow.parquet as pq
 
     from tributary_core.train.evaluate import predict
 
-    table = predict(run_dir, task, seeds=parse_rows(rows) if rows else None)
+    table = predict(run_dir, task, seeds=parse_rows(rows) if rows else None, ensemble=ensemble)
     from tributary_core.atomic import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ holds them: ``number`` (N, 1) z-scores, ``timestamp`` (N, 15) features, ``boolea
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -23,6 +25,26 @@ class LinearEncoder(nn.Module):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return self.net(values)  # (N, d_in) -> (N, d_model)
+
+
+class PeriodicEncoder(nn.Module):
+    """Periodic embeddings of numbers, "PLR (lite)" of Gorishniy et al. 2022 ("On Embeddings for
+    Numerical Features in Tabular Deep Learning"): each of the ``d_in`` values x becomes
+    ``concat(sin(2π c x), cos(2π c x))`` over ``n_frequencies`` trainable frequencies c
+    (initialised from N(0, ``sigma``)), then one Linear to ``d_model`` and a ReLU.
+
+    The phases are computed in float32 whatever the input's dtype (bf16 autocast included)."""
+
+    def __init__(self, d_in: int, d_model: int, *, n_frequencies: int = 48,
+                 sigma: float = 0.1) -> None:
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(d_in, n_frequencies) * sigma)
+        self.linear = nn.Linear(2 * d_in * n_frequencies, d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        phase = 2 * math.pi * self.frequencies.float() * values.float()[..., None]  # (N, d_in, k)
+        features = torch.cat([torch.sin(phase), torch.cos(phase)], -1).flatten(1)  # (N, 2 d_in k)
+        return torch.relu(self.linear(features))  # (N, d_model)
 
 
 class PresenceEncoder(nn.Module):

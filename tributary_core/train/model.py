@@ -7,14 +7,24 @@ on its own group of heads (head h of H uses pattern ``3h // H``):
 
 - column: cells of the same column;
 - outbound: cells of the same row and of the rows that row references;
-- inbound: cells of the same row and of the rows that reference it.
+- inbound: cells of the same row and of the rows that reference it;
+- full (only with ``full_attention``, then head h uses pattern ``4h // H``): every real cell of
+  the context.
 
 Padding is never attended and every position attends at least to itself. The target cell's
 final state goes to the head of the target type's loss and to the null head.
+
+Training-recipe options (all off by default, i.e. the model as it was before them):
+``qk_norm`` (RMSNorm of each head's queries and keys), ``zero_init`` (residual output
+projections start at zero), ``log_scale_attention`` (see :func:`log_scales`),
+``full_attention`` (the fourth pattern) and ``numeric_encoding`` (handed to the value encoders
+that take ``options``; see :func:`value_encoder`).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,14 +32,20 @@ import torch
 from torch import nn
 
 from tributary_core.registry import Registry, get_registry
+from tributary_core.semantic_type import SemanticType
 
-__all__ = ["RelationalTransformer", "attention_masks", "PATTERNS"]
+__all__ = ["RelationalTransformer", "attention_masks", "log_scales", "value_encoder", "PATTERNS",
+           "FULL_PATTERN", "LOG_SCALE_BASE"]
 
 PATTERNS = ("column", "outbound", "inbound")
+#: The fourth pattern, added by ``full_attention``: every real cell of the context.
+FULL_PATTERN = "full"
+#: ``log_scale_attention``: a query that may attend to this many keys keeps its scale (1).
+LOG_SCALE_BASE = 256
 
 
 def _patterns(row: torch.Tensor, row_parents: torch.Tensor, column_id: torch.Tensor,
-              is_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              is_padding: torch.Tensor, full: bool = False) -> tuple[torch.Tensor, ...]:
     B, S = row.shape
     R = row_parents.shape[1]
     device = row.device
@@ -47,21 +63,59 @@ def _patterns(row: torch.Tensor, row_parents: torch.Tensor, column_id: torch.Ten
     column = (column_id[:, :, None] == column_id[:, None, :]) & keep
     outbound = same_row | (out_rows & keep)
     inbound = same_row | (out_rows.transpose(1, 2) & keep)
+    if full:  # every real cell sees every real cell; padding only itself
+        return column, outbound, inbound, keep
     return column, outbound, inbound
 
 
 def attention_masks(row: torch.Tensor, row_parents: torch.Tensor, column_id: torch.Tensor,
-                    is_padding: torch.Tensor) -> torch.Tensor:
-    """The three patterns as a ``(B, 3, S, S)`` bool tensor (True: may attend).
+                    is_padding: torch.Tensor, *, full: bool = False) -> torch.Tensor:
+    """The three patterns as a ``(B, 3, S, S)`` bool tensor (True: may attend); with ``full``
+    the fourth, :data:`FULL_PATTERN`, too: ``(B, 4, S, S)``.
 
     ``row`` (B, S) is each cell's context row, ``row_parents`` (B, R, P) the context rows each
     row references (-1 none).
     """
-    return torch.stack(_patterns(row, row_parents, column_id, is_padding), 1)
+    return torch.stack(_patterns(row, row_parents, column_id, is_padding, full), 1)
+
+
+def log_scales(masks: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """``log_scale_attention``: for each pattern's bool mask ``(B, S, S)`` the factor
+    ``log(n_i) / log(LOG_SCALE_BASE)`` of every query i, as ``(B, 1, S, 1)`` to multiply that
+    pattern's queries with, where ``n_i`` is the number of keys query i may attend to under the
+    pattern (at least 2). The attention logits of a query thus grow with the log of how many
+    keys compete for it (a query with :data:`LOG_SCALE_BASE` keys is unchanged, one with 16 keys
+    is scaled by 0.5), which keeps attention from flattening out as a pattern's key set grows.
+    One sum over each mask per batch, shared by all blocks."""
+    base = math.log(LOG_SCALE_BASE)
+    return [(m.sum(-1).clamp(min=2).float().log() / base).to(dtype)[:, None, :, None]
+            for m in masks]
+
+
+def value_encoder(stype: SemanticType, d_model: int, d_text: int,
+                  options: Mapping[str, Any]) -> nn.Module:
+    """``stype.value_encoder(d_model, d_text)``, with ``options=options`` (model-wide encoder
+    settings such as ``numeric_encoding``) when the type's ``value_encoder`` takes a keyword
+    named ``options``; a type written without it (a third-party plugin's) is called as before."""
+    try:
+        takes = "options" in inspect.signature(stype.value_encoder).parameters
+    except (TypeError, ValueError):  # no signature to read: call it the plain way
+        takes = False
+    if takes:
+        return stype.value_encoder(d_model, d_text, options=options)
+    return stype.value_encoder(d_model, d_text)
 
 
 class _Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+    """A pre-LayerNorm block: attention with one head group per pattern, then a GELU
+    feed-forward. ``qk_norm``: RMSNorm (learned gain, over the head dimension) of each head's
+    queries and keys before attention; no parameters are added without it, so older weights
+    load. ``zero_init``: the residual output projections (``proj`` and the feed-forward's last
+    Linear) start at zero, so each block starts as the identity."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, *,
+                 n_patterns: int = len(PATTERNS), qk_norm: bool = False,
+                 zero_init: bool = False) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
@@ -72,21 +126,35 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
         self.dropout = dropout
+        dh = d_model // n_heads
+        self.qk_norm = qk_norm
+        self.q_norm = nn.RMSNorm(dh, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(dh, eps=1e-6) if qk_norm else nn.Identity()
+        if zero_init:
+            for layer in (self.proj, self.ff[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         # heads [start, stop) of each pattern: contiguous groups, every pattern at least one head
-        if n_heads < len(PATTERNS):
-            raise ValueError(f"n_heads must be at least {len(PATTERNS)}, one per attention pattern")
-        bounds = [(p * n_heads + len(PATTERNS) - 1) // len(PATTERNS) for p in range(len(PATTERNS) + 1)]
+        if n_heads < n_patterns:
+            raise ValueError(f"n_heads must be at least {n_patterns}, one per attention pattern")
+        bounds = [(p * n_heads + n_patterns - 1) // n_patterns for p in range(n_patterns + 1)]
         self.groups = list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: list[torch.Tensor],
+                scales: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``masks``: one additive ``(B, 1, S, S)`` mask per head group; ``scales`` (optional,
+        :func:`log_scales`): one ``(B, 1, S, 1)`` factor per group for its queries."""
         B, S, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.n_heads, d // self.n_heads).unbind(2)
+        if self.qk_norm:  # per head, over dh; in float32 (bf16 autocast included)
+            q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, dh)
         p_drop = self.dropout if self.training else 0.0
         parts = []
-        for (lo, hi), mask in zip(self.groups, masks, strict=True):
+        for g, ((lo, hi), mask) in enumerate(zip(self.groups, masks, strict=True)):
+            qg = q[:, lo:hi] if scales is None else q[:, lo:hi] * scales[g]
             parts.append(nn.functional.scaled_dot_product_attention(
-                q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], attn_mask=mask.to(q.dtype),
+                qg, k[:, lo:hi], v[:, lo:hi], attn_mask=mask.to(qg.dtype),
                 dropout_p=p_drop))  # (B, h, S, dh); mask (B, 1, S, S) additive
         a = torch.cat(parts, 1)  # (B, H, S, dh)
         x = x + self.proj(a.transpose(1, 2).reshape(B, S, d))  # (B, S, d)
@@ -103,18 +171,26 @@ class RelationalTransformer(nn.Module):
 
     def __init__(self, stype_names: Sequence[str], d_text: int, *, d_model: int = 128,
                  n_layers: int = 4, n_heads: int = 4, d_ff: int | None = None,
-                 dropout: float = 0.0, registry: Registry | None = None) -> None:
+                 dropout: float = 0.0, registry: Registry | None = None, qk_norm: bool = False,
+                 zero_init: bool = False, log_scale_attention: bool = False,
+                 full_attention: bool = False, numeric_encoding: str = "linear") -> None:
         super().__init__()
         registry = registry or get_registry()
         self.stype_names = list(stype_names)
         self.slots = [registry.semantic_type(n).batch_slot for n in self.stype_names]
         self.d_model, self.d_text = d_model, d_text
+        self.full_attention, self.log_scale_attention = full_attention, log_scale_attention
         self.col_proj = nn.Linear(d_text, d_model)
-        self.value = nn.ModuleDict({n: registry.semantic_type(n).value_encoder(d_model, d_text)
+        options = {"numeric_encoding": numeric_encoding}
+        self.value = nn.ModuleDict({n: value_encoder(registry.semantic_type(n), d_model, d_text,
+                                                     options)
                                     for n in self.stype_names})
         self.null_vector = nn.Parameter(torch.randn(d_model) * 0.02)
         self.mask_vector = nn.Parameter(torch.randn(d_model) * 0.02)
-        self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_ff or 4 * d_model, dropout)
+        n_patterns = len(PATTERNS) + int(full_attention)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_ff or 4 * d_model, dropout,
+                                           n_patterns=n_patterns, qk_norm=qk_norm,
+                                           zero_init=zero_init)
                                     for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
         self.loss_of: dict[str, str] = {}
@@ -163,11 +239,13 @@ class RelationalTransformer(nn.Module):
         # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         blocked = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
-        masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 x (B, 1, S, S)
-                 for m in _patterns(batch["row"], batch["row_parents"], batch["column_id"],
-                                    batch["is_padding"])]
+        allowed = _patterns(batch["row"], batch["row_parents"], batch["column_id"],
+                            batch["is_padding"], self.full_attention)
+        masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 (or 4) x (B, 1, S, S)
+                 for m in allowed]
+        scales = log_scales(allowed, x.dtype) if self.log_scale_attention else None
         for block in self.blocks:
-            x = block(x, masks)
+            x = block(x, masks, scales)
         x = self.norm(x)  # (B, S, d)
         pos = batch["target_pos"].long()  # (B,)
         target = x[torch.arange(x.shape[0], device=x.device), pos]  # (B, d)

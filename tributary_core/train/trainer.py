@@ -3,12 +3,14 @@ checkpoints that a killed run resumes from exactly, and DDP across processes.
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per line: training steps
 with ``"loss"``, validations with ``"val_loss"`` and per-task metrics), ``checkpoints/step-N.pt``
-(weights, optimizer and schedule; loaded with ``weights_only=True``), ``model.pt`` (final
-weights) and ``curves.png``.
+(weights, optimizers and schedules, with ``ema`` > 0 the averaged weights too; loaded with
+``weights_only=True``), ``model.pt`` (final weights: the averaged ones when ``ema`` > 0) and
+``curves.png``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -38,6 +40,14 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 MODEL = "model.pt"
+#: ``TrainConfig.optimizer`` values.
+OPTIMIZERS = ("adamw", "muon")
+#: ``TrainConfig.numeric_encoding`` values.
+NUMERIC_ENCODINGS = ("linear", "periodic")
+#: The settings that shape the model's weights or what they compute: an ``--init`` run must
+#: share them (and ``tributary run train --init`` takes them from that run).
+ARCHITECTURE = ("d_model", "n_layers", "n_heads", "qk_norm", "log_scale_attention",
+                "full_attention", "numeric_encoding")
 
 
 @attrs.define(kw_only=True)
@@ -79,6 +89,26 @@ class TrainConfig:
     #: run starts so that installing or removing a plugin later does not change the model.
     #: ``None`` (runs from before it was recorded): the installed types.
     stypes: list[str] | None = None
+    # -- the training recipe (docs/training.md "Training recipe"). Each default is the
+    # behaviour from before the option existed, so an older config.json loads unchanged; a
+    # new default belongs on the command-line option, not here.
+    #: RMSNorm of each head's queries and keys before attention (architecture).
+    qk_norm: bool = False
+    #: Zero-initialise each block's residual output projections.
+    zero_init: bool = False
+    #: Scale each query's logits by log(its key count) / log(256) (model.log_scales).
+    log_scale_attention: bool = False
+    #: A fourth head group attending to every real cell (architecture; needs n_heads >= 4).
+    full_attention: bool = False
+    #: ``"adamw"``, or ``"muon"``: Muon (``muon_lr``) for the 2-d weights inside the blocks,
+    #: AdamW (``lr``) for every other parameter.
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    #: Decay of an exponential moving average of the weights (0: off); when on, validation
+    #: and ``model.pt`` use the averaged weights.
+    ema: float = 0.0
+    #: The numerical value encoder: ``"linear"`` or ``"periodic"`` (architecture).
+    numeric_encoding: str = "linear"
 
     def check(self) -> None:
         """Refuse settings that cannot train: raises :class:`TributaryError` naming the setting
@@ -113,6 +143,26 @@ class TrainConfig:
         if self.d_model % self.n_heads:
             raise TributaryError(f"--d-model {self.d_model} must be a multiple of --heads "
                                  f"{self.n_heads}")
+        for field in ("qk_norm", "zero_init", "log_scale_attention", "full_attention"):
+            if not isinstance(getattr(self, field), bool):
+                raise bad(field, "--" + field.replace("_", "-"), "must be true or false")
+        if self.full_attention and self.n_heads < 4:
+            raise TributaryError(f"--heads {self.n_heads}: --full-attention needs at least 4 "
+                                 f"heads (one group per attention pattern: column, outbound, "
+                                 f"inbound, full)")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", "--optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        value = self.muon_lr
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0):
+            raise bad("muon_lr", "--muon-lr", "must be a positive finite number")
+        value = self.ema
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and 0 <= value < 1):
+            raise bad("ema", "--ema", "must be a decay in [0, 1) (0: no averaging)")
+        if self.numeric_encoding not in NUMERIC_ENCODINGS:
+            raise bad("numeric_encoding", "--numeric-encoding",
+                      f"must be one of {', '.join(NUMERIC_ENCODINGS)}")
         ratios = tuple(self.split_ratios)
         if (len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios)
                 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6)):
@@ -188,7 +238,11 @@ def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
     recorded = list(config.stypes) if config.stypes is not None else installed
     names = [n for n in recorded if n in registry.semantic_types]
     model = RelationalTransformer(names, d_text, d_model=config.d_model, n_layers=config.n_layers,
-                                  n_heads=config.n_heads, dropout=config.dropout)
+                                  n_heads=config.n_heads, dropout=config.dropout,
+                                  qk_norm=config.qk_norm, zero_init=config.zero_init,
+                                  log_scale_attention=config.log_scale_attention,
+                                  full_attention=config.full_attention,
+                                  numeric_encoding=config.numeric_encoding)
     # a buffer, so it moves with the model to its device; not persistent: not in checkpoints
     model.register_buffer("code_map", torch.tensor(
         [names.index(n) if n in names else -1 for n in installed], dtype=torch.long),
@@ -327,6 +381,87 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+class _Optimizers:
+    """The run's optimizers, stepped together, each with a ``LambdaLR`` on the same schedule
+    (:func:`_schedule`): AdamW (``lr``, ``weight_decay``) alone for ``optimizer="adamw"``; for
+    ``"muon"``, ``torch.optim.Muon`` (``muon_lr``, ``weight_decay``) on the 2-d weights inside
+    the transformer blocks (``blocks.*``) and AdamW on every other trainable parameter
+    (embeddings and projections outside the blocks, norms, biases, value encoders, heads).
+
+    :meth:`state_dict` gives ``({"adamw": ..., "muon": ...}, {"adamw": ..., "muon": ...})``,
+    the optimizers' and the schedules' states by name (``"muon"`` only when used); a checkpoint
+    written before there were several holds one AdamW state and one schedule state, which load
+    as ``"adamw"``."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        muon = ([p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
+                if config.optimizer == "muon" else [])
+        chosen = {id(p) for p in muon}
+        rest = [p for _, p in named if id(p) not in chosen]
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "adamw": torch.optim.AdamW(rest, lr=config.lr, weight_decay=config.weight_decay)}
+        if muon:  # none with --freeze-backbone: the blocks do not train
+            self.optimizers["muon"] = torch.optim.Muon(muon, lr=config.muon_lr,
+                                                       weight_decay=config.weight_decay)
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, _schedule(config))
+                           for k, o in self.optimizers.items()}
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One update of every optimizer, then one step of every schedule."""
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def lrs(self) -> dict[str, float]:
+        """The learning rates for the metrics row: ``lr`` (AdamW), ``muon_lr`` with Muon."""
+        return {("lr" if k == "adamw" else f"{k}_lr"): o.param_groups[0]["lr"]
+                for k, o in self.optimizers.items()}
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({k: o.state_dict() for k, o in self.optimizers.items()},
+                {k: s.state_dict() for k, s in self.schedulers.items()})
+
+    def load_state_dict(self, optimizers: Mapping[str, Any], schedulers: Mapping[str, Any],
+                        path: Path) -> None:
+        if "param_groups" in optimizers:  # one AdamW state: a checkpoint from before Muon
+            optimizers = {"adamw": optimizers}
+        if "last_epoch" in schedulers:
+            schedulers = {"adamw": schedulers}
+        for kind, saved in (("optimizer", optimizers), ("schedule", schedulers)):
+            if set(saved) != set(self.optimizers):
+                raise TributaryError(f"{path}: its {kind} state ({', '.join(sorted(saved))}) does "
+                                     f"not fit this run's ({', '.join(sorted(self.optimizers))})")
+        for k, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(optimizers[k])
+            self.schedulers[k].load_state_dict(schedulers[k])
+
+
+class _Average:
+    """An exponential moving average of the model's weights (``ema`` > 0): a copy of the model
+    whose parameters follow ``avg += (1 - d) * (w - avg)`` after every optimizer step, with
+    ``d = min(ema, (1 + step) / (10 + step))`` so that the random initial weights are forgotten
+    within the first steps of a short run. Buffers are copied. It serves validation, is written
+    as ``model.pt`` and is kept in checkpoints (``"ema"``), so a resumed run is exact."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        weight = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        for avg, new in zip(self.model.parameters(), model.parameters(), strict=True):
+            avg.lerp_(new.detach(), weight)
+        for avg, new in zip(self.model.buffers(), model.buffers(), strict=True):
+            avg.copy_(new)
+
+
 def _save(path: Path, payload: dict[str, Any]) -> None:
     from tributary_core.atomic import atomic_write
 
@@ -362,7 +497,8 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     The stages: the settings are checked (:meth:`TrainConfig.check`); the stores, samplers and
     model are built (:func:`_plan`); only then is the run folder claimed or resumed
     (:func:`_prepare_folder`), so a mistake leaves nothing behind; then :class:`_Loop` runs
-    the steps. ``progress`` is called on rank 0 with each step's metrics row."""
+    the steps. ``progress`` is called on rank 0 with each step's metrics row. With ``ema`` > 0
+    the returned model holds the averaged weights (those written as ``model.pt``)."""
     out = Path(out)
     config.check()
     if config.stypes is None:
@@ -370,15 +506,14 @@ def train(config: TrainConfig, out: str | Path, *, progress: Callable[[dict[str,
     place = _Place.here()
     plan = _plan(config, place)
     latest = _prepare_folder(out, config, force, place.rank, place.distributed)
-    optimizer = torch.optim.AdamW([p for p in plan.model.parameters() if p.requires_grad],
-                                  lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    start, resumed = _resume(out, plan.model, optimizer, scheduler, place.device, latest)
-    loop = _Loop(config, place, plan, out, optimizer, scheduler, progress, last_ckpt=resumed)
+    optimizers = _Optimizers(plan.model, config)
+    average = _Average(plan.model, config.ema) if config.ema > 0 else None
+    start, resumed = _resume(out, plan.model, optimizers, average, place.device, latest)
+    loop = _Loop(config, place, plan, out, optimizers, average, progress, last_ckpt=resumed)
     if place.rank == 0 and resumed is not None:  # drop what the killed run logged after it
         _write_jsonl(loop.log, [r for r in read_metrics(out) if r.get("step", 0) <= start])
     loop.run(start)
-    return plan.model
+    return average.model if average is not None else plan.model
 
 
 @attrs.define(frozen=True)
@@ -452,11 +587,11 @@ class _Loop:
     the last two are kept); at the end ``model.pt`` and ``curves.png``."""
 
     def __init__(self, config: TrainConfig, place: _Place, plan: _Plan, out: Path,
-                 optimizer: torch.optim.Optimizer, scheduler: Any,
+                 optimizers: _Optimizers, average: _Average | None,
                  progress: Callable[[dict[str, Any]], None] | None, *,
                  last_ckpt: Path | None) -> None:
         self.config, self.place, self.plan, self.out = config, place, plan, out
-        self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
+        self.optimizers, self.average, self.progress = optimizers, average, progress
         self.last_ckpt = last_ckpt
         self.log = out / METRICS
         self.net: nn.Module = plan.model
@@ -476,7 +611,8 @@ class _Loop:
                 now = time.perf_counter()
                 row["seeds_per_s"] = c.batch_size * self.place.world / max(now - tick, 1e-9)
                 if step % c.val_every == 0 or step == c.steps:
-                    row.update(validate(self.net, self.plan.val, self.plan.embeddings,
+                    net = self.average.model if self.average is not None else self.net
+                    row.update(validate(net, self.plan.val, self.plan.embeddings,
                                         self.place.device, c))
                     now = time.perf_counter()
                 tick = now
@@ -486,8 +622,12 @@ class _Loop:
                 self.trim(step)
         finally:
             batches.close()
-        if self.place.rank == 0:
-            _save(self.out / MODEL, {"model": self.plan.model.state_dict(), "step": c.steps})
+        if self.place.rank == 0:  # the final weights: the averaged ones with --ema
+            if self.average is not None:
+                _save(self.out / MODEL, {"model": self.average.model.state_dict(),
+                                         "step": c.steps, "ema": c.ema})
+            else:
+                _save(self.out / MODEL, {"model": self.plan.model.state_dict(), "step": c.steps})
             plot_curves(self.out)
 
     def step(self, step: int, batch: Batch) -> dict[str, Any]:
@@ -507,13 +647,14 @@ class _Loop:
             raise TributaryError(f"step {step}: the loss is {float(value)} on task "
                                  f"{batch.database}/{batch.task}; training stopped{where}. "
                                  f"Lower --lr or check the data.")
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizers.zero_grad()
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(self.trainable, self.config.clip))
-        self.optimizer.step()
-        self.scheduler.step()
+        self.optimizers.step()
+        if self.average is not None:
+            self.average.update(self.plan.model, step)
         return {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
-                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}
+                **self.optimizers.lrs(), "grad_norm": grad_norm}
 
     def record(self, row: dict[str, Any]) -> None:
         """Append the row to metrics.jsonl (strict JSON: no NaN or Infinity) and report it."""
@@ -534,9 +675,12 @@ class _Loop:
 
         if self.place.rank == 0:
             path = self.out / CHECKPOINTS / f"step-{step:08d}.pt"
-            _save(path, {"step": step, "model": self.plan.model.state_dict(),
-                         "optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict()})
+            optimizers, schedulers = self.optimizers.state_dict()
+            payload = {"step": step, "model": self.plan.model.state_dict(),
+                       "optimizer": optimizers, "scheduler": schedulers}
+            if self.average is not None:
+                payload["ema"] = self.average.model.state_dict()
+            _save(path, payload)
             for old in checkpoints(self.out)[:-2]:
                 old.unlink()
             self.last_ckpt = path
@@ -569,7 +713,7 @@ def _initialise(model: RelationalTransformer, config: TrainConfig, stores: list[
     """Load the weights of the run ``config.init`` into ``model``."""
     init = Path(config.init)
     theirs = read_config(init, option="--init")
-    for key in ("d_model", "n_layers", "n_heads"):
+    for key in ARCHITECTURE:
         if getattr(theirs, key) != getattr(config, key):
             raise TributaryError(f"--init {init}: its {key} is {getattr(theirs, key)}, this run's "
                                  f"{getattr(config, key)}")
@@ -641,12 +785,12 @@ def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, dist
     return latest_checkpoint(out)
 
 
-def _resume(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, device: torch.device, latest: Path | None) -> tuple[int, Path | None]:
-    """Load the newest usable checkpoint (weights, optimizer, schedule); returns its step and
-    path, or (0, None) for a fresh run. A damaged checkpoint (a run killed while the disk was
-    full, say) is reported and the earlier kept one is used; when none is usable the run stops
-    with one line rather than silently starting over."""
+def _resume(out: Path, model: nn.Module, optimizers: _Optimizers, average: _Average | None,
+            device: torch.device, latest: Path | None) -> tuple[int, Path | None]:
+    """Load the newest usable checkpoint (weights, optimizers, schedules, averaged weights);
+    returns its step and path, or (0, None) for a fresh run. A damaged checkpoint (a run killed
+    while the disk was full, say) is reported and the earlier kept one is used; when none is
+    usable the run stops with one line rather than silently starting over."""
     import warnings
 
     if latest is None:
@@ -658,8 +802,9 @@ def _resume(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             if not all(k in state for k in ("step", "optimizer", "scheduler")):
                 raise TributaryError(f"{path}: not a training checkpoint (no optimizer state)")
             load_into(model, state, path)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            optimizers.load_state_dict(state["optimizer"], state["scheduler"], path)
+            if average is not None:  # a checkpoint without averaged weights starts them here
+                load_into(average.model, {"model": state.get("ema", state["model"])}, path)
         except (TributaryError, ValueError, KeyError) as exc:
             damaged.append(str(exc))
             continue
