@@ -557,6 +557,31 @@ def test_inspect_sample(shop):
     assert bad.exit_code == 2 and "--row: task 'big_order' has 40 seeds (0 to 39)" in bad.output
 
 
+def test_inspect_sample_marks_labelled_examples(shop):
+    """The examples' rows show "ex" for hops and their label cells are marked with the label
+    the task file holds for a training seed of that row; --icl-share 0 shows none."""
+    from tributary_core.sampler.examples import known_times
+
+    args = ["inspect", str(shop.path), "--sample", "big_order", "--row", "30", "--context-len", "60"]
+    info = json.loads(CliRunner().invoke(cli, [*args, "--json", "--icl-share", "0.5"]).output)
+    labels = [c for c in info["cells"] if c["label"]]
+    assert labels and all(c["column"] == "big_order" and c["value"] in (True, False) for c in labels)
+    task = shop.tasks["big_order"]
+    train = HashSplit().assign("orders", task.anchor_row, task.observation_time) == 0
+    obs = task.observation_time[30]
+    known = known_times(task.observation_time, 0)
+    for cell in labels:
+        row = info["rows"][cell["row"]]
+        assert row["table"] == "orders" and row["row"] != info["anchor"]["row"]
+        seeds = [e for e in range(len(train)) if task.anchor_row[e] == row["row"] and train[e]
+                 and known[e] <= obs]
+        assert seeds and cell["value"] == bool(task.target("value")[max(seeds)])
+    text = CliRunner().invoke(cli, [*args, "--icl-share", "0.5"]).output
+    assert f"{len(labels)} labelled examples" in text and text.count("<- example label") == len(labels)
+    none = CliRunner().invoke(cli, [*args, "--icl-share", "0"]).output
+    assert "0 labelled examples" in none and "<- example label" not in none
+
+
 def test_kernel_compilation_is_cached_on_disk(shop):
     """The kernel's structured (named-tuple) arguments keep Numba's on-disk cache working: the
     call was looked up in, or loaded from, the cache, whose index is on disk."""

@@ -24,10 +24,15 @@ import click
 @click.option("--width", type=click.IntRange(0, 1024), default=4, show_default=True,
               help="With --sample: the most children per row (at most 1024).")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --sample: sampler seed.")
+@click.option("--icl-share", type=click.FloatRange(0, 1, max_open=True), default=0.25,
+              show_default=True,
+              help="With --sample: the share of the cells for labelled examples (other seeds of "
+                   "the task from the default split's training seeds, with their labels), "
+                   "marked in the output.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--no-verify", is_flag=True, help="Skip the checksum pass over the store.")
 def inspect(processed: str, table: str | None, row: int | None, task: str | None,
-            sample_task: str | None, context_len: int, width: int, seed: int,
+            sample_task: str | None, context_len: int, width: int, seed: int, icl_share: float,
             as_json: bool, no_verify: bool) -> None:
     """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks;
     decode a row; or show one sampled context."""
@@ -43,7 +48,7 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
         if sample_task not in store.tasks:
             raise TributaryError(f"{processed}: no task {sample_task!r}; tasks: "
                                  f"{', '.join(store.tasks)}")
-        from tributary_core.sampler import SamplerGraph, sample_batch
+        from tributary_core.sampler import HashSplit, SamplerGraph, sample_batch
         from tributary_core.sampler.show import describe_context, format_context
 
         graph = SamplerGraph.from_store(store)
@@ -55,8 +60,9 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
             raise TributaryError(f"--row: task {sample_task!r} has {len(view):,} seeds (0 to "
                                  f"{len(view) - 1:,})")
         with _damage_named(processed, no_verify):
+            examples = view.examples(HashSplit()) if icl_share > 0 else None
             batch = sample_batch(graph, view, [seed_row], context_len=context_len, width=width,
-                                 sampler_seed=seed)
+                                 sampler_seed=seed, examples=examples, icl_share=icl_share)
             info = describe_context(graph, batch, 0)
         click.echo(json.dumps(info, indent=2, default=str) if as_json else format_context(info))
         return
@@ -130,7 +136,7 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
 
 
 #: Options that mean something only with --sample.
-_SAMPLE_ONLY = ("context_len", "width", "seed")
+_SAMPLE_ONLY = ("context_len", "width", "seed", "icl_share")
 
 
 def _check_choices(processed: str, table: str | None, row: int | None, task: str | None,
