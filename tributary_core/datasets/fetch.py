@@ -103,6 +103,7 @@ def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
     """The store of a bundled database, made if missing: fetch ``root/raw/NAME``, then
     preprocess it with ``root/metadata/NAME.json`` into ``root/processed/NAME`` with the embedder
     backend ``embedder``. A store already made with that embedder identity is kept as it is."""
+    from tributary_core.metadata.io import dump_metadata, load_metadata
     from tributary_core.preprocess import preprocess
     from tributary_core.store import open_store
 
@@ -117,7 +118,11 @@ def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
     current = None
     if (store_dir / "metadata.json").exists():
         try:
-            current = open_store(store_dir, verify=False).embedder
+            store = open_store(store_dir, verify=False)
+            # a store of an older metadata.json (a task added, a horizon changed) is rebuilt
+            wanted = json.loads(json.dumps(dump_metadata(load_metadata(metadata))))
+            if store.meta.get("source_metadata") == wanted:
+                current = store.embedder
         except (TributaryError, OSError, ValueError):  # a damaged or older store is rebuilt
             current = None
     if current != embedder.identity:
