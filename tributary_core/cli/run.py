@@ -151,6 +151,16 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
 @click.option("--numeric-encoding", type=click.Choice(["linear", "periodic"]), default="linear",
               show_default=True, help="Encoder of numerical cells (periodic: learned sin/cos "
                                       "frequencies).")
+@click.option("--icl-share", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True,
+              help="Share of each context's cells for labelled examples of the same task "
+                   "(training-split seeds with their labels, once known).")
+@click.option("--mask-share", type=float, default=0.0, show_default=True, metavar="P_MAX",
+              help="Masked cells: each training context hides a share p ~ U(0, P_MAX) of its "
+                   "other numerical, timestamp, boolean and categorical cells, predicted by "
+                   "their types' heads (0: off; below 1).")
+@click.option("--mask-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the masked cells' loss beside the target's.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for distributed data-parallel training on this machine.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -164,7 +174,9 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
                   pretrain: bool, init_run: Path | None, freeze_backbone: bool,
                   qk_norm: bool, zero_init: bool, log_scale_attention: bool,
                   full_attention: bool, optimizer: str, muon_lr: float, ema: float,
-                  numeric_encoding: str, nproc: int, out: Path, force: bool) -> None:
+                  numeric_encoding: str, icl_share: float, mask_share: float,
+                  mask_weight: float, nproc: int, out: Path,
+                  force: bool) -> None:
     """Train a relational transformer on the tasks of one or more stores.
 
     Runs on the GPU when there is one (bf16 autocast). A run folder that already holds
@@ -190,7 +202,8 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
         qk_norm=qk_norm, zero_init=zero_init, log_scale_attention=log_scale_attention,
         full_attention=full_attention, optimizer=optimizer, muon_lr=muon_lr, ema=ema,
-        numeric_encoding=numeric_encoding,
+        numeric_encoding=numeric_encoding, icl_share=icl_share, mask_share=mask_share,
+        mask_weight=mask_weight,
         val_start=parse_time(val_start, "--val-start") if val_start else None,
         test_start=parse_time(test_start, "--test-start") if test_start else None)
     config.check()

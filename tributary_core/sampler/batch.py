@@ -20,6 +20,7 @@ from tributary_core.sampler.kernel import (
     ContextSeeds,
     sample_contexts,
 )
+from tributary_core.sampler.masking import eligible_cells, mask_cells, maskable_stypes
 from tributary_core.sampler.splits import mix64
 
 __all__ = ["Batch", "sample_batch", "context_seeds", "target_arrays", "example_cells"]
@@ -42,7 +43,8 @@ class Batch:
     Per cell ``[B, L]``: ``column_id`` (row of the store's column embeddings, -1 padding),
     ``stype`` (index into ``stype_names``, -1 padding), ``row`` (the cell's row within its
     context), ``number``, ``timestamp`` ``[B, L, 15]``, ``boolean``, ``vocab`` (vocabulary id),
-    ``is_null``, ``is_target``, ``is_padding``. Per context row ``[B, L]``: ``row_table``,
+    ``is_null``, ``is_target``, ``is_padding``, ``is_label``, ``is_masked`` (other cells hidden
+    for the masked-cell loss; ``sampler/masking.py``). Per context row ``[B, L]``: ``row_table``,
     ``row_index`` (row number in its table), ``row_hops``, and ``row_parents`` ``[B, L, P]``:
     the context rows each row references (-1 none), the FK adjacency the attention masks
     come from. Per context ``[B]``: the target (position, value in the slot of its type,
@@ -86,6 +88,9 @@ class Batch:
     candidates: np.ndarray | None
     #: The kernel's column index of each cell (for debugging views).
     cell_col: np.ndarray
+    #: Cells other than the target whose values are hidden and predicted (``mask_share`` > 0;
+    #: ``sampler/masking.py``). All False without masking.
+    is_masked: np.ndarray
 
     def __len__(self) -> int:
         return len(self.n_cells)
@@ -133,12 +138,16 @@ def example_cells(context_len: int, icl_share: float) -> int:
 
 def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, context_len: int = 1024,
                  width: int = 16, sampler_seed: int = 0, draw: int = 0, n_threads: int = 1,
-                 examples: ExampleIndex | None = None, icl_share: float = 0.0) -> Batch:
+                 examples: ExampleIndex | None = None, icl_share: float = 0.0,
+                 mask_share: float = 0.0) -> Batch:
     """Sample the contexts of ``task``'s seeds number ``seeds`` (indices into the task's rows).
 
     With ``examples`` (``task.examples(splitter)``) and ``icl_share`` > 0, the walk around the
     seed stops at ``1 - icl_share`` of the cells and labelled examples fill the rest (all of it
-    where the walk runs dry early)."""
+    where the walk runs dry early).
+
+    With ``mask_share`` (``p_max``) > 0, each context also masks a share ``p ~ U(0, p_max)`` of
+    its other eligible cells (``is_masked``; ``sampler/masking.py``), drawn from its own stream."""
     seeds = np.asarray(seeds, dtype=np.int64)
     B, L = len(seeds), int(context_len)
     anchor = task.anchor_rows[seeds]
@@ -152,9 +161,15 @@ def sample_batch(graph: SamplerGraph, task: TaskView, seeds: np.ndarray, *, cont
                     ContextSeeds(anchor, obs, rng), L, walk, width, n_threads, out)
     is_padding = np.arange(L, dtype=np.int32)[None, :] >= out.n_cells[:, None]
     t_number, t_ts, t_bool, t_vocab, valid = target_arrays(task, seeds)
+    if mask_share > 0:
+        eligible = eligible_cells(out.stype, is_padding, out.is_target, out.is_null,
+                                  maskable_stypes(graph.stype_names))
+        is_masked = mask_cells(rng, eligible, mask_share)
+    else:
+        is_masked = np.zeros((B, L), dtype=np.bool_)
     return Batch(
         database=graph.name, task=task.name, target_stype=task.stype,
         stype_names=graph.stype_names, is_padding=is_padding, **out._asdict(),
         target_pos=np.zeros(B, dtype=np.int64), target_number=t_number, target_timestamp=t_ts,
         target_boolean=t_bool, target_vocab=t_vocab, target_is_null=~valid, anchor_row=anchor,
-        observation_time=obs, seed=seeds, candidates=task.candidates)
+        observation_time=obs, seed=seeds, candidates=task.candidates, is_masked=is_masked)

@@ -67,6 +67,10 @@ class Sampler:
         icl_share: the share of each context's cells kept for labelled examples: other seeds
             of the same task, from the training split whatever ``split`` is, shown with their
             labels once those are known (``sampler/examples.py``). 0: none.
+        mask_share: ``p_max`` of masked cells: each context of the training stream
+            (:meth:`batch_at`, iteration) hides a share ``p ~ U(0, p_max)`` of its other
+            eligible cells (``Batch.is_masked``; ``sampler/masking.py``). :meth:`evaluation` and
+            :meth:`context` never mask. 0: none.
     """
 
     def __init__(self, stores: Sequence[Store | str | Path], *,
@@ -74,7 +78,7 @@ class Sampler:
                  splitter: HashSplit | TemporalSplit | None = None, batch_size: int = 256,
                  context_len: int = 1024, width: int = 16, seed: int = 0, rank: int = 0,
                  world_size: int = 1, n_threads: int = 1, pretrain: bool = False,
-                 icl_share: float = 0.0) -> None:
+                 icl_share: float = 0.0, mask_share: float = 0.0) -> None:
         if not stores:
             raise TributaryError("the sampler needs at least one store")
         opened = [s if isinstance(s, Store) else open_store(s) for s in stores]
@@ -90,7 +94,10 @@ class Sampler:
             raise TributaryError("batch_size and context_len must be >= 1 and width >= 0")
         if not 0.0 <= icl_share < 1.0:
             raise TributaryError(f"icl_share must be at least 0 and below 1, not {icl_share}")
+        if not 0.0 <= mask_share < 1.0:
+            raise TributaryError(f"mask_share must be at least 0 and below 1, not {mask_share}")
         self.icl_share = float(icl_share)
+        self.mask_share = float(mask_share)
         self.split = split
         self.split_id = split_index(split)
         self.splitter = splitter or HashSplit()
@@ -132,12 +139,15 @@ class Sampler:
 
     # -- streams ---------------------------------------------------------------------------
 
-    def batch(self, task: SampledTask, seeds: np.ndarray, draw: int = 0) -> Batch:
-        """Contexts of ``task`` around its rows ``seeds`` (indices into the task's rows)."""
+    def batch(self, task: SampledTask, seeds: np.ndarray, draw: int = 0, *,
+              mask: bool = True) -> Batch:
+        """Contexts of ``task`` around its rows ``seeds`` (indices into the task's rows); with
+        ``mask`` (and ``mask_share`` > 0) with masked cells."""
         examples = task.view.examples(self.splitter) if self.icl_share > 0 else None
         return sample_batch(task.graph, task.view, seeds, context_len=self.context_len,
                             width=self.width, sampler_seed=self.seed, draw=draw,
-                            n_threads=self.n_threads, examples=examples, icl_share=self.icl_share)
+                            n_threads=self.n_threads, examples=examples, icl_share=self.icl_share,
+                            mask_share=self.mask_share if mask else 0.0)
 
     def __iter__(self) -> Iterator[Batch]:
         """An endless training stream: tasks drawn by weight, each walking shuffled passes."""
@@ -183,7 +193,7 @@ class Sampler:
             if task is not None and task not in (t.view.name, t.key):
                 continue
             for start in range(0, len(t.seeds), self.batch_size):
-                yield self.batch(t, t.seeds[start : start + self.batch_size])
+                yield self.batch(t, t.seeds[start : start + self.batch_size], mask=False)
 
     def context(self, db: str, task: str, seed_index: int) -> Batch:
         """The context of one seed (index into the task's rows), whatever its split."""
@@ -191,7 +201,7 @@ class Sampler:
         if not 0 <= seed_index < len(view):
             raise TributaryError(f"task {task!r} has {len(view)} seeds; {seed_index} does not exist")
         probe = SampledTask(self.graphs[db], view, 1.0, np.array([seed_index]))
-        return self.batch(probe, probe.seeds)
+        return self.batch(probe, probe.seeds, mask=False)
 
 
 _DONE = object()

@@ -14,6 +14,10 @@ on its own group of heads (head h of H uses pattern ``3h // H``):
 Padding is never attended and every position attends at least to itself. The target cell's
 final state goes to the head of the target type's loss and to the null head.
 
+Masked cells (``is_masked``, ``mask_share`` > 0 in training; docs/training.md "Masked cells")
+have their values replaced by the mask vector like the target, and their final states go to
+the heads of their own types (:meth:`RelationalTransformer.masked_predictions`).
+
 Training-recipe options (all off by default, i.e. the model as it was before them):
 ``qk_norm`` (RMSNorm of each head's queries and keys), ``zero_init`` (residual output
 projections start at zero), ``log_scale_attention`` (see :func:`log_scales`),
@@ -227,14 +231,18 @@ class RelationalTransformer(nn.Module):
                 inputs = x.new_zeros(int(where.sum()), 0)  # (N, 0)
             value[where] = self.value[name](inputs.to(x.dtype)).to(value.dtype)
         value = torch.where(batch["is_null"][..., None], self.null_vector, value)
-        value = torch.where(batch["is_target"][..., None], self.mask_vector, value)
+        hide = batch["is_target"]  # (B, S)
+        if batch.get("is_masked") is not None:  # masked cells: hidden like the target
+            hide = hide | batch["is_masked"]
+        value = torch.where(hide[..., None], self.mask_vector, value)
         x = x + value
         return x.masked_fill(batch["is_padding"][..., None], 0.0)  # (B, S, d)
 
     def forward(self, batch: Mapping[str, Any], column_emb: torch.Tensor,
                 vocab_emb: torch.Tensor) -> dict[str, torch.Tensor]:
         """``prediction`` of the batch's target type's head, ``null_logit`` (B,), ``hidden``
-        (B, S, d_model)."""
+        (B, S, d_model); with masked cells (``is_masked`` any True) also ``masked``, see
+        :meth:`masked_predictions`."""
         x = self.encode(batch, column_emb, vocab_emb)  # (B, S, d)
         # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -256,4 +264,60 @@ class RelationalTransformer(nn.Module):
             if batch.get("candidates") is not None:
                 candidates = vocab_emb[batch["candidates"].long()]  # (K, d_text)
             out["prediction"] = self.heads[stype](target, candidates)
+        masked = batch.get("is_masked")
+        if masked is not None and bool(masked.any()):
+            out["masked"] = self.masked_predictions(x, batch, vocab_emb)
         return out
+
+    def masked_predictions(self, x: torch.Tensor, batch: Mapping[str, Any],
+                           vocab_emb: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """The predictions for the masked cells, by semantic type: ``{name: {"where": (B, S)
+        bool, the type's masked cells, "prediction": its head's output for them in row-major
+        order (N, ...)}}``; for a type in the ``vocab`` slot also ``"candidates"`` (K,), vocab ids.
+
+        ``x`` is the final hidden state (B, S, d). Only types with a head (a target loss) are
+        predicted. Categorical cells are scored against the categories of their own column: the
+        candidates are the distinct vocab ids of every non-null, non-target cell of the masked
+        cells' columns in the batch (so they include each masked cell's true value); the head
+        scores every cell against all K of them at once (one call, ``(N, K)``) and a cell's
+        scores for categories that do not occur in its column are set to -inf. A ``vocab`` head
+        that does not return ``(N, K)`` scores cannot be restricted that way and is skipped
+        (its masked cells stay hidden but add no loss)."""
+        stype = batch["stype"].long()  # (B, S)
+        is_masked = batch["is_masked"]
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for code, (name, slot) in enumerate(zip(self.stype_names, self.slots, strict=True)):
+            if name not in self.heads:
+                continue
+            where = is_masked & (stype == code)  # (B, S)
+            if not bool(where.any()):
+                continue
+            hidden = x[where]  # (N, d)
+            if slot != "vocab":
+                out[name] = {"where": where, "prediction": self.heads[name](hidden, None)}
+                continue
+            ids, allowed = _column_candidates(batch, where, stype == code)  # (K,), (N, K)
+            scores = self.heads[name](hidden, vocab_emb[ids])
+            if scores.shape != allowed.shape:
+                continue
+            scores = scores.float().masked_fill(~allowed, float("-inf"))  # (N, K)
+            out[name] = {"where": where, "prediction": scores, "candidates": ids}
+        return out
+
+
+def _column_candidates(batch: Mapping[str, Any], where: torch.Tensor,
+                       of_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-batch candidates of the masked cells ``where`` (B, S): ``ids`` (K,), the sorted
+    distinct vocab ids of the non-null, non-target, non-padding cells of this type (``of_type``)
+    in the masked cells' columns, and ``allowed`` (N, K): does category k occur in the column
+    of masked cell n. A masked cell's own value is one of its column's candidates."""
+    column, vocab = batch["column_id"].long(), batch["vocab"].long()  # (B, S)
+    cols = column[where]  # (N,)
+    pool = of_type & ~batch["is_null"] & ~batch["is_target"] & ~batch["is_padding"]
+    pool &= torch.isin(column, cols)
+    pairs = torch.unique(torch.stack([column[pool], vocab[pool]]), dim=1)  # (2, P) (column, id)
+    ids, k_of = torch.unique(pairs[1], return_inverse=True)  # (K,), (P,)
+    ucols, c_of = torch.unique(pairs[0], return_inverse=True)  # (C,), (P,)
+    table = torch.zeros(len(ucols), len(ids), dtype=torch.bool, device=cols.device)  # (C, K)
+    table[c_of, k_of] = True
+    return ids, table[torch.searchsorted(ucols, cols)]  # (K,), (N, K)

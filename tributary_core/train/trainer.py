@@ -109,6 +109,15 @@ class TrainConfig:
     ema: float = 0.0
     #: The numerical value encoder: ``"linear"`` or ``"periodic"`` (architecture).
     numeric_encoding: str = "linear"
+    #: The share of each context's cells kept for labelled examples of the same task (other
+    #: training-split seeds with their labels, once known; ``sampler/examples.py``). 0: none.
+    icl_share: float = 0.0
+    #: ``p_max`` of masked cells: each training context hides a share ``p ~ U(0, p_max)`` of its
+    #: other eligible cells, predicted by their types' heads (docs/training.md "Masked cells").
+    #: Validation and evaluation never mask. 0: none.
+    mask_share: float = 0.0
+    #: The weight of the masked cells' loss beside the target's.
+    mask_weight: float = 1.0
 
     def check(self) -> None:
         """Refuse settings that cannot train: raises :class:`TributaryError` naming the setting
@@ -160,6 +169,15 @@ class TrainConfig:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                 and math.isfinite(value) and 0 <= value < 1):
             raise bad("ema", "--ema", "must be a decay in [0, 1) (0: no averaging)")
+        if not (isinstance(self.icl_share, (int, float)) and not isinstance(self.icl_share, bool)
+                and 0 <= self.icl_share < 1):
+            raise bad("icl_share", "--icl-share", "must be a share of the context in [0, 1)")
+        if not (isinstance(self.mask_share, (int, float)) and not isinstance(self.mask_share, bool)
+                and 0 <= self.mask_share < 1):
+            raise bad("mask_share", "--mask-share", "must be a share of the cells in [0, 1)")
+        if not (isinstance(self.mask_weight, (int, float)) and not isinstance(self.mask_weight, bool)
+                and math.isfinite(self.mask_weight) and self.mask_weight >= 0):
+            raise bad("mask_weight", "--mask-weight", "must be a finite number >= 0")
         if self.numeric_encoding not in NUMERIC_ENCODINGS:
             raise bad("numeric_encoding", "--numeric-encoding",
                       f"must be one of {', '.join(NUMERIC_ENCODINGS)}")
@@ -209,12 +227,12 @@ class Run:
 
     def sampler(self, split: str, **kw: Any) -> Sampler:
         """A sampler with the run's settings; keywords override them (``stores``, ``tasks``,
-        ``pretrain``, ``batch_size``, ...)."""
+        ``pretrain``, ``batch_size``, ...). It never masks cells (``mask_share`` is training's)."""
         c = self.config
         kw = {"batch_size": c.batch_size, "tasks": c.tasks, "pretrain": c.pretrain, **kw}
         return Sampler(kw.pop("stores", self.stores), split=split, splitter=c.splitter(),
                        context_len=c.seq_len, width=c.width, seed=c.seed,
-                       n_threads=c.sampler_threads, **kw)
+                       n_threads=c.sampler_threads, icl_share=c.icl_share, **kw)
 
 
 def store_embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,10 +296,13 @@ def labelled(target: torch.Tensor, is_null: torch.Tensor) -> torch.Tensor:
 
 
 def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-               device: torch.device, null_weight: float) -> tuple[torch.Tensor, dict[str, Any]]:
+               device: torch.device, null_weight: float,
+               mask_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, Any]]:
     """The training loss of one batch: the target head's loss on labelled targets plus
-    ``null_weight`` times the null head's loss. Returns (loss, outputs); with a prediction the
-    outputs also hold the head's ``target`` and the ``labelled`` mask."""
+    ``null_weight`` times the null head's loss, plus, when the batch has masked cells,
+    ``mask_weight`` times their loss (:func:`masked_loss`). Returns (loss, outputs); with a
+    prediction the outputs also hold the head's ``target`` and the ``labelled`` mask, with
+    masked cells ``mask_loss`` (the unweighted masked part, detached)."""
     registry = get_registry()
     tensors = batch.to_torch(device)
     tensors["stype"] = _recode(model, tensors["stype"])
@@ -301,7 +322,43 @@ def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[to
             loss = loss + head.loss(out["prediction"][keep].float(), target[keep])
         else:
             loss = loss + 0.0 * out["prediction"].float().sum()
+    if out.get("masked"):
+        part = masked_loss(core, out["masked"], tensors)
+        out["mask_loss"] = part.detach()
+        loss = loss + mask_weight * part
     return loss, out
+
+
+def masked_targets(tensors: Mapping[str, Any], stype: str, where: torch.Tensor,
+                   candidates: torch.Tensor | None = None) -> dict[str, Any]:
+    """The masked cells ``where`` (B, S) of type ``stype`` as a batch of targets: the cells'
+    values in the ``target_*`` fields a loss head's :meth:`~tributary_core.loss.LossHead.target`
+    reads (a cell's value is stored as a target of its column would be), ``target_stype`` and
+    ``candidates``; none of them is null."""
+    n = int(where.sum())
+    return {"target_stype": stype, "target_number": tensors["number"][where],
+            "target_timestamp": tensors["timestamp"][where],
+            "target_boolean": tensors["boolean"][where], "target_vocab": tensors["vocab"][where],
+            "target_is_null": torch.zeros(n, dtype=torch.bool, device=where.device),
+            "candidates": candidates}
+
+
+def masked_loss(core: RelationalTransformer, masked: Mapping[str, Mapping[str, torch.Tensor]],
+                tensors: Mapping[str, Any]) -> torch.Tensor:
+    """The masked cells' loss: each type's head loss, averaged over that type's masked cells,
+    then averaged over the types present (so a type with few cells in the batch counts as much
+    as a common one). ``masked`` is the model's ``out["masked"]``."""
+    registry = get_registry()
+    parts = []
+    for stype, got in masked.items():
+        head = registry.loss_head(core.loss_of[stype])
+        target = head.target(masked_targets(tensors, stype, got["where"], got.get("candidates")))
+        keep = labelled(target, torch.zeros(len(target), dtype=torch.bool, device=target.device))
+        if bool(keep.any()):
+            parts.append(head.loss(got["prediction"][keep].float(), target[keep]))
+    if not parts:
+        return sum(got["prediction"].float().sum() for got in masked.values()) * 0.0
+    return torch.stack(parts).mean()
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -560,7 +617,9 @@ def _plan(config: TrainConfig, place: _Place) -> _Plan:
                         batch_size=config.batch_size, context_len=config.seq_len,
                         width=config.width, seed=config.seed, rank=place.rank,
                         world_size=place.world, n_threads=config.sampler_threads,
-                        pretrain=config.pretrain)
+                        pretrain=config.pretrain, icl_share=config.icl_share,
+                        # validation never masks: its loss stays comparable across settings
+                        mask_share=config.mask_share if split == "train" else 0.0)
                 for split in ("train", "val")]
     if not any(len(t.seeds) for t in samplers[0].tasks):
         listing = ", ".join(f"{t.key} ({len(t.view):,} seeds in all)" for t in samplers[0].tasks)
@@ -635,8 +694,8 @@ class _Loop:
         import torch.distributed as dist
 
         self.net.train()
-        loss, _ = batch_loss(self.net, batch, self.plan.embeddings, self.place.device,
-                             self.config.null_weight)
+        loss, result = batch_loss(self.net, batch, self.plan.embeddings, self.place.device,
+                                  self.config.null_weight, self.config.mask_weight)
         value = loss.detach()
         if self.place.distributed:
             dist.all_reduce(value)
@@ -653,8 +712,11 @@ class _Loop:
         self.optimizers.step()
         if self.average is not None:
             self.average.update(self.plan.model, step)
-        return {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
-                **self.optimizers.lrs(), "grad_norm": grad_norm}
+        row = {"step": step, "loss": float(value), "task": f"{batch.database}/{batch.task}",
+               **self.optimizers.lrs(), "grad_norm": grad_norm}
+        if "mask_loss" in result:  # this rank's masked-cell loss, before mask_weight
+            row["mask_loss"] = float(result["mask_loss"])
+        return row
 
     def record(self, row: dict[str, Any]) -> None:
         """Append the row to metrics.jsonl (strict JSON: no NaN or Infinity) and report it."""
