@@ -3,7 +3,7 @@ databases, at one budget and seed.
 
     python benchmarks/ablation.py [--steps 300] [--eval-seeds 500] [--seed 0]
                                   [--settings today,icl25,...] [--out runs/ablation]
-                                  [--doc docs/ablation.md] [--render-only]
+                                  [--doc docs/quality.md] [--render-only]
 
 Every setting trains one run per database (``--steps`` steps, the architecture of
 ``benchmarks/quality.py``: d_model 96, 4 layers, 6 heads, L = 256 at width 8, batch 32, AdamW
@@ -23,6 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DBS, MODEL, ROOT, Results, _seconds_in_steps  # noqa: E402
+
+#: The page section this script owns (inside the hand-written part of docs/quality.md, which
+#: benchmarks/quality.py keeps when it regenerates the page).
+BEGIN = "<!-- ablation: written by benchmarks/ablation.py -->"
+END = "<!-- ablation: end -->"
 
 #: The settings: name -> (description, TrainConfig overrides).
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -48,7 +53,9 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--dbs", default=",".join(DBS))
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "ablation.md")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md",
+                        help="The page whose ablation section (between its markers, added at the "
+                             "end when missing) is rewritten.")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
@@ -60,8 +67,15 @@ def main() -> None:
     results = Results(args.out / "results.json")
     if not args.render_only:
         run(args, results, names, dbs)
-    args.doc.write_text(render(results.data, names, dbs, args))
-    print(f"wrote {args.doc}", file=sys.stderr)
+    block = f"{BEGIN}\n{render(results.data, names, dbs, args)}{END}\n"
+    text = args.doc.read_text() if args.doc.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + block
+    args.doc.write_text(text)
+    print(f"wrote the ablation section of {args.doc}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, results: Results, names: list[str], dbs: list[str]) -> None:
@@ -103,7 +117,7 @@ def render(data: dict[str, Any], names: list[str], dbs: list[str], args: argpars
 
     registry = get_registry()
     s = data.get("settings", {})
-    lines = ["# Ablations of the model-quality work", "",
+    lines = ["## Ablations of the model-quality work", "",
              "Regenerate (finished runs are kept in `runs/ablation/results.json`):", "",
              "```bash", f"python benchmarks/ablation.py --steps {s.get('steps', '?')} "
              f"--eval-seeds {s.get('eval_seeds', '?')} --seed {s.get('seed', 0)}", "```", "",
@@ -129,7 +143,7 @@ def render(data: dict[str, Any], names: list[str], dbs: list[str], args: argpars
             arrow = "↑" if heads[key].higher_is_better[metric] else "↓"
             return f"{key.split('/', 1)[1]} {metric} {arrow}"
 
-        lines += [f"## {db}", "", "| setting | " + " | ".join(map(title, keys)) + " | s/step |",
+        lines += [f"### {db}", "", "| setting | " + " | ".join(map(title, keys)) + " | s/step |",
                   "|---|" + "---:|" * (len(keys) + 1)]
         best = {}
         for key in keys:

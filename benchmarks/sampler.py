@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tributary_core import get_registry  # noqa: E402
 from tributary_core.preprocess import preprocess  # noqa: E402
-from tributary_core.sampler import SamplerGraph, TaskView, context_seeds, sample_batch  # noqa: E402
+from tributary_core.sampler import HashSplit, SamplerGraph, TaskView, context_seeds, sample_batch  # noqa: E402
 from tributary_core.sampler.reference import reference_context  # noqa: E402
 from tributary_core.store import open_store  # noqa: E402
 
@@ -62,29 +62,34 @@ def ensure_flights() -> Path:
     return out
 
 
-def measure(graph: SamplerGraph, view: TaskView, args: argparse.Namespace) -> dict[str, float]:
+def measure(graph: SamplerGraph, view: TaskView, args: argparse.Namespace,
+            icl_share: float = 0.0) -> dict[str, float]:
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, len(view), args.batch_size) for _ in range(args.batches)]
-    sample_batch(graph, view, batches[0][:4], context_len=args.context_len, width=args.width)
+    examples = view.examples(HashSplit()) if icl_share > 0 else None
+    kw = {"context_len": args.context_len, "width": args.width, "examples": examples,
+          "icl_share": icl_share}
+    sample_batch(graph, view, batches[0][:4], **kw)
     out: dict[str, float] = {}
     runs: dict[int, list[float]] = {1: [], 2: []}
-    cells = []
+    cells, labels = [], []
     for _ in range(args.repeats):
         for threads in (1, 2):
             start = time.perf_counter()
             for seeds in batches:
-                b = sample_batch(graph, view, seeds, context_len=args.context_len, width=args.width,
-                                 n_threads=threads)
+                b = sample_batch(graph, view, seeds, n_threads=threads, **kw)
                 cells.append(b.n_cells.mean())
+                labels.append(b.is_label.sum(1).mean())
             runs[threads].append(args.batches * args.batch_size / (time.perf_counter() - start))
     out["1 thread"] = statistics.median(runs[1])
     out["2 threads"] = statistics.median(runs[2])
     out["mean cells"] = float(np.mean(cells))
+    out["mean examples"] = float(np.mean(labels))
     few = batches[0][: args.reference_seeds]
     seeds = context_seeds(0, view.name, view.anchor_rows[few])
     start = time.perf_counter()
     task_name = view.name
-    if task_name.endswith(":rows"):
+    if task_name.endswith(":rows") or icl_share > 0:  # (the reference's examples are O(seeds))
         return out | {"reference": float("nan")}
     for i, s in enumerate(few):
         reference_context(graph.store, task_name, int(view.anchor_rows[s]),
@@ -104,6 +109,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--reference-seeds", type=int, default=16)
     parser.add_argument("--skip-tpch", action="store_true")
+    parser.add_argument("--icl-share", type=float, default=0.25,
+                        help="Also measure each task with this share of labelled examples (0: not).")
     parser.add_argument("--store", type=Path, default=None,
                         help="Measure this store's --task(s) instead of the bundled databases.")
     parser.add_argument("--task", action="append", default=[],
@@ -126,14 +133,17 @@ def main() -> None:
         print(f"TPC-H sampler graph: {time.perf_counter() - start:.1f} s, {tpch.nbytes / 1e6:,.0f} MB")
         cases.append(("TPC-H lineitem rows", tpch, TaskView.for_rows(tpch, "lineitem")))
         cases.append(("TPC-H customer_spend_next_90d", tpch, tpch.task("customer_spend_next_90d")))
-    print(f"{'seeds':<32} {'1 thread':>10} {'2 threads':>10} {'2/1':>6} {'reference':>10} "
-          f"{'kernel/ref':>10} {'cells':>6}")
+    print(f"{'seeds':<44} {'1 thread':>10} {'2 threads':>10} {'2/1':>6} {'reference':>10} "
+          f"{'kernel/ref':>10} {'cells':>6} {'examples':>8}")
     for name, graph, view in cases:
-        r = measure(graph, view, args)
-        ratio = r["1 thread"] / r["reference"] if r["reference"] == r["reference"] else float("nan")
-        print(f"{name:<32} {r['1 thread']:>10,.0f} {r['2 threads']:>10,.0f} "
-              f"{r['2 threads'] / r['1 thread']:>6.2f} {r['reference']:>10,.1f} {ratio:>10,.0f} "
-              f"{r['mean cells']:>6,.0f}")
+        shares = [0.0] + ([args.icl_share] if args.icl_share > 0 and view.target is not None else [])
+        for share in shares:
+            r = measure(graph, view, args, share)
+            ratio = r["1 thread"] / r["reference"] if r["reference"] == r["reference"] else float("nan")
+            label = f"{name} + examples {share:.0%}" if share else name
+            print(f"{label:<44} {r['1 thread']:>10,.0f} {r['2 threads']:>10,.0f} "
+                  f"{r['2 threads'] / r['1 thread']:>6.2f} {r['reference']:>10,.1f} {ratio:>10,.0f} "
+                  f"{r['mean cells']:>6,.0f} {r['mean examples']:>8,.1f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -67,3 +68,41 @@ def test_discussion_survives_regeneration(tmp_path):
     text = doc.read_text()
     assert "old page" not in text and text.startswith("# Model quality")
     assert text.endswith(q.DISCUSSION + "## Discussion\nhand-written words\n")
+
+
+def _ablation():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("ablation_benchmark", ROOT / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_section_is_rewritten_in_place(tmp_path):
+    """One row per setting with the best value bold, the majority row, and only the section
+    between the markers rewritten: the page around it (and a second render) stays as it was."""
+    a = _ablation()
+    out, doc = tmp_path / "runs", tmp_path / "quality.md"
+    out.mkdir()
+    tasks = lambda auc, mae: {"nycflights13/a": _entry("bce", "auroc", auc, 0.5),  # noqa: E731
+                              "nycflights13/m": _entry("huber", "mae", mae, 3.0)}
+    (out / "results.json").write_text(json.dumps({
+        "settings": {"steps": 10, "eval_seeds": 50, "seed": 0},
+        "today/nycflights13": {"tasks": tasks(0.7, 2.5), "step_s": 5.0},
+        "icl25/nycflights13": {"tasks": tasks(0.8, 2.7), "step_s": 6.0}}))
+    doc.write_text("# Model quality\nabove\n" + a.BEGIN + "\nold\n" + a.END + "\nbelow\n")
+    argv = sys.argv
+    sys.argv = ["ablation.py", "--render-only", "--out", str(out), "--doc", str(doc),
+                "--settings", "today,icl25", "--dbs", "nycflights13"]
+    try:
+        a.main()
+        first = doc.read_text()
+        a.main()
+    finally:
+        sys.argv = argv
+    assert doc.read_text() == first
+    assert first.startswith("# Model quality\nabove\n") and first.endswith(a.END + "\nbelow\n")
+    assert "\nold\n" not in first
+    assert "| today: the model before issue 16 | 0.700 | **2.500** | 0.50 |" in first
+    assert "| icl25: + labelled examples, 25% of the context | **0.800** | 2.700 | 0.60 |" in first
+    assert "| majority/mean | 0.500 | 3.000 | |" in first
