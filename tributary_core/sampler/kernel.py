@@ -415,7 +415,8 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
        cell (for a target that is a column of the anchor table, only where that column is
        hidden on the row, since it shows otherwise);
     2. siblings: the other rows that share a parent with the anchor row through one of its
-       (not hidden) foreign keys, latest first, at most ``_SIBLING_PROBES`` per key;
+       (not hidden) foreign keys, latest first, the keys taking turns (the latest sibling of
+       each key, then the second latest of each...), at most ``_SIBLING_PROBES`` per key;
     3. rows drawn uniformly among the seeds whose label is known at ``obs`` (never a row
        from after ``obs``, whatever its seed's observation time).
 
@@ -441,9 +442,13 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
         if e >= 0:
             _label_cell(b, pos, i, e, task, ex, out)
             pos += 1
-    # -- 2. siblings through the anchor row's parents ------------------------------------------
-    for k in range(g.out_ptr[anchor_table], g.out_ptr[anchor_table + 1]):
-        f = g.out_fk[k]
+    # -- 2. siblings through the anchor row's parents, the keys taking turns -------------------
+    k0 = g.out_ptr[anchor_table]
+    n_keys = g.out_ptr[anchor_table + 1] - k0
+    sib_lo = np.zeros(n_keys, dtype=np.int64)
+    sib_next = np.full(n_keys, -1, dtype=np.int64)  # the next sibling to try (< sib_lo: none)
+    for k in range(n_keys):
+        f = g.out_fk[k0 + k]
         if task.hidden_fk[f]:
             continue
         p = np.int64(g.parent[g.parent_off[f] + anchor_row])
@@ -455,14 +460,19 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
         base = g.children_off[f]
         lo = base + g.indptr[g.indptr_off[f] + p]
         hi = base + g.indptr[g.indptr_off[f] + p + 1]
-        j = _upper_bound(g.child_time, lo, hi, obs) - 1
-        probes = 0
-        while j >= lo and probes < _SIBLING_PROBES:
+        sib_lo[k] = lo
+        sib_next[k] = _upper_bound(g.child_time, lo, hi, obs) - 1
+    for _probe in range(_SIBLING_PROBES):
+        live = False
+        for k in range(n_keys):
+            j = sib_next[k]
+            if j < sib_lo[k]:
+                continue
+            live = True
             if pos >= L or nr >= max_rows:
                 return pos, nr
+            sib_next[k] = j - 1
             r = np.int64(g.children[j])
-            j -= 1
-            probes += 1
             if r == anchor_row:
                 continue
             slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, (anchor_table << _ROW_BITS) | r)
@@ -471,6 +481,8 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
             e = _latest_known(ex, r, obs)
             if e >= 0:
                 pos, nr = _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out)
+        if not live:
+            break
     # -- 3. uniformly among the seeds known at obs ----------------------------------------------
     n_known = _upper_bound(ex.known, 0, ex.known.shape[0], obs)
     if n_known == 0:

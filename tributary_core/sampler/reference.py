@@ -244,6 +244,7 @@ def _add_examples(store: Store, ex: _Examples, meta: dict[str, Any], anchor_row:
         e = ex.latest(r, obs)
         if e >= 0:
             label(i, e)
+    keys = []  # per foreign key of the anchor row: its siblings' range, latest last
     for fk in store.foreign_keys:
         if fk.child_table != anchor_table or id(fk) in hidden_fk:
             continue
@@ -254,8 +255,14 @@ def _add_examples(store: Store, ex: _Examples, meta: dict[str, Any], anchor_row:
         if pt != NO_TIME and pt > obs:
             continue
         lo, hi = int(fk.indptr[p]), int(fk.indptr[p + 1])
-        end = lo + int(np.searchsorted(fk.child_time[lo:hi], obs, side="right"))
-        for j in range(end - 1, max(lo, end - _SIBLING_PROBES) - 1, -1):
+        keys.append((fk, lo, lo + int(np.searchsorted(fk.child_time[lo:hi], obs, side="right"))))
+    for probe in range(_SIBLING_PROBES):  # the keys take turns, latest sibling first
+        live = False
+        for fk, lo, end in keys:
+            j = end - 1 - probe
+            if j < lo:
+                continue
+            live = True
             if len(cells) >= L or len(rows) >= L:
                 return
             r = int(fk.children[j])
@@ -264,6 +271,8 @@ def _add_examples(store: Store, ex: _Examples, meta: dict[str, Any], anchor_row:
             e = ex.latest(r, obs)
             if e >= 0:
                 example_row(r, e)
+        if not live:
+            break
     n_known = sum(1 for i in ex.by_time if ex.known[i] <= obs)
     if n_known == 0:
         return
