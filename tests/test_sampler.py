@@ -592,3 +592,27 @@ def test_kernel_compilation_is_cached_on_disk(shop):
     stats = sample_contexts.stats
     assert sum(stats.cache_hits.values()) + sum(stats.cache_misses.values()) >= 1
     assert list(Path(stats.cache_path).glob("*sample_contexts-*.nbi"))
+
+
+def test_cell_masking_tasks_get_labelled_examples(shop):
+    """A cell-masking task (--pretrain) shows other rows of its table with that column's value
+    as labelled examples: rows of the training split, never the anchor, the label equal to the
+    stored cell and known at the context's time."""
+    graph = SamplerGraph.from_store(shop)
+    view = graph.task("orders.amount:mask")
+    split = HashSplit()
+    train = split.assign("orders", view.anchor_rows, view.observation_time) == 0
+    batch = sample_batch(graph, view, np.arange(len(view)), context_len=48, width=2,
+                         examples=view.examples(split), icl_share=0.5)
+    amounts = shop.tables["orders"].field("amount", "value")
+    times = shop.tables["orders"].time
+    seen = 0
+    for i in range(len(batch)):
+        for k in np.flatnonzero(batch.is_label[i, : batch.n_cells[i]]):
+            row = int(batch.row_index[i, batch.row[i, k]])
+            assert batch.row_table[i, batch.row[i, k]] == graph.table_index["orders"]
+            assert row != batch.anchor_row[i] and train[row]
+            assert times[row] <= batch.observation_time[i]
+            assert batch.number[i, k] == amounts[row]
+            seen += 1
+    assert seen > 0
