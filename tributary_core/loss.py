@@ -114,6 +114,20 @@ class LossHead:
         count) override it."""
         return target_type.decode_prediction(np.asarray(decoded), stats)
 
+    def mix_examples(self, prediction: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor,
+                     batch: Mapping[str, Any]) -> torch.Tensor:
+        """The model's example pointer (``example_pointer``): mix into ``prediction`` (N
+        targets) the labels of the context's labelled examples, read from the batch's value
+        slot of the target type (``batch["number"]``, ``["timestamp"]``, ``["boolean"]`` or
+        ``["vocab"]``, ``(N, S...)``), averaged with ``weights`` ``(N, S)`` (the target's
+        attention over its label cells, summing to 1; all 0 where a context has none) and
+        mixed in by ``gate`` ``(N,)`` in [0, 1] (0 where there are none). The result must be a
+        prediction of the same shape that :meth:`loss` and :meth:`compute_metrics` read.
+
+        The default mixes nothing: a head that cannot say what an average of labels is in its
+        own prediction's terms leaves its prediction as it is."""
+        return prediction
+
     # -- the tabular baseline --------------------------------------------------------------
 
     def tabular_label(self, target: torch.Tensor) -> np.ndarray:

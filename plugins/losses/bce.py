@@ -54,6 +54,14 @@ class BCE(LossHead):
         log_q = torch.logsumexp(nn.functional.logsigmoid(-logits), 0) - log_k  # log mean (1 - p)
         return log_p - log_q
 
+    def mix_examples(self, prediction, weights, gate, batch):
+        """The probability of true mixed with the examples' weighted share of true labels
+        (``(1 - gate) p + gate p_examples``), as a logit."""
+        examples = (weights * batch["boolean"].to(weights.dtype)).sum(1)  # (N,)
+        p = (1 - gate) * torch.sigmoid(prediction.float()) + gate * examples
+        p = p.clamp(1e-6, 1 - 1e-6)
+        return torch.log(p) - torch.log1p(-p)
+
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(prediction.float()).cpu().numpy()
 

@@ -65,6 +65,16 @@ class Huber(LossHead):
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction[:, -1].float().cpu().numpy()
 
+    def mix_examples(self, prediction, weights, gate, batch):
+        """The predicted value mixed with the examples' weighted mean label
+        (``(1 - gate) value + gate mean``; for a timestamp, every feature)."""
+        if self.target_type(batch["target_stype"]).batch_slot == "timestamp":
+            values = batch["timestamp"].to(weights.dtype)  # (N, S, width)
+            examples = (weights[:, :, None] * values).sum(1)  # (N, width)
+        else:
+            examples = (weights * batch["number"].to(weights.dtype)).sum(1)[:, None]  # (N, 1)
+        return (1 - gate[:, None]) * prediction.float() + gate[:, None] * examples
+
 
 class _Regression(nn.Module):
     def __init__(self, d_model: int, width: int) -> None:

@@ -58,6 +58,16 @@ class InfoNCE(LossHead):
         scores = torch.stack([p.float() for p in predictions])  # (K, N, candidates)
         return torch.logsumexp(torch.log_softmax(scores, -1), 0) - math.log(len(predictions))
 
+    def mix_examples(self, prediction, weights, gate, batch):
+        """The softmax over the candidates mixed with the examples' weighted votes for each
+        candidate (``(1 - gate) softmax + gate votes``), as log-probabilities (read like the
+        head's scores, as in :meth:`combine`)."""
+        cands = batch["candidates"]  # (K,)
+        match = batch["vocab"][:, :, None] == cands[None, None, :].to(batch["vocab"].dtype)
+        votes = (weights[:, :, None] * match.to(weights.dtype)).sum(1)  # (N, K)
+        probs = torch.softmax(prediction.float(), -1)
+        return torch.log((1 - gate[:, None]) * probs + gate[:, None] * votes + 1e-9)
+
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction.argmax(-1).cpu().numpy()
 

@@ -161,6 +161,9 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
                    "their types' heads (0: off; below 1).")
 @click.option("--mask-weight", type=float, default=1.0, show_default=True,
               help="Weight of the masked cells' loss beside the target's.")
+@click.option("--example-pointer/--no-example-pointer", default=False, show_default=True,
+              help="Let the target attend to the labelled examples' labels and mix them into its "
+                   "prediction (with --icl-share).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes for distributed data-parallel training on this machine.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
@@ -174,7 +177,7 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
                   pretrain: bool, init_run: Path | None, freeze_backbone: bool,
                   qk_norm: bool, zero_init: bool, log_scale_attention: bool,
                   full_attention: bool, optimizer: str, muon_lr: float, ema: float,
-                  numeric_encoding: str, icl_share: float, mask_share: float,
+                  numeric_encoding: str, icl_share: float, example_pointer: bool, mask_share: float,
                   mask_weight: float, nproc: int, out: Path,
                   force: bool) -> None:
     """Train a relational transformer on the tasks of one or more stores.
@@ -192,6 +195,7 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         d_model, layers, heads = theirs.d_model, theirs.n_layers, theirs.n_heads
         qk_norm, log_scale_attention = theirs.qk_norm, theirs.log_scale_attention
         full_attention, numeric_encoding = theirs.full_attention, theirs.numeric_encoding
+        example_pointer = theirs.example_pointer
     config = TrainConfig(
         stores=[store_path(d) for d in dbs],
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
@@ -202,8 +206,8 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
         qk_norm=qk_norm, zero_init=zero_init, log_scale_attention=log_scale_attention,
         full_attention=full_attention, optimizer=optimizer, muon_lr=muon_lr, ema=ema,
-        numeric_encoding=numeric_encoding, icl_share=icl_share, mask_share=mask_share,
-        mask_weight=mask_weight,
+        numeric_encoding=numeric_encoding, icl_share=icl_share, example_pointer=example_pointer,
+        mask_share=mask_share, mask_weight=mask_weight,
         val_start=parse_time(val_start, "--val-start") if val_start else None,
         test_start=parse_time(test_start, "--test-start") if test_start else None)
     config.check()

@@ -165,6 +165,39 @@ class _Block(nn.Module):
         return x + self.ff(self.norm2(x))  # (B, S, d)
 
 
+class ExamplePointer(nn.Module):
+    """``example_pointer``: the target cell's attention over the context's label cells (the
+    labelled examples), and a gate saying how much of their labels to mix into the target
+    head's prediction (:meth:`~tributary_core.loss.LossHead.mix_examples`).
+
+    A copy path, as in pointer-generator networks: the transformer may already carry what the
+    examples say to the target cell, but this gives the model a direct, cheap way to predict
+    "like the examples most similar to me", which holds on a database it was never trained on.
+    Contexts without label cells get weights 0 and gate 0 (the head's prediction as it is)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.gate = nn.Linear(d_model, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)  # starts at an even mix
+        self.scale = d_model ** -0.5
+
+    def forward(self, target: torch.Tensor, x: torch.Tensor,
+                usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``target`` (B, d), the final states ``x`` (B, S, d), ``usable`` (B, S) the label
+        cells; returns weights (B, S), summing to 1 over each context's label cells, and the
+        gate (B,)."""
+        scores = (self.query(target)[:, None, :] * self.key(x)).sum(-1).float() * self.scale
+        has = usable.any(1)  # (B,)
+        # contexts without label cells: any finite scores (their weights are zeroed below)
+        scores = torch.where(usable | ~has[:, None], scores, float("-inf"))
+        weights = torch.softmax(scores, -1) * has[:, None]  # (B, S)
+        gate = torch.sigmoid(self.gate(target).float()).squeeze(-1) * has  # (B,)
+        return weights, gate
+
+
 class RelationalTransformer(nn.Module):
     """Cells in, the target cell's predictions out.
 
@@ -177,7 +210,8 @@ class RelationalTransformer(nn.Module):
                  n_layers: int = 4, n_heads: int = 4, d_ff: int | None = None,
                  dropout: float = 0.0, registry: Registry | None = None, qk_norm: bool = False,
                  zero_init: bool = False, log_scale_attention: bool = False,
-                 full_attention: bool = False, numeric_encoding: str = "linear") -> None:
+                 full_attention: bool = False, numeric_encoding: str = "linear",
+                 example_pointer: bool = False) -> None:
         super().__init__()
         registry = registry or get_registry()
         self.stype_names = list(stype_names)
@@ -207,6 +241,7 @@ class RelationalTransformer(nn.Module):
                 heads[n] = registry.loss_head(loss).build_head(d_model, d_text, n)
         self.heads = nn.ModuleDict(heads)
         self.null_head = registry.loss_head("null").build_head(d_model, d_text, "boolean")
+        self.pointer = ExamplePointer(d_model) if example_pointer else None
 
     def encode(self, batch: Mapping[str, Any], column_emb: torch.Tensor,
                vocab_emb: torch.Tensor) -> torch.Tensor:
@@ -264,6 +299,15 @@ class RelationalTransformer(nn.Module):
             if batch.get("candidates") is not None:
                 candidates = vocab_emb[batch["candidates"].long()]  # (K, d_text)
             out["prediction"] = self.heads[stype](target, candidates)
+            if self.pointer is not None and batch.get("is_label") is not None:
+                usable = batch["is_label"]  # label cells whose values the model sees
+                if batch.get("is_masked") is not None:
+                    usable = usable & ~batch["is_masked"]
+                if bool(usable.any()):
+                    weights, gate = self.pointer(target, x, usable)
+                    head = get_registry().loss_head(self.loss_of[stype])
+                    out["prediction"] = head.mix_examples(out["prediction"], weights, gate, batch)
+                    out["example_gate"] = gate
         masked = batch.get("is_masked")
         if masked is not None and bool(masked.any()):
             out["masked"] = self.masked_predictions(x, batch, vocab_emb)

@@ -47,7 +47,7 @@ NUMERIC_ENCODINGS = ("linear", "periodic")
 #: The settings that shape the model's weights or what they compute: an ``--init`` run must
 #: share them (and ``tributary run train --init`` takes them from that run).
 ARCHITECTURE = ("d_model", "n_layers", "n_heads", "qk_norm", "log_scale_attention",
-                "full_attention", "numeric_encoding")
+                "full_attention", "numeric_encoding", "example_pointer")
 
 
 @attrs.define(kw_only=True)
@@ -112,6 +112,9 @@ class TrainConfig:
     #: The share of each context's cells kept for labelled examples of the same task (other
     #: training-split seeds with their labels, once known; ``sampler/examples.py``). 0: none.
     icl_share: float = 0.0
+    #: The target's attention over the labelled examples' label cells, mixed into its
+    #: prediction by a learned gate (``model.ExamplePointer``; architecture).
+    example_pointer: bool = False
     #: ``p_max`` of masked cells: each training context hides a share ``p ~ U(0, p_max)`` of its
     #: other eligible cells, predicted by their types' heads (docs/training.md "Masked cells").
     #: Validation and evaluation never mask. 0: none.
@@ -152,7 +155,8 @@ class TrainConfig:
         if self.d_model % self.n_heads:
             raise TributaryError(f"--d-model {self.d_model} must be a multiple of --heads "
                                  f"{self.n_heads}")
-        for field in ("qk_norm", "zero_init", "log_scale_attention", "full_attention"):
+        for field in ("qk_norm", "zero_init", "log_scale_attention", "full_attention",
+                      "example_pointer"):
             if not isinstance(getattr(self, field), bool):
                 raise bad(field, "--" + field.replace("_", "-"), "must be true or false")
         if self.full_attention and self.n_heads < 4:
@@ -260,7 +264,8 @@ def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
                                   qk_norm=config.qk_norm, zero_init=config.zero_init,
                                   log_scale_attention=config.log_scale_attention,
                                   full_attention=config.full_attention,
-                                  numeric_encoding=config.numeric_encoding)
+                                  numeric_encoding=config.numeric_encoding,
+                                  example_pointer=config.example_pointer)
     # a buffer, so it moves with the model to its device; not persistent: not in checkpoints
     model.register_buffer("code_map", torch.tensor(
         [names.index(n) if n in names else -1 for n in installed], dtype=torch.long),
