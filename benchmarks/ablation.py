@@ -38,10 +38,13 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "recipe": ("+ the recipe (QK-norm, zero-init, full attention, EMA 0.99, periodic numbers)",
                {"qk_norm": True, "zero_init": True, "full_attention": True, "ema": 0.99,
                 "numeric_encoding": "periodic"}),
+    "pointer": ("+ labelled examples 25% and the example pointer",
+                {"icl_share": 0.25, "example_pointer": True}),
     "muon": ("+ Muon for the blocks' matrices", {"optimizer": "muon"}),
-    "all": ("labelled examples 25% + masked cells + the recipe",
-            {"icl_share": 0.25, "mask_share": 0.3, "qk_norm": True, "zero_init": True,
-             "full_attention": True, "ema": 0.99, "numeric_encoding": "periodic"}),
+    "all": ("labelled examples 25% with the pointer + masked cells + the recipe",
+            {"icl_share": 0.25, "example_pointer": True, "mask_share": 0.3, "qk_norm": True,
+             "zero_init": True, "full_attention": True, "ema": 0.99,
+             "numeric_encoding": "periodic"}),
 }
 
 
