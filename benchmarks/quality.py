@@ -39,7 +39,9 @@ DBS = ("nycflights13", "lahman")
 DISCUSSION = "<!-- discussion: written by hand, kept when the page is regenerated -->\n"
 #: architecture and optimisation of every Tributary run (stated on the page)
 MODEL = {"batch_size": 32, "seq_len": 256, "width": 8, "d_model": 96, "n_layers": 4, "n_heads": 6,
-         "lr": 1e-3, "seed": 0, "split_seed": 0}
+         "lr": 1e-3, "seed": 0, "split_seed": 0,
+         # issue 16's defaults, chosen by benchmarks/ablation.py (docs/quality.md, ablations)
+         "icl_share": 0.25, "example_pointer": True, "mask_share": 0.3}
 
 
 def other(db: str) -> str:
@@ -138,13 +140,13 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     for db in DBS:  # (c)
         results.stage(f"train/c-{db}", fit(f"c-{db}", [db], args.steps))
         results.stage(f"eval/c-{db}", scored(f"c-{db}"))
-    results.stage("train/d-both", fit("d-both", list(DBS), 2 * args.steps))  # (d)
-    results.stage("eval/d-both", scored("d-both"))
+    for db in DBS:  # (e): the other database's (c) as it is, answering from examples alone
+        results.stage(f"eval/e-{db}", scored(f"c-{other(db)}", stores=[stores[db]]))
     for db in DBS:  # what K contexts per seed buy, on (c)
         results.stage(f"eval/c-{db}-ensemble", lambda db=db: {
             "ensemble": args.ensemble, **scored(f"c-{db}", ensemble=args.ensemble)()})
-    for db in DBS:  # (e): the other database's (c) as it is, answering from examples alone
-        results.stage(f"eval/e-{db}", scored(f"c-{other(db)}", stores=[stores[db]]))
+    results.stage("train/d-both", fit("d-both", list(DBS), 2 * args.steps))  # (d)
+    results.stage("eval/d-both", scored("d-both"))
     for db in DBS:  # (f): the other database's (c), fine-tuned on this one's tasks
         init = str(args.out / f"c-{other(db)}")
         results.stage(f"train/f-{db}", fit(f"f-{db}", [db], args.steps, init=init))
@@ -256,8 +258,8 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         f"Every Tributary run: d_model {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads, "
         f"contexts of L = {m['seq_len']} cells at width {m['width']}, batch {m['batch_size']}, "
         f"AdamW lr {m['lr']} with 10% warm-up and cosine decay, model seed {m['seed']}, "
-        "the local embedder (all-MiniLM-L6-v2, D = 256). One seed per configuration: differences "
-        "of a few points are within run-to-run noise.",
+        "the local embedder (all-MiniLM-L6-v2, D = 256)" + _second_wave(m) + ". One seed per "
+        "configuration: differences of a few points are within run-to-run noise.",
         "",
     ]
     totals: dict[str, Any] = {"beats_lgbm": [0, 0], "not_below_majority": [0, 0],
@@ -307,6 +309,17 @@ def render(data: dict[str, Any], args: argparse.Namespace) -> str:
         lines += ["", "Bold: the best of the six. ↑ higher is better, ↓ lower is better.", ""]
     lines += _ensembles(data) + _fine_tuning(data, totals) + _goals(totals) + _budgets(data)
     return "\n".join(lines) + "\n"
+
+
+def _second_wave(m: dict[str, Any]) -> str:
+    """The issue-16 settings of the runs, as words (nothing for runs from before them)."""
+    parts = []
+    if m.get("icl_share"):
+        parts.append(f"labelled examples in {m['icl_share']:.0%} of each context"
+                     + (" with the example pointer" if m.get("example_pointer") else ""))
+    if m.get("mask_share"):
+        parts.append(f"masked cells (p_max {m['mask_share']})")
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def _ensembles(data: dict[str, Any]) -> list[str]:

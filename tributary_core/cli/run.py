@@ -151,17 +151,17 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
 @click.option("--numeric-encoding", type=click.Choice(["linear", "periodic"]), default="linear",
               show_default=True, help="Encoder of numerical cells (periodic: learned sin/cos "
                                       "frequencies).")
-@click.option("--icl-share", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+@click.option("--icl-share", type=click.FloatRange(min=0, max=1, max_open=True), default=0.25,
               show_default=True,
               help="Share of each context's cells for labelled examples of the same task "
                    "(training-split seeds with their labels, once known).")
-@click.option("--mask-share", type=float, default=0.0, show_default=True, metavar="P_MAX",
+@click.option("--mask-share", type=float, default=0.3, show_default=True, metavar="P_MAX",
               help="Masked cells: each training context hides a share p ~ U(0, P_MAX) of its "
                    "other numerical, timestamp, boolean and categorical cells, predicted by "
                    "their types' heads (0: off; below 1).")
 @click.option("--mask-weight", type=float, default=1.0, show_default=True,
               help="Weight of the masked cells' loss beside the target's.")
-@click.option("--example-pointer/--no-example-pointer", default=False, show_default=True,
+@click.option("--example-pointer/--no-example-pointer", default=True, show_default=True,
               help="Let the target attend to the labelled examples' labels and mix them into its "
                    "prediction (with --icl-share).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -313,7 +313,8 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
         backend.close()
     config = TrainConfig(stores=[str(store_dir)], steps=steps, batch_size=32, seq_len=128, width=8,
                          d_model=64, n_layers=3, n_heads=4, lr=1e-3, warmup=min(50, steps // 10),
-                         val_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1))
+                         val_every=max(steps // 3, 1), ckpt_every=max(steps // 3, 1),
+                         icl_share=0.25, example_pointer=True, mask_share=0.3)
     stage(f"training {steps} steps into {out}")
     launch(config, out, force=force, progress=TrainBar(steps))
     stage("evaluating on the test split")
