@@ -57,10 +57,16 @@ class BCE(LossHead):
     def mix_examples(self, prediction, weights, gate, batch):
         """The probability of true mixed with the examples' weighted share of true labels
         (``(1 - gate) p + gate p_examples``), as a logit."""
-        examples = (weights * batch["boolean"].to(weights.dtype)).sum(1)  # (N,)
-        p = (1 - gate) * torch.sigmoid(prediction.float()) + gate * examples
-        p = p.clamp(1e-6, 1 - 1e-6)
-        return torch.log(p) - torch.log1p(-p)
+        examples = (weights.float() * batch["boolean"].float()).sum(1)  # (N,)
+        # in log space, so confident logits keep their order (no clamped ties); the clamps only
+        # keep log() finite: a gate of 0 leaves the logit as it is to within 1e-6
+        x = prediction.float()
+        g = gate.float().clamp(1e-6, 1 - 1e-6)
+        e = examples.clamp(1e-12, 1 - 1e-12)
+        log_p = torch.logaddexp(torch.log1p(-g) + nn.functional.logsigmoid(x), g.log() + e.log())
+        log_q = torch.logaddexp(torch.log1p(-g) + nn.functional.logsigmoid(-x),
+                                g.log() + torch.log1p(-e))
+        return log_p - log_q
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return torch.sigmoid(prediction.float()).cpu().numpy()

@@ -64,9 +64,10 @@ class InfoNCE(LossHead):
         head's scores, as in :meth:`combine`)."""
         cands = batch["candidates"]  # (K,)
         match = batch["vocab"][:, :, None] == cands[None, None, :].to(batch["vocab"].dtype)
-        votes = (weights[:, :, None] * match.to(weights.dtype)).sum(1)  # (N, K)
-        probs = torch.softmax(prediction.float(), -1)
-        return torch.log((1 - gate[:, None]) * probs + gate[:, None] * votes + 1e-9)
+        votes = (weights.float()[:, :, None] * match.float()).sum(1)  # (N, K)
+        g = gate.float().clamp(1e-6, 1 - 1e-6)[:, None]
+        return torch.logaddexp(torch.log1p(-g) + torch.log_softmax(prediction.float(), -1),
+                               g.log() + votes.clamp_min(1e-12).log())
 
     def decode(self, prediction: torch.Tensor) -> np.ndarray:
         return prediction.argmax(-1).cpu().numpy()

@@ -189,7 +189,8 @@ class ExamplePointer(nn.Module):
         """``target`` (B, d), the final states ``x`` (B, S, d), ``usable`` (B, S) the label
         cells; returns weights (B, S), summing to 1 over each context's label cells, and the
         gate (B,)."""
-        scores = (self.query(target)[:, None, :] * self.key(x)).sum(-1).float() * self.scale
+        scores = torch.einsum("bd,bsd->bs", self.query(target).float(),
+                              self.key(x).float()) * self.scale  # in float32 under autocast too
         has = usable.any(1)  # (B,)
         # contexts without label cells: any finite scores (their weights are zeroed below)
         scores = torch.where(usable | ~has[:, None], scores, float("-inf"))
