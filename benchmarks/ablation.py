@@ -134,7 +134,11 @@ def render(data: dict[str, Any], names: list[str], dbs: list[str], args: argpars
              "of `benchmarks/quality.py` (d_model 96, 4 layers, 6 heads, L = 256, width 8, batch "
              f"32, AdamW lr 0.001, 10% warm-up, cosine decay), model seed {s.get('seed', 0)}; "
              f"test metrics on the same {s.get('eval_seeds', '?')} evenly spaced test seeds per "
-             "task. ↑ higher is better, ↓ lower is better; bold: the best row.", ""]
+             "task; the validation loss (the tasks' own, 8 batches per task, never with masked "
+             "cells) at the end of training, the steadier figure at this budget; s/step: the "
+             "mean training step "
+             "(noisy: other work shared the 2 cores during some runs). ↑ higher is better, ↓ "
+             "lower is better; bold: the best row.", ""]
     for db in dbs:
         keys: list[str] = []
         for name in names:
@@ -152,8 +156,8 @@ def render(data: dict[str, Any], names: list[str], dbs: list[str], args: argpars
             arrow = "↑" if heads[key].higher_is_better[metric] else "↓"
             return f"{key.split('/', 1)[1]} {metric} {arrow}"
 
-        lines += [f"### {db}", "", "| setting | " + " | ".join(map(title, keys)) + " | s/step |",
-                  "|---|" + "---:|" * (len(keys) + 1)]
+        lines += [f"### {db}", "", "| setting | " + " | ".join(map(title, keys))
+                  + " | val loss ↓ | s/step |", "|---|" + "---:|" * (len(keys) + 2)]
         best = {}
         for key in keys:
             metric = heads[key].metrics[0]
@@ -174,11 +178,14 @@ def render(data: dict[str, Any], names: list[str], dbs: list[str], args: argpars
                 text = "–" if value is None else f"{value:.3f}"
                 cells.append(f"**{text}**" if best.get(key) == name else text)
             step = entry["step_s"] / max(s.get("steps", 1), 1)
-            lines.append(f"| {name}: {SETTINGS[name][0]} | " + " | ".join(cells) + f" | {step:.2f} |")
+            val = entry.get("val_loss") or [None]
+            val_text = "–" if val[-1] is None else f"{val[-1]:.4f}"
+            lines.append(f"| {name}: {SETTINGS[name][0]} | " + " | ".join(cells)
+                         + f" | {val_text} | {step:.2f} |")
         majority = next((data[f"{n}/{db}"]["tasks"] for n in names if f"{n}/{db}" in data), {})
         lines.append("| majority/mean | " + " | ".join(
             f"{majority[k]['baseline'].get(heads[k].metrics[0]):.3f}" if k in majority else "–"
-            for k in keys) + " | |")
+            for k in keys) + " | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

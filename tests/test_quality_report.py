@@ -91,8 +91,8 @@ def test_ablation_section_is_rewritten_in_place(tmp_path):
                               "nycflights13/m": _entry("huber", "mae", mae, 3.0)}
     (out / "results.json").write_text(json.dumps({
         "settings": {"steps": 10, "eval_seeds": 50, "seed": 0},
-        "today/nycflights13": {"tasks": tasks(0.7, 2.5), "step_s": 5.0},
-        "icl25/nycflights13": {"tasks": tasks(0.8, 2.7), "step_s": 6.0}}))
+        "today/nycflights13": {"tasks": tasks(0.7, 2.5), "step_s": 5.0, "val_loss": [0.61]},
+        "icl25/nycflights13": {"tasks": tasks(0.8, 2.7), "step_s": 6.0, "val_loss": [0.59]}}))
     doc.write_text("# Model quality\nabove\n" + a.BEGIN + "\nold\n" + a.END + "\nbelow\n")
     argv = sys.argv
     sys.argv = ["ablation.py", "--render-only", "--out", str(out), "--doc", str(doc),
@@ -106,6 +106,6 @@ def test_ablation_section_is_rewritten_in_place(tmp_path):
     assert doc.read_text() == first
     assert first.startswith("# Model quality\nabove\n") and first.endswith(a.END + "\nbelow\n")
     assert "\nold\n" not in first
-    assert "| today: the model before issue 16 | 0.700 | **2.500** | 0.50 |" in first
-    assert "| icl25: + labelled examples, 25% of the context | **0.800** | 2.700 | 0.60 |" in first
-    assert "| majority/mean | 0.500 | 3.000 | |" in first
+    assert "| today: the model before issue 16 | 0.700 | **2.500** | 0.6100 | 0.50 |" in first
+    assert "| icl25: + labelled examples, 25% of the context | **0.800** | 2.700 | 0.5900 | 0.60 |" in first
+    assert "| majority/mean | 0.500 | 3.000 | | |" in first
