@@ -115,3 +115,21 @@ def test_training_with_examples_and_pointer(shop, tmp_path):
     assert any("val_loss" in r for r in rows)
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert any(k.startswith("pointer.") for k in state["model"])
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_mixing_keeps_gradients_finite_at_unanimous_examples(share):
+    """Every example true (or false) gave log(0) in the mix and a NaN gradient, which stopped a
+    700-step run at step 64; the gradients stay finite at any gate."""
+    registry = get_registry()
+    for gate in (0.0, 0.5, 1.0):
+        weights = torch.tensor([[0.5, 0.5, 0.0]], requires_grad=True)
+        g = torch.tensor([gate], requires_grad=True)
+        x = torch.tensor([4.0], requires_grad=True)
+        batch = {"boolean": torch.tensor([[bool(share), bool(share), False]])}
+        registry.loss_head("bce").mix_examples(x, weights, g, batch).sum().backward()
+        scores = torch.tensor([[4.0, -4.0]], requires_grad=True)
+        batch = {"vocab": torch.tensor([[1, 1, 2]]), "candidates": torch.tensor([1, 2])}
+        registry.loss_head("infonce").mix_examples(scores, weights, g, batch).sum().backward()
+        for t in (weights, g, x, scores):
+            assert torch.isfinite(t.grad).all(), (share, gate)

@@ -58,11 +58,12 @@ class BCE(LossHead):
         """The probability of true mixed with the examples' weighted share of true labels
         (``(1 - gate) p + gate p_examples``), as a logit."""
         examples = (weights.float() * batch["boolean"].float()).sum(1)  # (N,)
-        # in log space, so confident logits keep their order (no clamped ties); the clamps only
-        # keep log() finite: a gate of 0 leaves the logit as it is to within 1e-6
+        # in log space, so confident logits keep their order up to |logit| ~ 13 instead of
+        # tying at a clamp; the clamps keep log() and its gradient finite (an examples' share
+        # of exactly 0 or 1 is common: every example delayed)
         x = prediction.float()
         g = gate.float().clamp(1e-6, 1 - 1e-6)
-        e = examples.clamp(1e-12, 1 - 1e-12)
+        e = examples.clamp(1e-6, 1 - 1e-6)  # (1 - 1e-12 would round to 1 in float32)
         log_p = torch.logaddexp(torch.log1p(-g) + nn.functional.logsigmoid(x), g.log() + e.log())
         log_q = torch.logaddexp(torch.log1p(-g) + nn.functional.logsigmoid(-x),
                                 g.log() + torch.log1p(-e))
