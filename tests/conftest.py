@@ -132,3 +132,19 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     for var in ("BASETEN_EMBEDDER_URL", "BASETEN_API_KEY", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL",
                 "TRIBUTARY_EMBEDDER_URL", "TRIBUTARY_EMBEDDER_API_KEY"):
         monkeypatch.delenv(var, raising=False)
+
+
+def assert_train_refuses(store_path, tmp_path, args, fragment):
+    """``tributary run train`` with ``args`` on a tiny model fails with one ``Error:`` line
+    holding ``fragment``, no traceback, and no run folder left behind."""
+    from click.testing import CliRunner
+
+    from tributary_core.cli import cli
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "train", "--db", str(store_path), "--steps", "2",
+                                      "--d-model", "12", "--layers", "1", *args, "--out", str(out)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert not out.exists()

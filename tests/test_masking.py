@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_train_refuses
 from test_sampler import make_shop
 
 from tributary_core.cli import cli
@@ -272,10 +273,4 @@ def test_bad_settings_are_refused(shop, tmp_path, change, message):
     (["--mask-share", "lots"], "--mask-share"),
 ])
 def test_cli_refuses_bad_values_in_one_line(shop, tmp_path, args, fragment):
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "train", "--db", str(shop.path), "--steps", "2",
-                                      "--d-model", "12", "--layers", "1", *args, "--out", str(out)])
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    errors = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and fragment in errors[0], result.output
-    assert not out.exists()
+    assert_train_refuses(shop.path, tmp_path, args, fragment)
