@@ -24,7 +24,11 @@ def run() -> None:
 
 
 @run.command("preprocess")
-@click.option("--db", "name", required=True, help="Database name, e.g. nycflights13.")
+@click.option("--db", "name", default=None, help="Database name, e.g. nycflights13.")
+@click.option("--corpus", "corpus", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Instead of --db: a folder of raw databases (each a folder with its parquet "
+                   "files and metadata.json, as `tributary datasets synth` writes), preprocessed "
+                   "into --out/<folder> each; stores already current are kept.")
 @click.option("--raw", "raw_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of <table>.parquet files [default: data/raw/NAME].")
 @click.option("--metadata", "metadata_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -47,17 +51,39 @@ def run() -> None:
               show_default=True, metavar="SECONDS",
               help="Time limit of each task's SQL (validation and materialization).")
 @click.option("--force", is_flag=True, help="Replace an existing store (never another folder).")
-def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_dir: Path | None,
+def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
+               metadata_path: Path | None, out_dir: Path | None,
                embedder: str, model: str | None, dimension: int, stats_cutoff: str | None,
                embedder_options: tuple[str, ...], cache_dir: Path | None, no_cache: bool,
                query_timeout: float, force: bool) -> None:
     """Turn a raw database into a memory-mappable store.
 
     Reads parquet + metadata.json, encodes every column, builds the foreign-key graph,
-    materializes the tasks and embeds column names and values.
+    materializes the tasks and embeds column names and values. With --corpus, every database
+    of a folder.
     """
     from tributary_core.errors import TributaryError
     from tributary_core.preprocess import preprocess as run_preprocess
+
+    if (name is None) == (corpus is None):
+        raise TributaryError("pass one of --db NAME or --corpus FOLDER")
+    if corpus is not None:
+        if raw_dir or metadata_path or stats_cutoff or no_cache:
+            raise TributaryError("--corpus takes each database's own folder and metadata.json: "
+                                 "--raw, --metadata, --stats-cutoff and --no-cache do not apply")
+        if out_dir is None:
+            raise TributaryError("--corpus needs --out, the folder of stores to write")
+        from tributary_core.corpus import preprocess_corpus
+
+        backend = make_embedder(embedder, model, dimension, embedder_options)
+        try:
+            done = preprocess_corpus(corpus, out_dir, backend, log=click.echo, cache_dir=cache_dir)
+        finally:
+            backend.close()
+        click.echo(f"wrote {out_dir}: {len(done['stores'])} stores ({done['made']} made, "
+                   f"{done['kept']} already current) in {done['seconds']:.1f} s; train on them "
+                   f"with `tributary run train --corpus {out_dir}`")
+        return
 
     raw_dir = raw_dir or Path("data/raw") / name
     metadata_path = metadata_path or Path("data/metadata") / f"{name}.json"
@@ -102,8 +128,17 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
 
 
 @run.command("train")
-@click.option("--db", "dbs", multiple=True, required=True,
+@click.option("--db", "dbs", multiple=True,
               help="A preprocessed store: a path or a name under data/processed. Repeat for several.")
+@click.option("--corpus", "corpora", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A folder of stores (`tributary run preprocess --corpus`): all of them train "
+                   "together, beside any --db. Repeat for several.")
+@click.option("--val-corpus", "val_corpus", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Validate on this folder of stores (held-out databases) instead "
+                                 "of the training stores' validation splits.")
+@click.option("--max-graphs", type=click.IntRange(min=1), default=None,
+              help="Stores held in memory at once (least recently used dropped) [default: all; "
+                   "32 with --corpus].")
 @click.option("--tasks", default=None, help="Comma-separated task names (task or db/task) [default: all].")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -170,7 +205,8 @@ def preprocess(name: str, raw_dir: Path | None, metadata_path: Path | None, out_
               help="Run folder, e.g. runs/flights. An existing one is resumed.")
 @click.option("--force", is_flag=True,
               help="Start a run folder over: its run's files are removed, nothing else.")
-def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_size: int, seq_len: int,
+def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: Path | None,
+                  max_graphs: int | None, tasks: str | None, steps: int, batch_size: int, seq_len: int,
                   width: int, lr: float, weight_decay: float, warmup: int, clip: float, d_model: int,
                   layers: int, heads: int, val_every: int, val_batches: int, ckpt_every: int,
                   seed: int, val_start: str | None, test_start: str | None, sampler_threads: int,
@@ -196,8 +232,14 @@ def train_command(dbs: tuple[str, ...], tasks: str | None, steps: int, batch_siz
         qk_norm, log_scale_attention = theirs.qk_norm, theirs.log_scale_attention
         full_attention, numeric_encoding = theirs.full_attention, theirs.numeric_encoding
         example_pointer = theirs.example_pointer
+    from tributary_core.corpus import find_stores
+
+    stores = [store_path(d) for d in dbs] + [str(p) for c in corpora for p in find_stores(c)]
+    if corpora and max_graphs is None:
+        max_graphs = 32
     config = TrainConfig(
-        stores=[store_path(d) for d in dbs],
+        stores=stores, max_graphs=max_graphs,
+        val_stores=[str(p) for p in find_stores(val_corpus)] if val_corpus else None,
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=width, lr=lr,
         weight_decay=weight_decay, warmup=warmup, clip=clip, d_model=d_model, n_layers=layers,

@@ -64,7 +64,8 @@ class _Flat:
         return out
 
 
-#: Graphs already built, by opened store (dropped with the store).
+#: Graphs already built, by opened store: weak references, so a graph lives as long as a sampler
+#: (or other caller) holds it, and samplers of one store share it meanwhile.
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -165,13 +166,15 @@ class SamplerGraph:
 
     @classmethod
     def from_store(cls, store: Store, registry: Registry | None = None) -> SamplerGraph:
-        """The sampler graph of ``store``, built once per opened store (with the default
-        registry): the training and validation samplers of a run share one in-memory copy."""
+        """The sampler graph of ``store`` (with the default registry), built once while anyone
+        holds it: the training and validation samplers of a run share one in-memory copy."""
         if registry is not None:
             return cls(store, registry)
-        graph = _GRAPHS.get(store)
+        held = _GRAPHS.get(store)
+        graph = held() if held is not None else None
         if graph is None:
-            graph = _GRAPHS[store] = cls(store)
+            graph = cls(store)
+            _GRAPHS[store] = weakref.ref(graph)
         return graph
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,74 @@ from tributary_core.sampler.graph import SamplerGraph, TaskView
 from tributary_core.sampler.splits import HashSplit, TemporalSplit, shard, split_index
 from tributary_core.store import Store, open_store
 
-__all__ = ["Sampler", "SampledTask", "prefetch"]  # and ContextDataset (imports torch)
+__all__ = ["Sampler", "SampledTask", "StoreGraphs", "prefetch"]  # and ContextDataset (imports torch)
+
+
+class StoreGraphs(Mapping[str, SamplerGraph]):
+    """The sampler graphs of a sampler's stores, by database name, each built on first use.
+
+    With ``limit``, at most that many are held (the least recently used is dropped and built
+    again when asked for): a corpus of hundreds of stores trains without holding every store's
+    graph in memory. Batches hold one task, so a training step needs one graph at a time."""
+
+    def __init__(self, stores: Sequence[Store], limit: int | None = None) -> None:
+        if limit is not None and limit < 1:
+            raise TributaryError(f"max_graphs must be at least 1, not {limit}")
+        self.stores = {s.name: s for s in stores}
+        self.limit = limit
+        self._held: OrderedDict[str, SamplerGraph] = OrderedDict()
+        self._lock = threading.Lock()  # the prefetch thread and the caller may both ask
+        self.builds = 0  # graphs built so far (a dropped graph asked for again counts again)
+
+    def __getitem__(self, name: str) -> SamplerGraph:
+        with self._lock:
+            graph = self._held.get(name)
+            if graph is not None:
+                self._held.move_to_end(name)
+                return graph
+        graph = SamplerGraph.from_store(self.stores[name])  # KeyError: no such database
+        with self._lock:
+            self.builds += 1
+            self._held[name] = graph
+            while self.limit is not None and len(self._held) > self.limit:
+                self._held.popitem(last=False)
+        return graph
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stores)
+
+    def __len__(self) -> int:
+        return len(self.stores)
+
+    @property
+    def held(self) -> list[str]:
+        """The databases whose graphs are in memory now, least recently used first."""
+        with self._lock:
+            return list(self._held)
 
 
 @attrs.define(eq=False)
 class SampledTask:
-    """One task as the sampler serves it: its graph, view, weight and this rank's seeds."""
+    """One task as the sampler serves it: its database and name, weight and this rank's seeds;
+    its graph and view come from the sampler's :class:`StoreGraphs` when asked for."""
 
-    graph: SamplerGraph
-    view: TaskView
+    database: str
+    name: str
     weight: float
     seeds: np.ndarray  # indices into the task's rows: this split, this rank
+    graphs: Mapping[str, SamplerGraph] = attrs.field(repr=False)
+
+    @property
+    def graph(self) -> SamplerGraph:
+        return self.graphs[self.database]
+
+    @property
+    def view(self) -> TaskView:
+        return self.graph.task(self.name)
 
     @property
     def key(self) -> str:
-        return f"{self.graph.name}/{self.view.name}"
+        return f"{self.database}/{self.name}"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -67,6 +121,8 @@ class Sampler:
         icl_share: the share of each context's cells kept for labelled examples: other seeds
             of the same task, from the training split whatever ``split`` is, shown with their
             labels once those are known (``sampler/examples.py``). 0: none.
+        max_graphs: hold at most this many stores' sampler graphs in memory (:class:`StoreGraphs`;
+            ``None``: all). For corpora of many stores.
         mask_share: ``p_max`` of masked cells: each context of the training stream
             (:meth:`batch_at`, iteration) hides a share ``p ~ U(0, p_max)`` of its other
             eligible cells (``Batch.is_masked``; ``sampler/masking.py``). :meth:`evaluation` and
@@ -78,7 +134,8 @@ class Sampler:
                  splitter: HashSplit | TemporalSplit | None = None, batch_size: int = 256,
                  context_len: int = 1024, width: int = 16, seed: int = 0, rank: int = 0,
                  world_size: int = 1, n_threads: int = 1, pretrain: bool = False,
-                 icl_share: float = 0.0, mask_share: float = 0.0) -> None:
+                 icl_share: float = 0.0, mask_share: float = 0.0,
+                 max_graphs: int | None = None) -> None:
         if not stores:
             raise TributaryError("the sampler needs at least one store")
         opened = [s if isinstance(s, Store) else open_store(s) for s in stores]
@@ -103,15 +160,16 @@ class Sampler:
         self.splitter = splitter or HashSplit()
         self.batch_size, self.context_len, self.width = batch_size, context_len, width
         self.seed, self.rank, self.world_size, self.n_threads = seed, rank, world_size, n_threads
-        self.graphs = {s.name: SamplerGraph.from_store(s) for s in opened}
+        self.graphs = StoreGraphs(opened, max_graphs)
         self.pretrain = pretrain
         self.tasks = self._select(tasks)
 
     def _select(self, tasks: Sequence[str] | Mapping[str, float] | None) -> list[SampledTask]:
-        all_tasks = [(db, t) for db, g in self.graphs.items() for t in g.store.tasks]
-        if self.pretrain:
-            all_tasks += [(db, v.name) for db, g in self.graphs.items()
-                          for v in TaskView.masking_tasks(g)]
+        stores = self.graphs.stores
+        all_tasks = [(db, t) for db, store in stores.items() for t in store.tasks]
+        if self.pretrain:  # (builds each graph once to list its columns)
+            all_tasks += [(db, v.name) for db in stores
+                          for v in TaskView.masking_tasks(self.graphs[db])]
         if tasks is None:
             wanted = {f"{db}/{t}": 1.0 for db, t in all_tasks}
         elif not tasks and self.pretrain:
@@ -129,13 +187,21 @@ class Sampler:
             if weight <= 0:
                 raise TributaryError(f"task {name!r}: weight must be > 0, got {weight}")
             for db, t in matches:
-                graph = self.graphs[db]
-                view = graph.task(t)
-                assigned = self.splitter.assign(graph.table_names[view.anchor_table], view.anchor_rows,
-                                                view.observation_time)
+                table, rows, times = self._seed_rows(db, t)
+                assigned = self.splitter.assign(table, rows, times)
                 mine = shard(np.flatnonzero(assigned == self.split_id), self.rank, self.world_size)
-                out.append(SampledTask(graph, view, float(weight), mine))
+                out.append(SampledTask(db, t, float(weight), mine, self.graphs))
         return out
+
+    def _seed_rows(self, db: str, task: str) -> tuple[str, np.ndarray, np.ndarray]:
+        """A task's anchor table, anchor rows and observation times: a SQL task's from its
+        store (no graph built), a cell-masking task's from its view."""
+        stored = self.graphs.stores[db].tasks.get(task)
+        if stored is None:
+            view = self.graphs[db].task(task)
+            return view.graph.table_names[view.anchor_table], view.anchor_rows, view.observation_time
+        return (stored.meta["anchor_table"], np.asarray(stored.anchor_row, dtype=np.int64),
+                np.asarray(stored.observation_time, dtype=np.int64))
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -200,7 +266,7 @@ class Sampler:
         view = self.graphs[db].task(task)
         if not 0 <= seed_index < len(view):
             raise TributaryError(f"task {task!r} has {len(view)} seeds; {seed_index} does not exist")
-        probe = SampledTask(self.graphs[db], view, 1.0, np.array([seed_index]))
+        probe = SampledTask(db, view.name, 1.0, np.array([seed_index]), self.graphs)
         return self.batch(probe, probe.seeds, mask=False)
 
 

@@ -17,7 +17,7 @@ from tributary_core.registry import get_registry
 from tributary_core.sampler import SampledTask
 from tributary_core.sampler.batch import target_arrays
 from tributary_core.store import Store, open_store
-from tributary_core.train.trainer import Run, batch_loss, labelled, load_run, store_embeddings
+from tributary_core.train.trainer import Run, batch_loss, labelled, load_run
 
 __all__ = ["evaluate", "predict", "evenly_spaced", "target_tensors", "check_ensemble"]
 
@@ -82,7 +82,7 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
                                      f"{store.embedder.describe()}, the run with {mine.describe()}")
         sampler, train = (run.sampler(name, batch_size=batch_size, stores=opened, tasks=tasks,
                                       pretrain=False) for name in (split, "train"))
-        embeddings = {**run.embeddings, **{s.name: store_embeddings(s, run.device) for s in opened}}
+        embeddings = run.embeddings.extended(opened)
     results: dict[str, Any] = {}
     for task in sampler.tasks:
         loss_name = run.model.loss_of.get(task.view.stype)

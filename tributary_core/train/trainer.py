@@ -14,8 +14,10 @@ import copy
 import json
 import math
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,12 @@ class TrainConfig:
     mask_share: float = 0.0
     #: The weight of the masked cells' loss beside the target's.
     mask_weight: float = 1.0
+    #: Hold at most this many stores' sampler graphs and embeddings in memory (the least
+    #: recently used are dropped and loaded again on use); ``None``: all. For corpora.
+    max_graphs: int | None = None
+    #: Validate on these stores' validation splits instead of the training stores' (e.g.
+    #: held-out synthetic databases when pre-training on a corpus); ``None``: the training stores.
+    val_stores: list[str] | None = None
 
     def check(self) -> None:
         """Refuse settings that cannot train: raises :class:`TributaryError` naming the setting
@@ -196,7 +204,13 @@ class TrainConfig:
         if self.freeze_backbone and not self.init:
             raise TributaryError("--freeze-backbone needs --init")
         if not self.stores:
-            raise TributaryError("no store to train on (pass --db)")
+            raise TributaryError("no store to train on (pass --db or --corpus)")
+        if self.max_graphs is not None and (isinstance(self.max_graphs, bool)
+                                            or not isinstance(self.max_graphs, int)
+                                            or self.max_graphs < 1):
+            raise bad("max_graphs", "--max-graphs", "must be an integer >= 1")
+        if self.val_stores is not None and not self.val_stores:
+            raise TributaryError("--val-corpus names no store")
         if self.tasks is not None and not self.tasks and not self.pretrain:
             raise TributaryError("--tasks '' selects no task; add --pretrain to train on cell "
                                  "masking only, or name tasks")
@@ -227,13 +241,14 @@ class Run:
     def __init__(self, config: TrainConfig, model: RelationalTransformer, stores: list[Store],
                  device: torch.device) -> None:
         self.config, self.model, self.stores, self.device = config, model, stores, device
-        self.embeddings = {s.name: store_embeddings(s, device) for s in stores}
+        self.embeddings = StoreEmbeddings(stores, device, config.max_graphs)
 
     def sampler(self, split: str, **kw: Any) -> Sampler:
         """A sampler with the run's settings; keywords override them (``stores``, ``tasks``,
         ``pretrain``, ``batch_size``, ...). It never masks cells (``mask_share`` is training's)."""
         c = self.config
-        kw = {"batch_size": c.batch_size, "tasks": c.tasks, "pretrain": c.pretrain, **kw}
+        kw = {"batch_size": c.batch_size, "tasks": c.tasks, "pretrain": c.pretrain,
+              "max_graphs": c.max_graphs, **kw}
         return Sampler(kw.pop("stores", self.stores), split=split, splitter=c.splitter(),
                        context_len=c.seq_len, width=c.width, seed=c.seed,
                        n_threads=c.sampler_threads, icl_share=c.icl_share, **kw)
@@ -243,6 +258,41 @@ def store_embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, 
     col = torch.from_numpy(np.asarray(store.column_embeddings, dtype=np.float32)).to(device)
     voc = torch.from_numpy(np.asarray(store.vocab_embeddings, dtype=np.float32)).to(device)
     return col, voc
+
+
+class StoreEmbeddings(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
+    """Each store's frozen column and value embeddings on ``device``, by database name, loaded
+    on first use; with ``limit``, at most that many stores' are held (least recently used
+    dropped), so a corpus of many stores does not hold them all. A later store replaces an
+    earlier one of the same name."""
+
+    def __init__(self, stores: Sequence[Store], device: torch.device, limit: int | None = None) -> None:
+        self.stores = {s.name: s for s in stores}
+        self.device, self.limit = device, limit
+        self._held: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if name in self._held:
+                self._held.move_to_end(name)
+                return self._held[name]
+        pair = store_embeddings(self.stores[name], self.device)
+        with self._lock:
+            self._held[name] = pair
+            while self.limit is not None and len(self._held) > self.limit:
+                self._held.popitem(last=False)
+        return pair
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stores)
+
+    def __len__(self) -> int:
+        return len(self.stores)
+
+    def extended(self, stores: Sequence[Store]) -> StoreEmbeddings:
+        """These stores' embeddings and ``stores``' (which win where names clash)."""
+        return StoreEmbeddings([*self.stores.values(), *stores], self.device, self.limit)
 
 
 def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
@@ -610,19 +660,29 @@ class _Plan:
     train: Sampler
     val: Sampler
     model: RelationalTransformer
-    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _plan(config: TrainConfig, place: _Place) -> _Plan:
     """Build everything a run needs, refusing settings that cannot train, before any file is
     written."""
     stores = [open_store(p) for p in config.stores]
+    val_stores = [open_store(p) for p in config.val_stores] if config.val_stores else stores
     torch.manual_seed(config.seed)
-    samplers = [Sampler(stores, tasks=config.tasks, split=split, splitter=config.splitter(),
+    mine = stores[0].embedder
+    for store in val_stores:
+        if store.embedder != mine:
+            raise TributaryError(f"validation store {store.path} was embedded with "
+                                 f"{store.embedder.describe()}, the training stores with "
+                                 f"{mine.describe()}")
+    samplers = [Sampler(stores if split == "train" else val_stores,
+                        tasks=config.tasks if split == "train" or not config.val_stores else None,
+                        split=split, splitter=config.splitter(),
                         batch_size=config.batch_size, context_len=config.seq_len,
                         width=config.width, seed=config.seed, rank=place.rank,
                         world_size=place.world, n_threads=config.sampler_threads,
                         pretrain=config.pretrain, icl_share=config.icl_share,
+                        max_graphs=config.max_graphs,
                         # validation never masks: its loss stays comparable across settings
                         mask_share=config.mask_share if split == "train" else 0.0)
                 for split in ("train", "val")]
@@ -641,7 +701,8 @@ def _plan(config: TrainConfig, place: _Place) -> _Plan:
     if config.freeze_backbone:
         for pname, param in model.named_parameters():
             param.requires_grad_(pname.startswith(("heads.", "null_head.")))
-    embeddings = {s.name: store_embeddings(s, place.device) for s in stores}
+    extra = [s for s in val_stores if s not in stores]
+    embeddings = StoreEmbeddings([*stores, *extra], place.device, config.max_graphs)
     return _Plan(stores, samplers[0], samplers[1], model, embeddings)
 
 

@@ -1,0 +1,157 @@
+"""Corpora: many stores trained as one without holding them all (``StoreGraphs``,
+``StoreEmbeddings``), raw corpora preprocessed in one command, ``run train --corpus``."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_tables
+from test_sampler import SHOP_METADATA, shop_tables
+
+from tributary_core import get_registry
+from tributary_core.cli import cli
+from tributary_core.corpus import find_databases, find_stores, preprocess_corpus
+from tributary_core.errors import TributaryError
+from tributary_core.preprocess import preprocess
+from tributary_core.sampler import Sampler
+from tributary_core.store import open_store
+from tributary_core.train import TrainConfig, train
+from tributary_core.train.trainer import StoreEmbeddings, read_metrics
+
+
+def raw_database(folder, name: str, seed: int):
+    """A raw database folder as a corpus holds it: parquet files and its own metadata.json."""
+    write_tables(folder, shop_tables(np.random.default_rng(seed), 8, 60, 80))
+    meta = copy.deepcopy(SHOP_METADATA)
+    meta["name"] = name
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three small stores of different databases in one folder, and their raw corpus."""
+    root = tmp_path_factory.mktemp("corpus")
+    embedder = get_registry().create_embedder("hashing", dimension=8)
+    for i in range(3):
+        raw = raw_database(root / "raw" / f"shop{i}", f"shop{i}", i)
+        preprocess(raw / "metadata.json", raw, root / "stores" / f"shop{i}", embedder=embedder)
+    (root / "stores" / "notes").mkdir()  # not a store: skipped
+    return root
+
+
+def same_batches(a, b):
+    for field in ("cell_col", "row_index", "number", "vocab", "is_label", "is_masked"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_find_stores_lists_only_stores(corpus):
+    assert [p.name for p in find_stores(corpus / "stores")] == ["shop0", "shop1", "shop2"]
+    assert [p.name for p in find_databases(corpus / "raw")] == ["shop0", "shop1", "shop2"]
+    with pytest.raises(TributaryError, match=r"notes: no Tributary store in it"):
+        find_stores(corpus / "stores" / "notes")
+    with pytest.raises(TributaryError, match=r"nowhere: corpus folder not found"):
+        find_stores(corpus / "nowhere")
+    with pytest.raises(TributaryError, match=r"stores: no database folder in it"):
+        find_databases(corpus / "stores")  # stores are not raw databases
+
+
+def test_bounded_graphs_give_the_same_batches(corpus):
+    """With max_graphs=1 only one store's graph is held at a time, yet every batch equals the
+    batch of a sampler holding all of them: dropping and rebuilding a graph changes nothing."""
+    stores = [open_store(p) for p in find_stores(corpus / "stores")]
+    kw = dict(batch_size=4, context_len=48, width=3, seed=3, icl_share=0.25, mask_share=0.3)
+    free = Sampler(stores, **kw)
+    bounded = Sampler(stores, max_graphs=1, **kw)
+    assert bounded.graphs.builds == 0  # choosing the seeds builds no graph
+    dbs = set()
+    for step in range(24):
+        a, b = free.batch_at(step), bounded.batch_at(step)
+        assert (a.database, a.task) == (b.database, b.task)
+        same_batches(a, b)
+        dbs.add(b.database)
+        assert bounded.graphs.held == [b.database]
+    assert len(dbs) == 3  # the steps visited every store...
+    assert bounded.graphs.builds > 3  # ...and graphs were dropped and built again
+    # evaluation passes and single contexts go through the same cache
+    for task in bounded.tasks[:2]:
+        for x, y in zip(free.evaluation(task.key), bounded.evaluation(task.key), strict=True):
+            same_batches(x, y)
+    assert len(bounded.graphs.held) == 1
+    with pytest.raises(TributaryError, match="max_graphs must be at least 1"):
+        Sampler(stores, max_graphs=0)
+
+
+def test_store_embeddings_load_on_use_and_drop(corpus):
+    import torch
+
+    stores = [open_store(p) for p in find_stores(corpus / "stores")]
+    lazy = StoreEmbeddings(stores, torch.device("cpu"), limit=2)
+    assert list(lazy) == ["shop0", "shop1", "shop2"] and len(lazy._held) == 0
+    for name in ("shop0", "shop1", "shop2", "shop1"):
+        col, voc = lazy[name]
+        store = next(s for s in stores if s.name == name)
+        np.testing.assert_array_equal(col.numpy(), np.asarray(store.column_embeddings))
+        np.testing.assert_array_equal(voc.numpy(), np.asarray(store.vocab_embeddings))
+    assert list(lazy._held) == ["shop2", "shop1"]  # shop0 dropped, shop1 most recent
+    other = lazy.extended(stores[:1])
+    assert list(other) == ["shop0", "shop1", "shop2"] and other["shop0"][0].shape == col.shape
+
+
+def test_train_on_a_corpus_validates_on_held_out_stores(corpus, tmp_path):
+    stores = [str(p) for p in find_stores(corpus / "stores")]
+    config = TrainConfig(stores=stores[:2], val_stores=stores[2:], max_graphs=1, steps=4,
+                         batch_size=4, seq_len=32, width=3, d_model=12, n_layers=1, n_heads=3,
+                         warmup=1, val_every=4, val_batches=1, ckpt_every=4, icl_share=0.25)
+    train(config, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    trained = {r["task"].split("/")[0] for r in rows if "task" in r}
+    assert trained <= {"shop0", "shop1"}
+    val = [r for r in rows if "val_loss" in r]
+    assert val and np.isfinite(val[-1]["val_loss"])
+    assert any(k.startswith("val/shop2/") for k in val[-1])  # the held-out store validated
+    assert not any(k.startswith(("val/shop0/", "val/shop1/")) for k in val[-1])
+
+
+def test_cli_preprocess_and_train_a_corpus(corpus, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "stores"
+    args = ["run", "preprocess", "--corpus", str(corpus / "raw"), "--out", str(out),
+            "--embedder", "hashing", "--dimension", "8"]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "3 stores (3 made, 0 already current)" in first.output
+    again = runner.invoke(cli, args)  # resumable: current stores are kept
+    assert again.exit_code == 0 and "(0 made, 3 already current)" in again.output
+    assert preprocess_corpus(corpus / "raw", out, get_registry().create_embedder(
+        "hashing", dimension=8))["kept"] == 3
+    run = tmp_path / "run"
+    result = runner.invoke(cli, ["run", "train", "--corpus", str(out), "--steps", "2",
+                                 "--batch-size", "4", "--seq-len", "32", "--d-model", "12",
+                                 "--layers", "1", "--heads", "3", "--val-every", "2",
+                                 "--val-batches", "1", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert [p.rsplit("/", 1)[1] for p in config["stores"]] == ["shop0", "shop1", "shop2"]
+    assert config["max_graphs"] == 32 and config["val_stores"] is None
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "preprocess", "--embedder", "hashing"], "pass one of --db NAME or --corpus FOLDER"),
+    (["run", "preprocess", "--corpus", "{raw}", "--embedder", "hashing"], "--corpus needs --out"),
+    (["run", "preprocess", "--corpus", "{stores}", "--out", "{tmp}/x", "--embedder", "hashing"],
+     "no database folder in it"),
+    (["run", "train", "--corpus", "{raw}", "--out", "{tmp}/run"], "no Tributary store in it"),
+    (["run", "train", "--steps", "1", "--out", "{tmp}/run"], "pass --db or --corpus"),
+])
+def test_corpus_bad_input_is_one_line(corpus, tmp_path, args, fragment):
+    names = {"raw": corpus / "raw", "stores": corpus / "stores", "tmp": tmp_path}
+    result = CliRunner().invoke(cli, [a.format(**names) for a in args])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x").exists()
