@@ -19,7 +19,7 @@ from tributary_core.registry import get_registry
 from tributary_core.sampler import HashSplit, Sampler, SamplerGraph, sample_batch
 from tributary_core.sampler.masking import mask_cells
 from tributary_core.train import TrainConfig, load_run, read_metrics, train
-from tributary_core.train.trainer import batch_loss, build_model, masked_targets
+from tributary_core.train.trainer import batch_loss, build_model, masked_loss, masked_targets
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +191,29 @@ def test_categorical_candidates_are_the_columns_values_in_the_batch(shop, graph)
     assert (target >= 0).all()
     np.testing.assert_array_equal(ids[target.numpy()], batch.vocab[where])
     assert torch.isfinite(scores.gather(1, target[:, None])).all()
+
+
+def test_single_candidate_cells_add_no_masked_loss():
+    """A categorical cell whose column shows one category in the batch is a certain answer
+    (log-softmax over one candidate is 0): masked_loss leaves it out of the mean."""
+    from tributary_core.train.model import RelationalTransformer
+
+    core = RelationalTransformer.__new__(RelationalTransformer)
+    torch.nn.Module.__init__(core)
+    core.loss_of = {"categorical": "infonce"}
+    inf = float("-inf")
+    scores = torch.tensor([[2.0, 0.0, inf], [inf, inf, 1.0]])  # cell 1: one candidate
+    where = torch.tensor([[True, True]])
+    tensors = {"vocab": torch.tensor([[10, 12]]), "number": torch.zeros(1, 2),
+               "timestamp": torch.zeros(1, 2, 15), "boolean": torch.zeros(1, 2, dtype=torch.bool)}
+    masked = {"categorical": {"where": where, "prediction": scores,
+                              "candidates": torch.tensor([10, 11, 12])}}
+    loss = masked_loss(core, masked, tensors)
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    torch.testing.assert_close(loss, expected)  # the mean over cell 0 alone, not (x + 0) / 2
+    only_one = {"categorical": {**masked["categorical"], "prediction": scores[1:],
+                                "where": torch.tensor([[False, True]])}}
+    assert float(masked_loss(core, only_one, tensors)) == 0.0
 
 
 def test_batch_loss_adds_the_weighted_masked_part(shop, graph):

@@ -402,17 +402,23 @@ def masked_loss(core: RelationalTransformer, masked: Mapping[str, Mapping[str, t
                 tensors: Mapping[str, Any]) -> torch.Tensor:
     """The masked cells' loss: each type's head loss, averaged over that type's masked cells,
     then averaged over the types present (so a type with few cells in the batch counts as much
-    as a common one). ``masked`` is the model's ``out["masked"]``."""
+    as a common one). ``masked`` is the model's ``out["masked"]``. A categorical cell whose
+    column shows a single category in the batch is left out: its one candidate is a certain
+    answer, a zero loss that would only dilute the mean."""
     registry = get_registry()
     parts = []
     for stype, got in masked.items():
         head = registry.loss_head(core.loss_of[stype])
         target = head.target(masked_targets(tensors, stype, got["where"], got.get("candidates")))
         keep = labelled(target, torch.zeros(len(target), dtype=torch.bool, device=target.device))
+        if "candidates" in got:  # a column with one category in the batch teaches nothing
+            keep &= torch.isfinite(got["prediction"]).sum(-1) >= 2
         if bool(keep.any()):
             parts.append(head.loss(got["prediction"][keep].float(), target[keep]))
     if not parts:
-        return sum(got["prediction"].float().sum() for got in masked.values()) * 0.0
+        # a zero that keeps the graph (-inf scores of left-out categories would make NaN)
+        return sum(got["prediction"].float().nan_to_num(0.0, 0.0, 0.0).sum()
+                   for got in masked.values()) * 0.0
     return torch.stack(parts).mean()
 
 
