@@ -155,3 +155,28 @@ def test_corpus_bad_input_is_one_line(corpus, tmp_path, args, fragment):
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and fragment in errors[0], result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "x").exists()
+
+
+def test_foundation_command_prepares_corpora_once_and_trains(tmp_path):
+    """`run foundation` generates and preprocesses a corpus and a held-out corpus, trains on the
+    first with validation on the second, and a second call reuses both."""
+    runner = CliRunner()
+    args = ["run", "foundation", "--count", "2", "--heldout", "1", "--seed", "3", "--steps", "2",
+            "--batch-size", "4", "--seq-len", "48", "--d-model", "12", "--layers", "1",
+            "--heads", "3", "--embedder", "hashing", "--dimension", "8",
+            "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    stores = find_stores(tmp_path / "data" / "processed" / "synth-3")
+    held = find_stores(tmp_path / "data" / "processed" / "synth-3-heldout")
+    assert [p.name for p in stores] == ["synth-3-0000", "synth-3-0001"]
+    assert [p.name for p in held] == ["synth-4-0000"]  # the held-out corpus: seed + 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["stores"] == [str(p) for p in stores]
+    assert config["val_stores"] == [str(p) for p in held] and config["max_graphs"] == 32
+    rows = read_metrics(tmp_path / "run")
+    val = [r for r in rows if "val_loss" in r]
+    assert val and any(k.startswith("val/synth-4-0000/") for k in val[-1])
+    again = runner.invoke(cli, args[:-2] + ["--prepare-only", "--out", str(tmp_path / "run")])
+    assert again.exit_code == 0, again.output
+    assert "0 made, 2 already current" in again.output and "0 made, 1 already current" in again.output

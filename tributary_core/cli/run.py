@@ -365,6 +365,96 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
     stage(f"done: curves in {out / 'curves.png'}, metrics in {out / 'metrics.jsonl'}")
 
 
+@run.command("foundation")
+@click.option("--count", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Synthetic databases to pre-train on.")
+@click.option("--heldout", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Synthetic databases held out for validation (corpus seed + 1).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Corpus seed (`tributary datasets synth --seed`).")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1, max=65536), default=256, show_default=True)
+@click.option("--d-model", type=click.IntRange(min=3), default=96, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(min=3), default=6, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--embedder", default="local", show_default=True)
+@click.option("--dimension", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("data"), show_default=True,
+              help="Corpora go to DATA/raw|processed/synth-SEED and synth-SEED-heldout.")
+@click.option("--prepare-only", is_flag=True,
+              help="Generate and preprocess the corpora, then stop (do this before torchrun).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("runs/foundation"), show_default=True)
+@click.option("--force", is_flag=True, help="Start the run over (the corpora are kept).")
+def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int, seq_len: int,
+               d_model: int, layers: int, heads: int, lr: float, embedder: str, dimension: int,
+               data_dir: Path, prepare_only: bool, nproc: int, out: Path, force: bool) -> None:
+    """Pre-train a foundation run on synthetic databases.
+
+    Generates COUNT synthetic databases and HELDOUT more, preprocesses them (both kept and
+    reused: a second call goes straight to training), then trains on the corpus with labelled
+    examples and masked cells, validating on the held-out databases. Fine-tune it with
+    `run train --db DB --init OUT`, or score it zero-shot with `run evaluate --run OUT --db DB`.
+    Under torchrun, run it once with --prepare-only first.
+    """
+    import os
+    import time
+
+    from tributary_core.corpus import find_stores, preprocess_corpus
+    from tributary_core.datasets.synth import generate_corpus
+    from tributary_core.errors import TributaryError
+    from tributary_core.train.distributed import launch
+    from tributary_core.train.trainer import TrainConfig
+
+    start = time.perf_counter()
+
+    def stage(text: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:6.0f} s] {text}", err=True)
+
+    corpora = [(data_dir / "raw" / f"synth-{seed}", data_dir / "processed" / f"synth-{seed}",
+                count, seed),
+               (data_dir / "raw" / f"synth-{seed}-heldout",
+                data_dir / "processed" / f"synth-{seed}-heldout", heldout, seed + 1)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank would prepare
+        for _, processed, n, _ in corpora:
+            if len(find_stores(processed)) < n:
+                raise TributaryError(f"{processed}: fewer than {n} stores; prepare the corpora "
+                                     "first with `tributary run foundation --prepare-only`")
+    else:
+        backend = None
+        try:
+            for raw, processed, n, corpus_seed in corpora:
+                stage(f"generating {n} synthetic databases into {raw}")
+                generate_corpus(n, corpus_seed, raw)
+                if backend is None:
+                    backend = make_embedder(embedder, None, dimension, ())
+                stage(f"preprocessing them into {processed}")
+                done = preprocess_corpus(raw, processed, backend, log=stage)
+                stage(f"{processed}: {done['made']} made, {done['kept']} already current")
+        finally:
+            if backend is not None:
+                backend.close()
+    if prepare_only:
+        stage("corpora ready")
+        return
+    config = TrainConfig(
+        stores=[str(p) for p in find_stores(corpora[0][1])][:count],
+        val_stores=[str(p) for p in find_stores(corpora[1][1])][:heldout], max_graphs=32,
+        steps=steps, batch_size=batch_size, seq_len=seq_len, width=8, d_model=d_model,
+        n_layers=layers, n_heads=heads, lr=lr, warmup=max(1, min(300, steps // 10)),
+        val_every=max(1, min(500, steps // 4)), val_batches=4, ckpt_every=max(1, min(500, steps // 4)),
+        icl_share=0.25, example_pointer=True, mask_share=0.3)
+    config.check()
+    stage(f"training {steps} steps on {len(config.stores)} databases into {out}")
+    launch(config, out, nproc=nproc, force=force, progress=TrainBar(steps))
+    stage(f"done: fine-tune with `tributary run train --db DB --init {out}`, or score it "
+          f"zero-shot with `tributary run evaluate --run {out} --db DB`")
+
+
 @run.command("baseline")
 @click.option("--db", "dbs", multiple=True, required=True, help="A store: a path or a name.")
 @click.option("--tasks", default=None, help="Comma-separated task names [default: all].")
