@@ -1,7 +1,7 @@
 """Pre-training on synthetic databases: the scaling curve, zero-shot and fine-tuning figures of
 docs/quality.md's "Foundation runs" section (issue 17).
 
-    python benchmarks/foundation.py [--sizes 8,32,128] [--steps 700] [--heldout 8]
+    python benchmarks/foundation.py [--sizes 8,32,128] [--steps 700] [--ft-steps 700] [--heldout 8]
                                     [--eval-seeds 1000] [--quality runs/quality]
                                     [--out runs/foundation-bench] [--render-only]
 
@@ -13,7 +13,7 @@ docs/quality.md's "Foundation runs" section (issue 17).
    its held-out validation loss is the scaling curve.
 3. Each ``s-N`` is scored zero-shot on nycflights13 and Lahman (neither seen in pre-training),
    on the quality report's test seeds, answering from in-context examples alone.
-4. The largest is fine-tuned on each database for ``--steps`` (the report's (c) budget) and
+4. The largest is fine-tuned on each database for ``--ft-steps`` (the report's (c) budget) and
    compared with (c) from ``--quality``'s results.json: the steps to (c)'s final validation
    loss, and the test metrics.
 
@@ -41,7 +41,9 @@ END = "<!-- foundation: end -->"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8,32,128")
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=700, help="Steps of each foundation run.")
+    parser.add_argument("--ft-steps", type=int, default=700,
+                        help="Steps of each fine-tuning run (the quality report's (c) budget).")
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--eval-seeds", type=int, default=1000)
     parser.add_argument("--quality", type=Path, default=Path("runs/quality"),
@@ -109,22 +111,23 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     embedder = get_registry().create_embedder("local", model=None, dimension=256)
     stores = {db: str(prepare_store(db, embedder, log=log)) for db in DBS}
     embedder.close()
-    results.data["settings"] = {"sizes": args.sizes, "steps": args.steps, "heldout": args.heldout,
+    results.data["settings"] = {"sizes": args.sizes, "steps": args.steps,
+                                "ft_steps": args.ft_steps, "heldout": args.heldout,
                                 "eval_seeds": args.eval_seeds, "model": MODEL}
 
-    def fit(name: str, train_stores: list[str], val_batches: int = 8, **kw: Any):
+    def fit(name: str, train_stores: list[str], steps: int, val_batches: int = 8, **kw: Any):
         # fine-tuning validates as (c) does (8 batches per task every 100 steps); a foundation
         # run validates on the held-out databases' tasks, 2 batches each
         def go() -> dict[str, Any]:
-            config = TrainConfig(stores=train_stores, steps=args.steps,
-                                 warmup=max(args.steps // 10, 1), val_every=100,
+            config = TrainConfig(stores=train_stores, steps=steps,
+                                 warmup=max(steps // 10, 1), val_every=100,
                                  val_batches=val_batches, ckpt_every=args.steps, max_graphs=32,
                                  **MODEL, **kw)
-            log(f"  training {name}: {args.steps} steps on {len(train_stores)} stores")
+            log(f"  training {name}: {steps} steps on {len(train_stores)} stores")
             train(config, args.out / name, force=True)
             rows = read_metrics(args.out / name)
             val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-            return {"steps": args.steps, "stores": len(train_stores), "val_loss": val,
+            return {"steps": steps, "stores": len(train_stores), "val_loss": val,
                     "step_s": _seconds_in_steps(rows, config.batch_size)}
         return go
 
@@ -132,15 +135,20 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
         return lambda: {"tasks": evaluate(args.out / name, split="test", batch_size=256,
                                           max_seeds=args.eval_seeds, **kw)}
 
-    for n in args.sizes:
-        results.stage(f"train/s-{n}", fit(f"s-{n}", corpus[:n], val_batches=2,
+    def foundation(n: int) -> None:
+        results.stage(f"train/s-{n}", fit(f"s-{n}", corpus[:n], args.steps, val_batches=2,
                                           val_stores=val_stores))
         for db in DBS:
             results.stage(f"eval/s-{n}-{db}", scored(f"s-{n}", db, stores=[stores[db]]))
+
+    # the largest first: zero-shot and fine-tuning depend on it alone
+    foundation(largest)
     for db in DBS:
-        results.stage(f"train/ft-{db}", fit(f"ft-{db}", [stores[db]],
+        results.stage(f"train/ft-{db}", fit(f"ft-{db}", [stores[db]], args.ft_steps,
                                             init=str(args.out / f"s-{largest}")))
         results.stage(f"eval/ft-{db}", scored(f"ft-{db}", db))
+    for n in args.sizes:
+        foundation(n)
 
 
 # -- the section ----------------------------------------------------------------------------------
@@ -181,6 +189,7 @@ def _fmt(value: Any) -> str:
 def render(data: dict[str, Any], reference: dict[str, Any], args: argparse.Namespace) -> str:
     sizes = data.get("settings", {}).get("sizes", args.sizes)
     steps = data.get("settings", {}).get("steps", args.steps)
+    ft_steps = data.get("settings", {}).get("ft_steps", args.ft_steps)
     corpus = data.get("corpus", {})
     largest = max(sizes)
     lines = [
@@ -191,8 +200,8 @@ def render(data: dict[str, Any], reference: dict[str, Any], args: argparse.Names
         f"and {corpus.get('heldout', '?')} held out (`--seed 1`), generated in "
         f"{corpus.get('generate_s', '?')} s and preprocessed with the local embedder in "
         f"{corpus.get('preprocess_s', '?')} s. Foundation run `s-N` trains on the first N "
-        f"databases for {steps} steps (the quality report's model and budget: the same for every "
-        "N); its validation loss (2 batches per task every 100 steps, never with masked cells) "
+        f"databases for {steps} steps (the quality report's model; the same steps for every N); "
+        "its validation loss (2 batches per task every 100 steps, never with masked cells) "
         "is measured on the held-out databases, which it never trains on. "
         "Neither nycflights13 nor Lahman is seen in pre-training.", "",
         "### Scaling: held-out validation loss by number of databases", "",
@@ -211,7 +220,7 @@ def render(data: dict[str, Any], reference: dict[str, Any], args: argparse.Names
               "Test-split metrics on the quality report's seeds. (a) majority/mean, (b) LightGBM and "
               "(c) trained on the database alone come from the quality report; `s-N` is the "
               "foundation run with no gradient step on the database; `ft` is "
-              f"`s-{largest}` fine-tuned on it for {steps} steps, as (c).", "",
+              f"`s-{largest}` fine-tuned on it for {ft_steps} steps, as (c).", "",
               "| task | metric | (a) | (b) | (c) | " + " | ".join(f"s-{n}" for n in sizes)
               + " | ft |", "|---|---|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"]
     zs_major = zs_lgbm = ft_c = total = 0
