@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_cli_preprocess_and_train_a_corpus(corpus, tmp_path):
     (["run", "preprocess", "--corpus", "{raw}", "--embedder", "hashing"], "--corpus needs --out"),
     (["run", "preprocess", "--corpus", "{stores}", "--out", "{tmp}/x", "--embedder", "hashing"],
      "no database folder in it"),
-    (["run", "train", "--corpus", "{raw}", "--out", "{tmp}/run"], "no Tributary store in it"),
+    (["run", "train", "--corpus", "{raw}", "--out", "{tmp}/run"], "raw: a raw corpus"),
     (["run", "train", "--steps", "1", "--out", "{tmp}/run"], "pass --db or --corpus"),
 ])
 def test_corpus_bad_input_is_one_line(corpus, tmp_path, args, fragment):
@@ -180,3 +181,158 @@ def test_foundation_command_prepares_corpora_once_and_trains(tmp_path):
     again = runner.invoke(cli, args[:-2] + ["--prepare-only", "--out", str(tmp_path / "run")])
     assert again.exit_code == 0, again.output
     assert "0 made, 2 already current" in again.output and "0 made, 1 already current" in again.output
+
+
+def one_error(result) -> str:
+    """The single ``Error:`` line of a failed command (and no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+TRAIN = ["--steps", "1", "--batch-size", "4", "--seq-len", "32", "--d-model", "12", "--layers",
+         "1", "--heads", "3"]
+
+
+def test_train_refuses_stores_that_cannot_train_together(corpus, tmp_path):
+    """Named before the run starts: a store given twice, two stores of one database name, a
+    corpus of mixed embedders, a --val-corpus overlapping the training stores or embedded
+    otherwise, and a --corpus that is a store or a raw database rather than a folder of stores."""
+    stores, raw = corpus / "stores", corpus / "raw"
+    same_name = tmp_path / "same"  # shop0 again under another folder name
+    for name in ("shop0", "copy"):
+        shutil.copytree(stores / "shop0", same_name / name)
+    other = tmp_path / "other"  # shop3: another database, another embedder
+    db = raw_database(tmp_path / "raw3" / "shop3", "shop3", 3)
+    preprocess(db / "metadata.json", db, other / "shop3",
+               embedder=get_registry().create_embedder("hashing", dimension=4))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "shop0").symlink_to(stores / "shop0", target_is_directory=True)
+    (mixed / "shop3").symlink_to(other / "shop3", target_is_directory=True)
+    cases = [
+        (["--corpus", stores, "--db", stores / "shop1"], f"{stores / 'shop1'}: the store is given twice"),
+        (["--corpus", stores, "--corpus", stores], f"{stores / 'shop0'}: the store is given twice"),
+        (["--corpus", same_name], f"{same_name / 'shop0'}: database 'shop0' is also the store "
+                                  f"{same_name / 'copy'}"),
+        (["--corpus", mixed], f"{mixed / 'shop3'}: embedded with hashing"),
+        (["--corpus", stores, "--val-corpus", stores],
+         f"--val-corpus: {stores / 'shop0'}: database 'shop0' is also the training store"),
+        (["--corpus", stores, "--val-corpus", other], f"--val-corpus: {other / 'shop3'}: embedded "
+                                                      f"with hashing/char-ngram-blake2b-v1 D=4"),
+        (["--corpus", stores / "shop0"], f"{stores / 'shop0'}: is a store, not a folder of stores"),
+        (["--corpus", raw / "shop0"], f"{raw / 'shop0'}: is one raw database"),
+        (["--corpus", raw], f"{raw}: a raw corpus (databases not preprocessed)"),
+    ]
+    runner = CliRunner()
+    for args, fragment in cases:
+        result = runner.invoke(cli, ["run", "train", *map(str, args), *TRAIN,
+                                     "--out", str(tmp_path / "run")])
+        assert fragment in one_error(result), (args, result.output)
+        assert not (tmp_path / "run").exists()
+
+
+def test_leftovers_of_an_interrupted_write_are_not_stores_or_databases(corpus, tmp_path):
+    """The hidden folders an interrupted write leaves (a temporary one, or an old store moved
+    aside) hold whole copies; a corpus listing skips them instead of training a database twice."""
+    stores, raw = tmp_path / "stores", tmp_path / "raw"
+    shutil.copytree(corpus / "stores" / "shop0", stores / "shop0")
+    shutil.copytree(corpus / "stores" / "shop0", stores / ".shop0.old-4242")
+    shutil.copytree(corpus / "raw" / "shop1", raw / "shop1")
+    shutil.copytree(corpus / "raw" / "shop1", raw / ".shop1.4242.0bbfd16a.x1y2z3.tmp")
+    assert find_stores(stores) == [stores / "shop0"]
+    assert find_databases(raw) == [raw / "shop1"]
+
+
+def test_preprocess_corpus_bad_input_writes_nothing(corpus, tmp_path):
+    """A broken metadata.json anywhere in the raw corpus, or two databases of one name, fail
+    before any store is made (and the --out folder is not left behind); --out may not be the
+    raw corpus, a store or a database; --corpus may not be one database."""
+    raw = tmp_path / "raw"
+    for name in ("shop0", "shop1"):
+        shutil.copytree(corpus / "raw" / name, raw / name)
+    runner = CliRunner()
+
+    def run(corpus_dir, out):
+        return runner.invoke(cli, ["run", "preprocess", "--corpus", str(corpus_dir), "--out",
+                                   str(out), "--embedder", "hashing", "--dimension", "8"])
+
+    meta = raw / "shop1" / "metadata.json"
+    good = meta.read_text()
+    meta.write_text("{broken")
+    error = one_error(run(raw, tmp_path / "out"))
+    assert f"{meta}: $: not valid JSON" in error
+    assert not (tmp_path / "out").exists()  # shop0 was not preprocessed first
+    meta.write_text(good.replace('"shop1"', '"shop0"'))
+    error = one_error(run(raw, tmp_path / "out"))
+    assert f"{meta}: $.name: database 'shop0' is also {raw / 'shop0' / 'metadata.json'}" in error
+    assert not (tmp_path / "out").exists()
+    meta.write_text(good)
+    assert f"--out {raw}: is the raw corpus itself" in one_error(run(raw, raw))
+    store = corpus / "stores" / "shop0"
+    assert f"--out {store}: is a store" in one_error(run(raw, store))
+    assert f"--out {raw / 'shop0'}: is a database folder" in one_error(run(raw, raw / "shop0"))
+    assert f"{raw / 'shop0'}: is one database" in one_error(run(raw / "shop0", tmp_path / "out"))
+    assert sorted(p.name for p in raw.iterdir()) == ["shop0", "shop1"]
+    assert sorted(p.name for p in (raw / "shop0").iterdir()) == sorted(
+        p.name for p in (corpus / "raw" / "shop0").iterdir())
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_corpus_passes_the_query_timeout(corpus, tmp_path, monkeypatch):
+    import tributary_core.preprocess as pre
+
+    seen = []
+
+    def fake(*args, query_timeout_s=None, **kwargs):
+        seen.append(query_timeout_s)
+        raise TributaryError("stop here")
+
+    monkeypatch.setattr(pre, "preprocess", fake)
+    result = CliRunner().invoke(cli, ["run", "preprocess", "--corpus", str(corpus / "raw"),
+                                      "--out", str(tmp_path / "out"), "--embedder", "hashing",
+                                      "--dimension", "8", "--query-timeout", "7"])
+    assert "stop here" in one_error(result) and seen == [7.0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_foundation_trains_on_exactly_the_databases_asked_for(corpus, tmp_path, monkeypatch):
+    """Its corpus folders may hold more: databases of an earlier, larger --count and stores of
+    the user's. Only the --count generated databases are preprocessed and trained on."""
+    import tributary_core.train.distributed as distributed
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus / "raw" / "shop0", data / "raw" / "synth-3" / "synth-3-0007")
+    shutil.copytree(corpus / "stores" / "shop1", data / "processed" / "synth-3" / "aaa")
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda config, out, **kw: launched.append(config))
+    result = CliRunner().invoke(cli, [
+        "run", "foundation", "--count", "1", "--heldout", "1", "--seed", "3", *TRAIN,
+        "--embedder", "hashing", "--dimension", "8", "--data", str(data), "--out",
+        str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    processed = data / "processed"
+    assert launched[0].stores == [str(processed / "synth-3" / "synth-3-0000")]
+    assert launched[0].val_stores == [str(processed / "synth-3-heldout" / "synth-4-0000")]
+    assert sorted(p.name for p in (processed / "synth-3").iterdir()) == ["aaa", "synth-3-0000"]
+    # under torchrun the ranks check for exactly those stores, before anything is written
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["run", "foundation", "--count", "2", "--heldout", "1",
+                                      "--seed", "3", "--data", str(data), "--out",
+                                      str(tmp_path / "run2")])
+    assert f"{processed / 'synth-3' / 'synth-3-0001'}: not prepared" in one_error(result)
+    assert not (tmp_path / "run2").exists()
+
+
+def test_foundation_data_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "synth-0").write_text("mine")
+    result = CliRunner().invoke(cli, ["run", "foundation", "--count", "1", "--heldout", "1",
+                                      "--data", str(tmp_path / "data"), "--out",
+                                      str(tmp_path / "run")])
+    error = one_error(result)
+    assert f"--data {tmp_path / 'data'}: {tmp_path / 'data' / 'raw' / 'synth-0'} is a file" in error
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["raw", "synth-0"]

@@ -250,3 +250,37 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(TributaryError, match="a seed is a whole number"):
         generate_database(-1, tmp_path / "db")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--count", "100000000000"], "--count 100000000000: at most 10,000 databases"),
+    (["--count", "1", "--seed", str(10**300)], "the seed must be a whole number from 0 to 2**63 - 1"),
+    (["--count", "1", "--seed", str(2**63)], "the seed must be a whole number from 0 to 2**63 - 1"),
+])
+def test_cli_refuses_huge_counts_and_seeds(tmp_path, args, fragment):
+    """A typo'd --count is refused at once (it used to list 1e11 folders before writing any);
+    a seed too long for a folder name is refused before the --out folder is made."""
+    out = tmp_path / "corpus"
+    result = CliRunner().invoke(cli, ["datasets", "synth", *args, "--out", str(out)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
+    with pytest.raises(TributaryError, match="from 0 to 2"):
+        generate_corpus(1, 2**63, out)
+    with pytest.raises(TributaryError, match="from 1 to 10,000"):
+        generate_corpus(10_001, 0, out)
+
+
+@pytest.mark.parametrize("marker", ["metadata.json", "_manifest.json"])
+def test_cli_refuses_an_out_that_is_a_database(tmp_path, marker):
+    """--out naming one database (or a store) rather than the corpus folder would nest a corpus
+    inside it: refused, nothing written."""
+    db = tmp_path / "synth-0-0000"
+    db.mkdir()
+    (db / marker).write_text("{}")
+    result = CliRunner().invoke(cli, ["datasets", "synth", "--count", "1", "--out", str(db)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"--out {db}: is a database or store (it holds {marker})" in errors[0]
+    assert [p.name for p in db.iterdir()] == [marker]

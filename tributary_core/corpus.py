@@ -17,10 +17,10 @@ from typing import Any
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["find_stores", "find_databases", "preprocess_corpus"]
+__all__ = ["find_stores", "find_databases", "preprocess_corpus", "check_stores", "is_store"]
 
 
-def _is_store(folder: Path) -> bool:
+def is_store(folder: Path) -> bool:
     """Whether ``folder`` holds a Tributary store (its metadata.json has a format version)."""
     try:
         with open(folder / "metadata.json", "rb") as fh:
@@ -30,14 +30,33 @@ def _is_store(folder: Path) -> bool:
     return b'"format_version"' in head and head.lstrip().startswith(b'{\n "checksum"')
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder``, sorted, leaving out hidden ones: the temporary and
+    moved-aside folders an interrupted write leaves (``.NAME.PID.….tmp``, ``.NAME.old-PID``)
+    may hold a whole store or database, a second copy of one that is already there."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+
 def find_stores(folder: str | Path) -> list[Path]:
     """The stores in ``folder`` (its sub-folders that are stores), sorted by name; a one-line
     error when it is not a folder or holds none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise TributaryError(f"{folder}: corpus folder not found")
-    stores = sorted(p for p in folder.iterdir() if p.is_dir() and _is_store(p))
+    if is_store(folder):
+        raise TributaryError(f"{folder}: is a store, not a folder of stores; pass it with --db, "
+                             f"or pass the folder that holds it as --corpus")
+    if (folder / "metadata.json").is_file():
+        raise TributaryError(f"{folder}: is one raw database (not preprocessed), not a folder of "
+                             f"stores; preprocess the folder that holds it with `tributary run "
+                             f"preprocess --corpus RAW --out STORES` and pass STORES")
+    entries = _entries(folder)
+    stores = [p for p in entries if is_store(p)]
     if not stores:
+        if any((p / "metadata.json").is_file() for p in entries):
+            raise TributaryError(f"{folder}: a raw corpus (databases not preprocessed), not a "
+                                 f"folder of stores; preprocess it with `tributary run preprocess "
+                                 f"--corpus {folder} --out STORES` and pass STORES")
         raise TributaryError(f"{folder}: no Tributary store in it (preprocess a raw corpus with "
                              f"`tributary run preprocess --corpus RAW --out {folder}`)")
     return stores
@@ -49,8 +68,11 @@ def find_databases(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise TributaryError(f"{folder}: raw corpus folder not found")
-    found = sorted(p for p in folder.iterdir()
-                   if p.is_dir() and (p / "metadata.json").is_file() and not _is_store(p))
+    if (folder / "metadata.json").is_file():
+        what = "a store" if is_store(folder) else "one database"
+        raise TributaryError(f"{folder}: is {what} (it holds a metadata.json), not a folder of "
+                             f"databases; pass the folder that holds it as --corpus")
+    found = [p for p in _entries(folder) if (p / "metadata.json").is_file() and not is_store(p)]
     if not found:
         raise TributaryError(f"{folder}: no database folder in it (each needs its parquet files "
                              f"and a metadata.json; `tributary datasets synth` writes such folders)")
@@ -62,7 +84,7 @@ def _current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
     from tributary_core.metadata.io import dump_metadata, load_metadata
     from tributary_core.store import open_store
 
-    if not _is_store(store_dir):
+    if not is_store(store_dir):
         return False
     try:
         store = open_store(store_dir, verify=False)
@@ -72,36 +94,118 @@ def _current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
         return False
 
 
+def _check_names(databases: list[Path]) -> None:
+    """Read every database's metadata.json before anything is written: a broken one is an
+    error naming it, and so are two databases of the same name (their stores could not be
+    trained together)."""
+    from tributary_core.metadata.io import load_metadata
+
+    seen: dict[str, Path] = {}
+    for db in databases:
+        name = load_metadata(db / "metadata.json").name
+        if name in seen:
+            raise TributaryError(f"{db / 'metadata.json'}: $.name: database {name!r} is also "
+                                 f"{seen[name] / 'metadata.json'}'s; the databases of a corpus "
+                                 f"need names of their own")
+        seen[name] = db
+
+
 def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
                       log: Callable[[str], None] | None = None,
-                      cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Preprocess every database of the raw corpus ``raw`` into ``out/<database folder>``.
+                      cache_dir: str | Path | None = None,
+                      databases: list[Path] | None = None,
+                      query_timeout_s: float | None = None) -> dict[str, Any]:
+    """Preprocess every database of the raw corpus ``raw`` (or just ``databases``, folders of
+    it) into ``out/<database folder>``.
 
-    A store that is already current (same source metadata, same embedder identity) is kept, so
-    an interrupted run picks up where it stopped; any other existing store is replaced (never a
-    folder that is not a store). Returns ``{"stores": [paths], "made": n, "kept": n,
-    "seconds": s}``."""
+    Every metadata.json is read first (an unreadable one, or two databases of one name, fail
+    before anything is written). A store that is already current (same source metadata, same
+    embedder identity) is kept, so an interrupted run picks up where it stopped; any other
+    existing store is replaced (never a folder that is not a store). Returns ``{"stores":
+    [paths], "made": n, "kept": n, "seconds": s}``."""
     from tributary_core.preprocess import preprocess
 
     raw, out = Path(raw), Path(out)
-    databases = find_databases(raw)
+    databases = find_databases(raw) if databases is None else [Path(d) for d in databases]
+    if out.exists() and not out.is_dir():
+        raise TributaryError(f"--out {out}: is a file, not a folder")
+    if out.resolve() == raw.resolve():
+        raise TributaryError(f"--out {out}: is the raw corpus itself; name another folder for "
+                             f"its stores")
+    if (out / "metadata.json").is_file():
+        what = "a store" if is_store(out) else "a database folder"
+        raise TributaryError(f"--out {out}: is {what} (it holds a metadata.json), not a folder "
+                             f"of stores; name another folder")
+    _check_names(databases)
+    timeout = {} if query_timeout_s is None else {"query_timeout_s": query_timeout_s}
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _text: None)
     stores, made, kept = [], 0, 0
     start = time.perf_counter()
-    for i, db in enumerate(databases, 1):
-        target = out / db.name
-        if _current(target, db / "metadata.json", embedder):
-            kept += 1
-        else:
-            began = time.perf_counter()
-            try:
-                preprocess(db / "metadata.json", db, target, embedder=embedder, force=True,
-                           cache_dir=cache_dir)
-            except TributaryError as exc:
-                raise TributaryError(f"{db}: {exc}") from None
-            made += 1
-            say(f"[{i}/{len(databases)}] {target} ({time.perf_counter() - began:.1f} s)")
-        stores.append(target)
+    try:
+        for i, db in enumerate(databases, 1):
+            target = out / db.name
+            if _current(target, db / "metadata.json", embedder):
+                kept += 1
+            else:
+                began = time.perf_counter()
+                try:
+                    preprocess(db / "metadata.json", db, target, embedder=embedder, force=True,
+                               cache_dir=cache_dir, **timeout)
+                except TributaryError as exc:
+                    text = str(exc)  # name the database unless the message already does
+                    raise TributaryError(text if str(db) in text or str(target) in text
+                                         else f"{db}: {text}") from None
+                made += 1
+                say(f"[{i}/{len(databases)}] {target} ({time.perf_counter() - began:.1f} s)")
+            stores.append(target)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder this call made, still empty: leave nothing behind
+        raise
     return {"stores": stores, "made": made, "kept": kept,
             "seconds": time.perf_counter() - start}
+
+
+def check_stores(stores: list[str | Path], val_stores: list[str | Path] | None = None) -> None:
+    """Refuse, before a run starts, stores that cannot train together, naming them: a store
+    listed twice (``--db`` and a ``--corpus`` holding it), two stores of one database name,
+    stores embedded with different embedders, and ``val_stores`` (``--val-corpus``) that share
+    a name with a training store or were embedded otherwise."""
+    from tributary_core.store import open_store
+
+    def opened(paths: list[str | Path]) -> list[Any]:
+        seen: dict[Path, Path] = {}
+        out = []
+        for p in paths:
+            key = Path(p).resolve()
+            if key in seen:
+                raise TributaryError(f"{p}: the store is given twice (by --db or --corpus); "
+                                     f"name each store once")
+            seen[key] = Path(p)
+            out.append(open_store(p, verify=False))
+        return out
+
+    train = opened(list(stores))
+    names: dict[str, Any] = {}
+    first = train[0] if train else None
+    for store in train:
+        if store.name in names:
+            raise TributaryError(f"{store.path}: database {store.name!r} is also the store "
+                                 f"{names[store.name].path}; the stores of a run need names of "
+                                 f"their own")
+        names[store.name] = store
+        if store.embedder != first.embedder:
+            raise TributaryError(f"{store.path}: embedded with {store.embedder.describe()}, but "
+                                 f"{first.path} with {first.embedder.describe()}; the stores of a "
+                                 f"run need one embedder (preprocess them again with one)")
+    for store in opened(list(val_stores or [])):
+        if store.name in names:
+            raise TributaryError(f"--val-corpus: {store.path}: database {store.name!r} is also "
+                                 f"the training store {names[store.name].path}; validate on "
+                                 f"held-out databases")
+        if first is not None and store.embedder != first.embedder:
+            raise TributaryError(f"--val-corpus: {store.path}: embedded with "
+                                 f"{store.embedder.describe()}, the training stores with "
+                                 f"{first.embedder.describe()}")

@@ -73,13 +73,17 @@ def synth(count: int, seed: int, out: Path, force: bool) -> None:
     import json
     import time
 
-    from tributary_core.datasets.synth import MANIFEST, generate_corpus
+    from tributary_core.datasets.synth import MANIFEST, MAX_COUNT, MAX_SEED, generate_corpus
     from tributary_core.errors import TributaryError
 
     if count < 1:
         raise TributaryError(f"--count {count}: write at least one database")
-    if seed < 0:
-        raise TributaryError(f"--seed {seed}: the seed must be a whole number >= 0")
+    if count > MAX_COUNT:
+        raise TributaryError(f"--count {count}: at most {MAX_COUNT:,} databases in one corpus "
+                             f"(use another --seed for more)")
+    if not 0 <= seed <= MAX_SEED:
+        raise TributaryError(f"--seed {seed}: the seed must be a whole number from 0 to "
+                             f"2**63 - 1")
     written, rows = 0, 0
 
     def report(path: Path, manifest: dict | None, seconds: float) -> None:

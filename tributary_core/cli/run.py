@@ -77,7 +77,8 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
 
         backend = make_embedder(embedder, model, dimension, embedder_options)
         try:
-            done = preprocess_corpus(corpus, out_dir, backend, log=click.echo, cache_dir=cache_dir)
+            done = preprocess_corpus(corpus, out_dir, backend, log=click.echo, cache_dir=cache_dir,
+                                     query_timeout_s=query_timeout)
         finally:
             backend.close()
         click.echo(f"wrote {out_dir}: {len(done['stores'])} stores ({done['made']} made, "
@@ -232,14 +233,16 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
         qk_norm, log_scale_attention = theirs.qk_norm, theirs.log_scale_attention
         full_attention, numeric_encoding = theirs.full_attention, theirs.numeric_encoding
         example_pointer = theirs.example_pointer
-    from tributary_core.corpus import find_stores
+    from tributary_core.corpus import check_stores, find_stores
 
     stores = [store_path(d) for d in dbs] + [str(p) for c in corpora for p in find_stores(c)]
+    val_stores = [str(p) for p in find_stores(val_corpus)] if val_corpus else None
     if corpora and max_graphs is None:
         max_graphs = 32
+    if corpora or val_stores:  # name the stores that cannot train together
+        check_stores(stores, val_stores)
     config = TrainConfig(
-        stores=stores, max_graphs=max_graphs,
-        val_stores=[str(p) for p in find_stores(val_corpus)] if val_corpus else None,
+        stores=stores, max_graphs=max_graphs, val_stores=val_stores,
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=width, lr=lr,
         weight_decay=weight_decay, warmup=warmup, clip=clip, d_model=d_model, n_layers=layers,
@@ -366,11 +369,11 @@ def quickstart(steps: int, embedder: str, out: Path, eval_seeds: int | None, for
 
 
 @run.command("foundation")
-@click.option("--count", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--count", type=click.IntRange(min=1, max=10_000), default=128, show_default=True,
               help="Synthetic databases to pre-train on.")
-@click.option("--heldout", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--heldout", type=click.IntRange(min=1, max=10_000), default=8, show_default=True,
               help="Synthetic databases held out for validation (corpus seed + 1).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 2), default=0, show_default=True,
               help="Corpus seed (`tributary datasets synth --seed`).")
 @click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -404,8 +407,8 @@ def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int,
     import os
     import time
 
-    from tributary_core.corpus import find_stores, preprocess_corpus
-    from tributary_core.datasets.synth import generate_corpus
+    from tributary_core.corpus import check_stores, is_store, preprocess_corpus
+    from tributary_core.datasets.synth import corpus_name, generate_corpus
     from tributary_core.errors import TributaryError
     from tributary_core.train.distributed import launch
     from tributary_core.train.trainer import TrainConfig
@@ -419,21 +422,32 @@ def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int,
                 count, seed),
                (data_dir / "raw" / f"synth-{seed}-heldout",
                 data_dir / "processed" / f"synth-{seed}-heldout", heldout, seed + 1)]
+    for raw, processed, _, _ in corpora:  # before anything is written
+        for folder in (raw, processed):
+            for path in (folder, *folder.parents):
+                if path.exists() and not path.is_dir():
+                    raise TributaryError(f"--data {data_dir}: {path} is a file, not a folder")
+    # exactly the databases asked for: a corpus folder may hold more (an earlier, larger
+    # --count) or other stores, neither trained on nor preprocessed again
+    wanted = [[processed / corpus_name(corpus_seed, i) for i in range(n)]
+              for _, processed, n, corpus_seed in corpora]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank would prepare
-        for _, processed, n, _ in corpora:
-            if len(find_stores(processed)) < n:
-                raise TributaryError(f"{processed}: fewer than {n} stores; prepare the corpora "
-                                     "first with `tributary run foundation --prepare-only`")
+        for (_, processed, n, _), paths in zip(corpora, wanted, strict=True):
+            missing = [p for p in paths if not is_store(p)]
+            if missing:
+                raise TributaryError(f"{missing[0]}: not prepared ({len(missing)} of the {n} "
+                                     f"stores of {processed} missing); prepare the corpora first "
+                                     "with `tributary run foundation --prepare-only`")
     else:
         backend = None
         try:
             for raw, processed, n, corpus_seed in corpora:
                 stage(f"generating {n} synthetic databases into {raw}")
-                generate_corpus(n, corpus_seed, raw)
+                made = generate_corpus(n, corpus_seed, raw)
                 if backend is None:
                     backend = make_embedder(embedder, None, dimension, ())
                 stage(f"preprocessing them into {processed}")
-                done = preprocess_corpus(raw, processed, backend, log=stage)
+                done = preprocess_corpus(raw, processed, backend, log=stage, databases=made)
                 stage(f"{processed}: {done['made']} made, {done['kept']} already current")
         finally:
             if backend is not None:
@@ -441,9 +455,9 @@ def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int,
     if prepare_only:
         stage("corpora ready")
         return
+    check_stores(*wanted)
     config = TrainConfig(
-        stores=[str(p) for p in find_stores(corpora[0][1])][:count],
-        val_stores=[str(p) for p in find_stores(corpora[1][1])][:heldout], max_graphs=32,
+        stores=[str(p) for p in wanted[0]], val_stores=[str(p) for p in wanted[1]], max_graphs=32,
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=8, d_model=d_model,
         n_layers=layers, n_heads=heads, lr=lr, warmup=max(1, min(300, steps // 10)),
         val_every=max(1, min(500, steps // 4)), val_batches=4, ckpt_every=max(1, min(500, steps // 4)),

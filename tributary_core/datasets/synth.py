@@ -96,6 +96,12 @@ ORDERED = frozenset({"tier", "priority", "risk", "severity", "intensity", "size"
 # -- public API ---------------------------------------------------------------------------------
 
 
+#: The most databases one corpus holds: their folder names keep four digits (and sort in order).
+MAX_COUNT = 10_000
+#: The largest corpus seed (a signed 64-bit integer, so folder names stay short).
+MAX_SEED = 2**63 - 1
+
+
 def corpus_name(seed: int, index: int) -> str:
     """The folder (and database) name of database ``index`` of corpus ``seed``."""
     return f"synth-{seed}-{index:04d}"
@@ -157,15 +163,20 @@ def generate_corpus(count: int, seed: int, out: str | Path, *, force: bool = Fal
     kept; any other existing folder is an error unless ``force`` (and then only a synthetic
     database is replaced, never a folder of other files). ``progress(path, manifest, seconds)``
     is called after each database, with ``manifest`` None for one that was kept."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise TributaryError(f"--count must be a whole number >= 1, got {count!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise TributaryError(f"--seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+        raise TributaryError(f"--count must be a whole number from 1 to {MAX_COUNT:,}, got "
+                             f"{count!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise TributaryError(f"--seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     from tributary_core.folders import check_output_folder
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TributaryError(f"--out {out}: is a file, not a folder")
+    for marker in ("metadata.json", MANIFEST):
+        if (out / marker).is_file():
+            raise TributaryError(f"--out {out}: is a database or store (it holds {marker}), not "
+                                 f"a corpus folder; name another folder")
     targets = [out / corpus_name(seed, i) for i in range(count)]
     keep: list[bool] = []
     for i, path in enumerate(targets):
