@@ -336,3 +336,12 @@ def test_foundation_data_under_a_file_is_one_line(tmp_path):
     error = one_error(result)
     assert f"--data {tmp_path / 'data'}: {tmp_path / 'data' / 'raw' / 'synth-0'} is a file" in error
     assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["raw", "synth-0"]
+
+
+def test_a_folder_of_stores_given_as_db_points_to_corpus(corpus, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "train", "--db", str(corpus / "stores"), "--steps", "1",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"--corpus {corpus / 'stores'}" in errors[0], result.output
+    assert not (tmp_path / "run").exists()

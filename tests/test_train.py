@@ -296,7 +296,7 @@ def test_evaluate_on_tasks_and_databases_outside_the_run(shop, tmp_path):
     narrow = _renamed_copy(shop, tmp_path, "narrow", dimension=4)
     bad = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(tmp_path / "run"), "--db",
                                    str(narrow.path)])
-    assert bad.exit_code == 2 and "store 'narrow' was embedded with" in bad.output
+    assert bad.exit_code == 2 and f"store {narrow.path} was embedded with" in bad.output
     assert "Traceback" not in bad.output
 
 

@@ -116,6 +116,9 @@ def store_path(db: str) -> str:
         return str(named)
     from tributary_core.errors import TributaryError
 
+    if path.is_dir() and any((p / "metadata.json").exists() for p in path.iterdir() if p.is_dir()):
+        raise TributaryError(f"--db {db}: a folder of databases or stores, not a store (train "
+                             f"on a folder of stores with --corpus {db})")
     raise TributaryError(f"--db {db}: no store at {path} or {named} (run `tributary run preprocess "
                          f"--db {db}` first)")
 

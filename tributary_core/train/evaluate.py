@@ -78,7 +78,7 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         mine = run.stores[0].embedder
         for store in opened:
             if store.embedder != mine:
-                raise TributaryError(f"store {store.name!r} was embedded with "
+                raise TributaryError(f"store {store.path} was embedded with "
                                      f"{store.embedder.describe()}, the run with {mine.describe()}")
         sampler, train = (run.sampler(name, batch_size=batch_size, stores=opened, tasks=tasks,
                                       pretrain=False) for name in (split, "train"))
