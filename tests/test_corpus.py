@@ -345,3 +345,34 @@ def test_a_folder_of_stores_given_as_db_points_to_corpus(corpus, tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and f"--corpus {corpus / 'stores'}" in errors[0], result.output
     assert not (tmp_path / "run").exists()
+
+
+def _open_descriptors() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_open_stores_hold_one_descriptor_per_file(corpus):
+    """A corpus run opens hundreds of stores: a store file holds one descriptor (its memory
+    map) however many of its sections are read (one map per section held one each), and the
+    checksum check leaves none open."""
+    import gc
+    import resource
+
+    from tributary_core.corpus import raise_open_file_limit
+
+    gc.collect()
+    before = _open_descriptors()
+    stores = [open_store(p) for p in find_stores(corpus / "stores")]  # verify=True reads all
+    files = sum(len(s.files) for s in stores)
+    sections = sum(len(f.sections) for s in stores for f in s.files.values())
+    assert sections > 2 * files  # so that one map per section would show
+    for store in stores:
+        for f in store.files.values():
+            for name in f.sections:
+                f.raw(name)
+    assert _open_descriptors() <= before + files
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert raise_open_file_limit(soft) == soft  # never lowered, and no-op when enough

@@ -316,5 +316,17 @@ def test_not_a_store(tmp_path):
 
 def test_arrays_are_memory_mapped(store):
     _, s = store
+    import mmap
+
     hours = s.tables["assignments"].field("hours", "value")
-    assert isinstance(hours, np.memmap) and not hours.flags.writeable
+    def mapping(array):
+        base = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        return base.obj if isinstance(base, memoryview) else base
+
+    base = mapping(hours)  # a view of the file's one read-only memory map
+    assert isinstance(base, mmap.mmap) and not hours.flags.writeable
+    other = s.tables["assignments"].valid("hours")
+    base2 = mapping(s.tables["assignments"].file.raw(s.tables["assignments"].columns["hours"]["valid"]))
+    assert base2 is base and len(other) == len(hours)  # every section shares that map

@@ -17,7 +17,27 @@ from typing import Any
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["find_stores", "find_databases", "preprocess_corpus", "check_stores", "is_store"]
+__all__ = ["find_stores", "find_databases", "preprocess_corpus", "check_stores", "is_store",
+           "raise_open_file_limit"]
+
+
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """Raise this process's soft limit on open files towards ``wanted`` (never above the hard
+    limit; never lowered) and return it. Every store file a run reads holds one descriptor for
+    its memory map, so a run over hundreds of stores can pass the common soft limit of 1,024."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
 
 
 def is_store(folder: Path) -> bool:

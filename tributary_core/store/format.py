@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -180,6 +182,8 @@ class StoreFile:
             raise self._error(f"{what}: {size} bytes, its sections end at {end}")
         self.size = size
         self._cache: dict[str, np.ndarray] = {}
+        self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()
 
     def _error(self, message: str) -> StoreFileError:
         return StoreFileError(f"{self.path}: {message}")
@@ -190,8 +194,22 @@ class StoreFile:
     def __iter__(self) -> Iterator[str]:
         return iter(self.sections)
 
+    def _mapped(self) -> mmap.mmap:
+        """The whole file, memory-mapped read-only once: every section is a view of this one
+        map, so an opened file holds one file descriptor however many sections are read (a map
+        per section held one each, and a corpus of hundreds of stores ran out of them)."""
+        with self._lock:
+            if self._map is None:
+                try:
+                    with open(self.path, "rb") as f:
+                        self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except OSError as exc:
+                    raise self._error(f"cannot be mapped: {exc.strerror or exc}") from None
+            return self._map
+
     def raw(self, name: str) -> np.ndarray:
-        """Section ``name`` as a read-only memory map (bitmaps as their packed bytes)."""
+        """Section ``name`` as a read-only view of the memory-mapped file (bitmaps as their
+        packed bytes)."""
         if name not in self._cache:
             try:
                 s = self.sections[name]
@@ -204,8 +222,9 @@ class StoreFile:
             if s["nbytes"] == 0:
                 self._cache[name] = np.zeros(shape, dtype=dtype)
             else:
-                self._cache[name] = np.memmap(self.path, dtype=dtype, mode="r",
-                                              offset=s["offset"], shape=shape)
+                count = s["nbytes"] // dtype.itemsize
+                view = np.frombuffer(self._mapped(), dtype=dtype, count=count, offset=s["offset"])
+                self._cache[name] = view.reshape(shape)
         return self._cache[name]
 
     def read_into(self, name: str, out: np.ndarray) -> None:
@@ -235,10 +254,24 @@ class StoreFile:
         return self.raw(name)
 
     def verify(self) -> None:
-        """Check every section's CRC-32, reading the whole file once."""
-        for name, s in self.sections.items():
-            if s["nbytes"] and _crc(memoryview(self.raw(name)).cast("B")) != s["crc32"]:
-                raise self._error(f"corrupted: checksum mismatch in section {name!r}")
+        """Check every section's CRC-32, reading the whole file once with plain reads (no map
+        is left open by a check)."""
+        buf = bytearray(_CRC_BLOCK)
+        view = memoryview(buf)
+        with open(self.path, "rb", buffering=0) as f:
+            for name, s in sorted(self.sections.items(), key=lambda item: item[1]["offset"]):
+                if not s["nbytes"]:
+                    continue
+                f.seek(s["offset"])
+                crc, left = 0, s["nbytes"]
+                while left:
+                    n = f.readinto(view[: min(left, _CRC_BLOCK)])
+                    if not n:
+                        raise self._error(f"truncated inside section {name!r}")
+                    crc = zlib.crc32(view[:n], crc)
+                    left -= n
+                if crc != s["crc32"]:
+                    raise self._error(f"corrupted: checksum mismatch in section {name!r}")
 
 
 def dump_store_metadata(meta: Mapping[str, Any]) -> bytes:

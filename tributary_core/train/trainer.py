@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tributary_core.corpus import raise_open_file_limit
 from tributary_core.errors import TributaryError
 from tributary_core.memory import HeapTrimmer
 from tributary_core.registry import get_registry
@@ -672,6 +673,8 @@ class _Plan:
 def _plan(config: TrainConfig, place: _Place) -> _Plan:
     """Build everything a run needs, refusing settings that cannot train, before any file is
     written."""
+    if len(config.stores) + len(config.val_stores or ()) > 64:
+        raise_open_file_limit()
     stores = [open_store(p) for p in config.stores]
     val_stores = [open_store(p) for p in config.val_stores] if config.val_stores else stores
     torch.manual_seed(config.seed)
@@ -983,6 +986,8 @@ def load_run(run: str | Path, *, device: torch.device | None = None) -> Run:
     run = Path(run)
     config = read_config(run)
     device = device or _device()
+    if len(config.stores) > 64:
+        raise_open_file_limit()
     stores = [open_store(p) for p in config.stores]
     model = build_model(config, stores[0].embedder.dimension).to(device)
     weights = run / MODEL if (run / MODEL).exists() else latest_checkpoint(run)
