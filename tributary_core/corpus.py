@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tributary_core.errors import TributaryError
 
+if TYPE_CHECKING:
+    from tributary_core.store import Store
+
 __all__ = ["find_stores", "find_databases", "preprocess_corpus", "check_stores", "is_store",
-           "raise_open_file_limit"]
+           "raise_open_file_limit", "store_is_current"]
 
 
 def raise_open_file_limit(wanted: int = 65536) -> int:
@@ -99,8 +102,9 @@ def find_databases(folder: str | Path) -> list[Path]:
     return found
 
 
-def _current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
-    """Whether ``store_dir`` is a store of ``metadata`` made with ``embedder``'s identity."""
+def store_is_current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
+    """Whether ``store_dir`` is a store of ``metadata`` (as it reads now) made with
+    ``embedder``'s identity: a store to keep rather than preprocess again."""
     from tributary_core.metadata.io import dump_metadata, load_metadata
     from tributary_core.store import open_store
 
@@ -166,7 +170,7 @@ def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
     try:
         for i, db in enumerate(databases, 1):
             target = out / db.name
-            if _current(target, db / "metadata.json", embedder):
+            if store_is_current(target, db / "metadata.json", embedder):
                 kept += 1
             else:
                 began = time.perf_counter()
@@ -188,29 +192,24 @@ def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
             "seconds": time.perf_counter() - start}
 
 
-def check_stores(stores: list[str | Path], val_stores: list[str | Path] | None = None) -> None:
-    """Refuse, before a run starts, stores that cannot train together, naming them: a store
-    listed twice (``--db`` and a ``--corpus`` holding it), two stores of one database name,
-    stores embedded with different embedders, and ``val_stores`` (``--val-corpus``) that share
-    a name with a training store or were embedded otherwise."""
-    from tributary_core.store import open_store
-
-    def opened(paths: list[str | Path]) -> list[Any]:
-        seen: dict[Path, Path] = {}
-        out = []
-        for p in paths:
-            key = Path(p).resolve()
+def check_stores(stores: Sequence[Store], val_stores: Sequence[Store] = ()) -> None:
+    """Refuse stores that cannot train together, naming them: a store listed twice (``--db``
+    and a ``--corpus`` holding it), two stores of one database name, stores embedded with
+    different embedders, and ``val_stores`` (``--val-corpus``) that share a name with a training
+    store or were embedded otherwise. Called by the trainer before anything is written."""
+    def once(opened: Sequence[Store]) -> None:
+        seen: set[Path] = set()
+        for store in opened:
+            key = Path(store.path).resolve()
             if key in seen:
-                raise TributaryError(f"{p}: the store is given twice (by --db or --corpus); "
-                                     f"name each store once")
-            seen[key] = Path(p)
-            out.append(open_store(p, verify=False))
-        return out
+                raise TributaryError(f"{store.path}: the store is given twice (by --db or "
+                                     f"--corpus); name each store once")
+            seen.add(key)
 
-    train = opened(list(stores))
+    once(stores)
     names: dict[str, Any] = {}
-    first = train[0] if train else None
-    for store in train:
+    first = stores[0] if stores else None
+    for store in stores:
         if store.name in names:
             raise TributaryError(f"{store.path}: database {store.name!r} is also the store "
                                  f"{names[store.name].path}; the stores of a run need names of "
@@ -220,7 +219,8 @@ def check_stores(stores: list[str | Path], val_stores: list[str | Path] | None =
             raise TributaryError(f"{store.path}: embedded with {store.embedder.describe()}, but "
                                  f"{first.path} with {first.embedder.describe()}; the stores of a "
                                  f"run need one embedder (preprocess them again with one)")
-    for store in opened(list(val_stores or [])):
+    once(val_stores)
+    for store in val_stores:
         if store.name in names:
             raise TributaryError(f"--val-corpus: {store.path}: database {store.name!r} is also "
                                  f"the training store {names[store.name].path}; validate on "

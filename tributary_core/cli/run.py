@@ -233,14 +233,12 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
         qk_norm, log_scale_attention = theirs.qk_norm, theirs.log_scale_attention
         full_attention, numeric_encoding = theirs.full_attention, theirs.numeric_encoding
         example_pointer = theirs.example_pointer
-    from tributary_core.corpus import check_stores, find_stores
+    from tributary_core.corpus import find_stores
 
     stores = [store_path(d) for d in dbs] + [str(p) for c in corpora for p in find_stores(c)]
     val_stores = [str(p) for p in find_stores(val_corpus)] if val_corpus else None
     if corpora and max_graphs is None:
         max_graphs = 32
-    if corpora or val_stores:  # name the stores that cannot train together
-        check_stores(stores, val_stores)
     config = TrainConfig(
         stores=stores, max_graphs=max_graphs, val_stores=val_stores,
         tasks=([t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None),
@@ -407,7 +405,7 @@ def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int,
     import os
     import time
 
-    from tributary_core.corpus import check_stores, is_store, preprocess_corpus
+    from tributary_core.corpus import is_store, preprocess_corpus
     from tributary_core.datasets.synth import corpus_name, generate_corpus
     from tributary_core.errors import TributaryError
     from tributary_core.train.distributed import launch
@@ -455,7 +453,6 @@ def foundation(count: int, heldout: int, seed: int, steps: int, batch_size: int,
     if prepare_only:
         stage("corpora ready")
         return
-    check_stores(*wanted)
     config = TrainConfig(
         stores=[str(p) for p in wanted[0]], val_stores=[str(p) for p in wanted[1]], max_graphs=32,
         steps=steps, batch_size=batch_size, seq_len=seq_len, width=8, d_model=d_model,

@@ -103,9 +103,8 @@ def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
     """The store of a bundled database, made if missing: fetch ``root/raw/NAME``, then
     preprocess it with ``root/metadata/NAME.json`` into ``root/processed/NAME`` with the embedder
     backend ``embedder``. A store already made with that embedder identity is kept as it is."""
-    from tributary_core.metadata.io import dump_metadata, load_metadata
+    from tributary_core.corpus import store_is_current
     from tributary_core.preprocess import preprocess
-    from tributary_core.store import open_store
 
     root = Path(root)
     raw, store_dir = root / "raw" / name, root / "processed" / name
@@ -115,17 +114,9 @@ def prepare_store(name: str, embedder: Any, *, root: str | Path = "data",
     say = log or (lambda _text: None)
     say(f"fetching {name} into {raw}")
     fetch_dataset(name, raw)
-    current = None
-    if (store_dir / "metadata.json").exists():
-        try:
-            store = open_store(store_dir, verify=False)
-            # a store of an older metadata.json (a task added, a horizon changed) is rebuilt
-            wanted = json.loads(json.dumps(dump_metadata(load_metadata(metadata))))
-            if store.meta.get("source_metadata") == wanted:
-                current = store.embedder
-        except (TributaryError, OSError, ValueError):  # a damaged or older store is rebuilt
-            current = None
-    if current != embedder.identity:
+    # a store of an older metadata.json (a task added, a horizon changed), of another
+    # embedder, or damaged, is rebuilt
+    if not store_is_current(store_dir, metadata, embedder):
         say(f"preprocessing into {store_dir} with {embedder.identity.describe()}")
         preprocess(metadata, raw, store_dir, embedder=embedder, force=True, progress=progress)
     else:

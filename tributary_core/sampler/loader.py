@@ -14,7 +14,7 @@ import functools
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +27,37 @@ from tributary_core.sampler.graph import SamplerGraph, TaskView
 from tributary_core.sampler.splits import HashSplit, TemporalSplit, shard, split_index
 from tributary_core.store import Store, open_store
 
-__all__ = ["Sampler", "SampledTask", "StoreGraphs", "prefetch"]  # and ContextDataset (imports torch)
+# and ContextDataset (imports torch)
+__all__ = ["LoadedOnUse", "Sampler", "SampledTask", "StoreGraphs", "prefetch"]
 
 
-class StoreGraphs(Mapping[str, SamplerGraph]):
-    """The sampler graphs of a sampler's stores, by database name, each built on first use.
+class LoadedOnUse(Mapping[str, Any]):
+    """Something of each store (``load(store)``), by database name, loaded on first use; with
+    ``limit``, at most that many are held (the least recently used is dropped and loaded again
+    when asked for). A later store replaces an earlier one of the same name. Thread-safe: the
+    prefetch thread and its consumer may both ask."""
 
-    With ``limit``, at most that many are held (the least recently used is dropped and built
-    again when asked for): a corpus of hundreds of stores trains without holding every store's
-    graph in memory. Batches hold one task, so a training step needs one graph at a time."""
-
-    def __init__(self, stores: Sequence[Store], limit: int | None = None) -> None:
-        if limit is not None and limit < 1:
-            raise TributaryError(f"max_graphs must be at least 1, not {limit}")
+    def __init__(self, stores: Sequence[Store], load: Callable[[Store], Any],
+                 limit: int | None = None) -> None:
         self.stores = {s.name: s for s in stores}
         self.limit = limit
-        self._held: OrderedDict[str, SamplerGraph] = OrderedDict()
-        self._lock = threading.Lock()  # the prefetch thread and the caller may both ask
-        self.builds = 0  # graphs built so far (a dropped graph asked for again counts again)
+        self._load = load
+        self._held: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.builds = 0  # loads so far (a dropped value asked for again counts again)
 
-    def __getitem__(self, name: str) -> SamplerGraph:
+    def __getitem__(self, name: str) -> Any:
         with self._lock:
-            graph = self._held.get(name)
-            if graph is not None:
+            if name in self._held:
                 self._held.move_to_end(name)
-                return graph
-        graph = SamplerGraph.from_store(self.stores[name])  # KeyError: no such database
+                return self._held[name]
+        value = self._load(self.stores[name])  # KeyError: no such database
         with self._lock:
             self.builds += 1
-            self._held[name] = graph
+            self._held[name] = value
             while self.limit is not None and len(self._held) > self.limit:
                 self._held.popitem(last=False)
-        return graph
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.stores)
@@ -68,9 +67,22 @@ class StoreGraphs(Mapping[str, SamplerGraph]):
 
     @property
     def held(self) -> list[str]:
-        """The databases whose graphs are in memory now, least recently used first."""
+        """The databases whose values are in memory now, least recently used first."""
         with self._lock:
             return list(self._held)
+
+
+class StoreGraphs(LoadedOnUse):
+    """The sampler graphs of a sampler's stores, by database name, each built on first use.
+
+    With ``limit``, at most that many are held: a corpus of hundreds of stores trains without
+    holding every store's graph in memory. Batches hold one task, so a training step needs one
+    graph at a time."""
+
+    def __init__(self, stores: Sequence[Store], limit: int | None = None) -> None:
+        if limit is not None and limit < 1:
+            raise TributaryError(f"max_graphs must be at least 1, not {limit}")
+        super().__init__(stores, SamplerGraph.from_store, limit)
 
 
 @attrs.define(eq=False)

@@ -14,9 +14,7 @@ import copy
 import json
 import math
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tributary_core.corpus import raise_open_file_limit
+from tributary_core.corpus import check_stores, raise_open_file_limit
 from tributary_core.errors import TributaryError
 from tributary_core.memory import HeapTrimmer
 from tributary_core.registry import get_registry
 from tributary_core.sampler import HashSplit, Sampler, TemporalSplit, prefetch
 from tributary_core.sampler.batch import Batch
+from tributary_core.sampler.loader import LoadedOnUse
 from tributary_core.store import Store, open_store
 from tributary_core.train.model import RelationalTransformer
 
@@ -261,35 +260,14 @@ def store_embeddings(store: Store, device: torch.device) -> tuple[torch.Tensor, 
     return col, voc
 
 
-class StoreEmbeddings(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
+class StoreEmbeddings(LoadedOnUse):
     """Each store's frozen column and value embeddings on ``device``, by database name, loaded
     on first use; with ``limit``, at most that many stores' are held (least recently used
-    dropped), so a corpus of many stores does not hold them all. A later store replaces an
-    earlier one of the same name."""
+    dropped), so a corpus of many stores does not hold them all."""
 
     def __init__(self, stores: Sequence[Store], device: torch.device, limit: int | None = None) -> None:
-        self.stores = {s.name: s for s in stores}
-        self.device, self.limit = device, limit
-        self._held: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._lock:
-            if name in self._held:
-                self._held.move_to_end(name)
-                return self._held[name]
-        pair = store_embeddings(self.stores[name], self.device)
-        with self._lock:
-            self._held[name] = pair
-            while self.limit is not None and len(self._held) > self.limit:
-                self._held.popitem(last=False)
-        return pair
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.stores)
-
-    def __len__(self) -> int:
-        return len(self.stores)
+        super().__init__(stores, lambda store: store_embeddings(store, device), limit)
+        self.device = device
 
     def extended(self, stores: Sequence[Store]) -> StoreEmbeddings:
         """These stores' embeddings and ``stores``' (which win where names clash)."""
@@ -676,14 +654,10 @@ def _plan(config: TrainConfig, place: _Place) -> _Plan:
     if len(config.stores) + len(config.val_stores or ()) > 64:
         raise_open_file_limit()
     stores = [open_store(p) for p in config.stores]
-    val_stores = [open_store(p) for p in config.val_stores] if config.val_stores else stores
+    val_stores = [open_store(p) for p in config.val_stores] if config.val_stores else []
+    check_stores(stores, val_stores)
+    val_stores = val_stores or stores
     torch.manual_seed(config.seed)
-    mine = stores[0].embedder
-    for store in val_stores:
-        if store.embedder != mine:
-            raise TributaryError(f"validation store {store.path} was embedded with "
-                                 f"{store.embedder.describe()}, the training stores with "
-                                 f"{mine.describe()}")
     samplers = [Sampler(stores if split == "train" else val_stores,
                         tasks=config.tasks if split == "train" or not config.val_stores else None,
                         split=split, splitter=config.splitter(),
