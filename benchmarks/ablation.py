@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DBS, MODEL, ROOT, Results, _seconds_in_steps  # noqa: E402
+from quality import DBS, MODEL, ROOT, Results, _seconds_in_steps, write_section  # noqa: E402
 
 #: The report's architecture and optimisation without issue 16's settings: "today" is this,
 #: and every other row adds its own settings to it.
@@ -76,14 +76,7 @@ def main() -> None:
     results = Results(args.out / "results.json")
     if not args.render_only:
         run(args, results, names, dbs)
-    block = f"{BEGIN}\n{render(results.data, names, dbs, args)}{END}\n"
-    text = args.doc.read_text() if args.doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + block
-    args.doc.write_text(text)
+    write_section(args.doc, BEGIN, END, render(results.data, names, dbs, args))
     print(f"wrote the ablation section of {args.doc}", file=sys.stderr)
 
 

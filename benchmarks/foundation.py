@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import DBS, MODEL, ROOT, Results, _first_reaching, _seconds_in_steps  # noqa: E402
+from quality import DBS, MODEL, ROOT, Results, _better, _first_reaching, _seconds_in_steps, write_section  # noqa: E402
 
 BEGIN = "<!-- foundation: written by benchmarks/foundation.py -->"
 END = "<!-- foundation: end -->"
@@ -62,14 +62,7 @@ def main() -> None:
         run_all(args, results)
     quality = args.quality / "results.json"
     reference = json.loads(quality.read_text()) if quality.exists() else {}
-    block = f"{BEGIN}\n{render(results.data, reference, args)}{END}\n"
-    text = args.doc.read_text() if args.doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + block
-    args.doc.write_text(text)
+    write_section(args.doc, BEGIN, END, render(results.data, reference, args))
     print(f"wrote the foundation section of {args.doc}", file=sys.stderr)
 
 
@@ -174,12 +167,6 @@ def _rows(data: dict[str, Any], reference: dict[str, Any], db: str, sizes: list[
             row[col] = task["metrics"].get(metric) if task else None
         rows[key] = row
     return rows
-
-
-def _better(row: dict[str, Any], x: str, y: str) -> bool | None:
-    if row.get(x) is None or row.get(y) is None:
-        return None
-    return row[x] > row[y] if row["higher"] else row[x] < row[y]
 
 
 def _fmt(value: Any) -> str:

@@ -153,6 +153,20 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
         results.stage(f"eval/f-{db}", scored(f"f-{db}"))
 
 
+def write_section(doc: Path, begin: str, end: str, body: str) -> None:
+    """Put ``body`` between the markers ``begin`` and ``end`` of the page ``doc`` (replacing
+    what was there; added at the end when the markers are missing): the sections that other
+    benchmark scripts own inside the hand-written part of a page."""
+    block = f"{begin}\n{body}{end}\n"
+    text = doc.read_text() if doc.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + block
+    doc.write_text(text)
+
+
 def _machine() -> dict[str, Any]:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
