@@ -305,7 +305,8 @@ class _Scratch(NamedTuple):
     """One thread's working memory, reused from context to context: the frontier (a binary
     heap), the seen-set (open addressing; a slot is live when its stamp is the context's) and,
     per visited row, its children entry (each FK's first candidate and count, how many to
-    draw, how many drawn and which)."""
+    draw, how many drawn and which); and for the labelled examples, the rows chosen (with their
+    seeds) and each of the anchor row's keys' next sibling to try."""
 
     heap_keys: np.ndarray
     heap_vals: np.ndarray
@@ -317,6 +318,10 @@ class _Scratch(NamedTuple):
     g_limit: np.ndarray
     g_taken: np.ndarray
     g_chosen: np.ndarray
+    ex_row: np.ndarray
+    ex_seed: np.ndarray
+    sib_lo: np.ndarray
+    sib_next: np.ndarray
 
 
 @numba.njit(cache=True, inline="always")
@@ -374,34 +379,6 @@ def _latest_known(ex, r, t):
     return ex.by_row[j]
 
 
-@numba.njit(cache=True)
-def _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out):
-    """Add anchor-table row ``r`` as a labelled example (seed ``e``): a new context row with its
-    label cell first, then its cells but the task's hidden columns and the target column.
-    Returns the new (cell count, row count)."""
-    t = np.int64(task.anchor_table)
-    node = (t << _ROW_BITS) | r
-    slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, node)
-    s.set_keys[slot] = node
-    s.set_stamp[slot] = stamp
-    s.set_local[slot] = nr
-    local = nr
-    out.row_table[b, local] = t
-    out.row_index[b, local] = r
-    out.row_hops[b, local] = -1
-    out.row_is_example[b, local] = True
-    _label_cell(b, pos, local, e, task, ex, out)
-    pos += 1
-    for c in range(g.col_ptr[t], g.col_ptr[t + 1]):
-        if pos >= L:
-            break
-        if c == task.target_col or task.hidden[c]:
-            continue
-        _write_cell(b, pos, c, local, r, g, task, out)
-        pos += 1
-    return pos, nr + 1
-
-
 _EXAMPLE_STREAM = np.uint64(0xA0761D6478BD642F)
 #: Siblings probed per foreign key of the anchor row, latest first.
 _SIBLING_PROBES = 64
@@ -442,12 +419,22 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
         if e >= 0:
             _label_cell(b, pos, i, e, task, ex, out)
             pos += 1
+    # -- 2 and 3 choose rows first (claimed in the seen-set at once), written at the end -------
+    first_pos = pos
+    first_row = nr
+    n_ex = 0
+    row_cells = np.int64(1)  # an example row's cells: its label, then its shown columns
+    for c in range(g.col_ptr[anchor_table], g.col_ptr[anchor_table + 1]):
+        if c != tc and not task.hidden[c]:
+            row_cells += 1
     # -- 2. siblings through the anchor row's parents, the keys taking turns -------------------
     k0 = g.out_ptr[anchor_table]
     n_keys = g.out_ptr[anchor_table + 1] - k0
-    sib_lo = np.zeros(n_keys, dtype=np.int64)
-    sib_next = np.full(n_keys, -1, dtype=np.int64)  # the next sibling to try (< sib_lo: none)
+    sib_lo = s.sib_lo
+    sib_next = s.sib_next  # the next sibling to try (< sib_lo: none)
     for k in range(n_keys):
+        sib_lo[k] = 0
+        sib_next[k] = -1
         f = g.out_fk[k0 + k]
         if task.hidden_fk[f]:
             continue
@@ -470,6 +457,7 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
                 continue
             live = True
             if pos >= L or nr >= max_rows:
+                _example_rows(b, g, task, ex, L, first_pos, first_row, n_ex, s, out)
                 return pos, nr
             sib_next[k] = j - 1
             r = np.int64(g.children[j])
@@ -480,12 +468,20 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
                 continue  # in the context already
             e = _latest_known(ex, r, obs)
             if e >= 0:
-                pos, nr = _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out)
+                s.set_keys[slot] = (anchor_table << _ROW_BITS) | r
+                s.set_stamp[slot] = stamp
+                s.set_local[slot] = nr
+                s.ex_row[n_ex] = r
+                s.ex_seed[n_ex] = e
+                n_ex += 1
+                pos = min(pos + row_cells, L)
+                nr += 1
         if not live:
             break
     # -- 3. uniformly among the seeds known at obs ----------------------------------------------
     n_known = _upper_bound(ex.known, 0, ex.known.shape[0], obs)
     if n_known == 0:
+        _example_rows(b, g, task, ex, L, first_pos, first_row, n_ex, s, out)
         return pos, nr
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed ^ _EXAMPLE_STREAM
@@ -501,9 +497,60 @@ def _examples(b, g, task, ex, anchor_row, obs, seed, L, s, stamp, mask, pos, nr,
         slot = _slot_of(s.set_keys, s.set_stamp, stamp, mask, (anchor_table << _ROW_BITS) | r)
         if s.set_stamp[slot] == stamp and s.set_local[slot] >= 0:
             continue
-        e = _latest_known(ex, r, obs)
-        pos, nr = _example_row(b, g, task, ex, r, e, L, pos, nr, s, stamp, mask, out)
+        s.set_keys[slot] = (anchor_table << _ROW_BITS) | r
+        s.set_stamp[slot] = stamp
+        s.set_local[slot] = nr
+        s.ex_row[n_ex] = r
+        s.ex_seed[n_ex] = _latest_known(ex, r, obs)
+        n_ex += 1
+        pos = min(pos + row_cells, L)
+        nr += 1
+    _example_rows(b, g, task, ex, L, first_pos, first_row, n_ex, s, out)
     return pos, nr
+
+
+@numba.njit(cache=True)
+def _example_rows(b, g, task, ex, L, pos, nr, n_ex, s, out):
+    """Write the ``n_ex`` example rows the tiers chose (``s.ex_row``, ``s.ex_seed``) as context
+    rows ``nr``... from cell ``pos`` on: each its label cell first, then its cells but the
+    task's hidden columns and the target column, up to ``L``. The cells are written out here,
+    not through :func:`_write_cell`, for the reason the walk's are (docs/benchmarks.md)."""
+    t = np.int64(task.anchor_table)
+    tc = task.target_col
+    n_ts = g.timestamps.shape[1]
+    for i in range(n_ex):
+        r = s.ex_row[i]
+        local = nr + i
+        out.row_table[b, local] = t
+        out.row_index[b, local] = r
+        out.row_hops[b, local] = -1
+        out.row_is_example[b, local] = True
+        _label_cell(b, pos, local, s.ex_seed[i], task, ex, out)
+        pos += 1
+        for c in range(g.col_ptr[t], g.col_ptr[t + 1]):
+            if pos >= L:
+                break
+            if c == tc or task.hidden[c]:
+                continue
+            out.cell_col[b, pos] = c
+            out.column_id[b, pos] = task.col_embed[c]
+            out.stype[b, pos] = task.col_stype[c]
+            out.row[b, pos] = local
+            ok = _bit(g.bits, g.col_valid[c], r)
+            out.is_null[b, pos] = not ok
+            if ok:
+                slot = g.col_slot[c]
+                if slot == SLOT_NUMBER:
+                    out.number[b, pos] = g.numbers[g.col_src[c] + r]
+                elif slot == SLOT_TIMESTAMP:
+                    src = g.col_src[c] + r
+                    for j in range(n_ts):
+                        out.timestamp[b, pos, j] = g.timestamps[src, j]
+                elif slot == SLOT_BOOLEAN:
+                    out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
+                elif slot == SLOT_VOCAB:
+                    out.vocab[b, pos] = g.vocab[g.col_src[c] + r]
+            pos += 1
 
 
 @numba.njit(cache=True)
@@ -721,6 +768,10 @@ def sample_contexts(graph, task, examples, contexts, L, walk_cells, width, n_thr
             g_limit=np.empty(max_rows, dtype=np.int64),
             g_taken=np.empty(max_rows, dtype=np.int64),
             g_chosen=np.empty((max_rows, max(width, 1) + max_in), dtype=np.int64),
+            ex_row=np.empty(max_rows, dtype=np.int64),
+            ex_seed=np.empty(max_rows, dtype=np.int64),
+            sib_lo=np.empty(max(max_out, 1), dtype=np.int64),
+            sib_next=np.empty(max(max_out, 1), dtype=np.int64),
         )
         lo = ch * n // chunks
         hi = (ch + 1) * n // chunks
