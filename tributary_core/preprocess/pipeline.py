@@ -47,7 +47,7 @@ from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.folders import is_protected
-from tributary_core.keys import KeyMatch, match_keys
+from tributary_core.keys import KeyMatch, as_key, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
@@ -468,10 +468,14 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
         if timed:
             sections["time"] = keys.times[tname]
         del data
+        key_meta = None
+        if tname in keys.primary_keys:
+            key_meta = _key_sections(keys.primary_keys[tname], sections)
         rel = f"tables/{tname}.bin"
         writer.write(rel, "table", sections, {"table": tname, "rows": keys.rows[tname]})
         tables_meta[tname] = {
             "rows": keys.rows[tname], "file": rel, "primary_key": table.primary_key,
+            "key": key_meta,
             "timed": timed, "time": "time" if timed else None,
             "temporal_column": table.temporal_column, "temporal_from": table.temporal_from,
             "columns": cols_meta,
@@ -794,6 +798,22 @@ def _unfitted_warning(unfitted: list[str]) -> list[str]:
     return [f"no value inside the statistics window (--stats-cutoff) for {', '.join(unfitted)}: "
             "their statistics are the defaults (mean 0, std 1), so their values are not "
             "normalized"]
+
+
+def _key_sections(values: pa.Array, sections: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The primary key's values in their own type, added to a table file's ``sections``: an
+    integer key as ``key`` (int64), a string key as ``key.offsets`` (int64, rows + 1) and
+    ``key.data`` (UTF-8). Returns the table's ``key`` entry for metadata.json."""
+    values = as_key(values)
+    if pa.types.is_integer(values.type):
+        sections["key"] = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return {"kind": "integer", "values": "key"}
+    arr = values.cast(pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
+    sections["key.offsets"] = (offsets - offsets[0]).astype(np.int64)
+    sections["key.data"] = data[offsets[0] : offsets[-1]].copy()
+    return {"kind": "string", "offsets": "key.offsets", "data": "key.data"}
 
 
 def _strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from tributary_core.embedder import EmbedderIdentity
 from tributary_core.store.format import (
@@ -43,6 +44,28 @@ class StoreTable:
     def time(self) -> np.ndarray | None:
         """int64 epoch µs per row (``NO_TIME`` where a row has none), or None if untimed."""
         return self.file.array("time") if self.meta["timed"] else None
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether the store holds this table's primary-key values (a table with a primary key,
+        in a store made since keys were stored)."""
+        return bool(self.meta.get("key"))
+
+    def keys(self) -> pa.Array:
+        """The primary key's value of every row, in its own type: int64 or (large) string,
+        read from the memory map without a copy."""
+        key = self.meta.get("key")
+        if not key:
+            why = ("has no primary key" if not self.meta.get("primary_key") else
+                   "has no stored key values (a store made before keys were stored: preprocess "
+                   "the database again)")
+            raise StoreFileError(f"{self.file.path}: table {self.name!r} {why}")
+        if key["kind"] == "integer":
+            return pa.array(self.file.array(key["values"]))
+        offsets = self.file.array(key["offsets"])
+        data = self.file.array(key["data"])
+        return pa.LargeStringArray.from_buffers(self.rows, pa.py_buffer(offsets),
+                                                pa.py_buffer(data))
 
 
 class ForeignKey:
