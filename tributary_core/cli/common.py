@@ -127,19 +127,45 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def metrics_table(results: dict, split: str, columns: tuple[str, ...]) -> None:
     """One line per task and metric: the model's value (``entry["metrics"]``) and, with a
-    second column, the baseline's (``entry["baseline"]``)."""
+    second column, the baseline's (``entry["baseline"]``); where the entries carry bootstrap
+    intervals (``entry["ci"]``), the model's 95% interval after them."""
+    with_ci = any(entry.get("ci") for entry in results.values())
     click.echo(f"{'task':<44} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)
-               + f"  ({split} split)")
+               + (f"  {'model 95% CI':<20}" if with_ci else "") + f"  ({split} split)")
     for task, entry in results.items():
         if not entry["metrics"] and entry.get("skipped"):
             click.echo(f"{task:<44} skipped: {entry['skipped']}")
             continue
         for name, value in entry["metrics"].items():
             cells = [_num(value)] + [_num(entry["baseline"].get(name)) for _ in columns[1:]]
-            click.echo(f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells))
+            line = f"{task:<44} {name:<10} " + " ".join(f"{c:>10}" for c in cells)
+            if with_ci:
+                line += f"  {_interval((entry.get('ci') or {}).get(name)):<20}"
+            click.echo(line.rstrip())
             task = ""
+
+
+def parse_max_seeds(value: str | None, default: int | None) -> int | None:
+    """``--max-seeds``: a whole number >= 1, or ``all`` (None: every seed)."""
+    from tributary_core.errors import TributaryError
+
+    if value is None:
+        return default
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise TributaryError(f"--max-seeds: {value!r} is neither a whole number >= 1 nor 'all'")
+    return n
 
 
 def parse_rows(text: str) -> list[int]:

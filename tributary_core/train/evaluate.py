@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from tributary_core.errors import TributaryError
@@ -19,7 +18,17 @@ from tributary_core.sampler.batch import target_arrays
 from tributary_core.store import Store, open_store
 from tributary_core.train.trainer import Run, batch_loss, labelled, load_run
 
-__all__ = ["evaluate", "predict", "evenly_spaced", "target_tensors", "check_ensemble"]
+__all__ = ["evaluate", "evenly_spaced", "target_tensors", "check_ensemble",
+           "bootstrap_intervals", "inference_batch_size", "DEFAULT_MAX_SEEDS", "DEFAULT_BOOTSTRAP"]
+
+#: ``evaluate``'s default cap on each task's evaluated seeds (an evenly spaced subset).
+DEFAULT_MAX_SEEDS = 2000
+#: ``evaluate``'s default number of bootstrap resamples for the confidence intervals.
+DEFAULT_BOOTSTRAP = 200
+#: Cells per inference batch: the batch size is this over the context length (at least 1).
+#: Small batches are faster on a CPU: a batch's attention masks (B x S x S per pattern) then
+#: stay in cache; 32 contexts of 256 cells ran 1.2x as fast as 256 (docs/benchmarks.md).
+_INFERENCE_CELLS = 1 << 13
 
 
 def target_tensors(view: Any, seeds: np.ndarray) -> dict[str, Any]:
@@ -47,13 +56,50 @@ def evenly_spaced(seeds: np.ndarray, limit: int | None) -> np.ndarray:
     return seeds[np.linspace(0, len(seeds) - 1, limit).astype(np.int64)]
 
 
-@torch.no_grad()
+def inference_batch_size(run: Run) -> int:
+    """Contexts per forward pass at inference: about 8,192 cells."""
+    return max(1, _INFERENCE_CELLS // max(run.config.seq_len, 1))
+
+
+def bootstrap_intervals(head: Any, prediction: torch.Tensor, target: torch.Tensor,
+                        stats: Any, resamples: int, level: float = 0.95,
+                        seed: int = 0) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of ``head.compute_metrics``: the metrics of
+    ``resamples`` resamples (with replacement, a fixed random stream, so the same inputs give
+    the same intervals) of the evaluated seeds; per metric ``[low, high]`` at ``level``, or
+    None where fewer than half of the resamples give the metric (an AUROC of a resample with
+    one class)."""
+    n = len(target)
+    if resamples < 1 or n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        for name, value in head.compute_metrics(prediction[idx], target[idx], stats).items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                draws.setdefault(name, []).append(float(value))
+            else:
+                draws.setdefault(name, [])
+    tail = (1.0 - level) / 2 * 100
+    return {name: ([float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+                   if len(v) >= resamples / 2 else None)
+            for name, v in draws.items()}
+
+
+@torch.inference_mode()
 def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | None = None,
-             max_seeds: int | None = None, stores: Sequence[Store | str | Path] | None = None,
-             tasks: Sequence[str] | None = None, ensemble: int = 1) -> dict[str, Any]:
+             max_seeds: int | None = DEFAULT_MAX_SEEDS,
+             stores: Sequence[Store | str | Path] | None = None,
+             tasks: Sequence[str] | None = None, ensemble: int = 1,
+             bootstrap: int = DEFAULT_BOOTSTRAP) -> dict[str, Any]:
     """Per task: the model's metrics on ``split`` beside those of the majority/mean of the
-    training split's labels. ``max_seeds`` caps each task's evaluated seeds (an evenly spaced
-    subset of the split, the same every time).
+    training split's labels, each with a 95% bootstrap confidence interval (``bootstrap``
+    resamples of the evaluated seeds; 0: none) in ``"ci"`` and ``"baseline_ci"``.
+
+    ``max_seeds`` caps each task's evaluated seeds (default 2,000; an evenly spaced subset of
+    the split, the same every time; None: every seed). Inference computes only the outputs the
+    predictions read, ``batch_size`` contexts at a time (default: about 8,192 cells).
 
     ``ensemble=K`` predicts each seed from K contexts, sampled with draws 0 to K-1 (draw 0 is
     the one ``ensemble=1`` uses), and merges the K predictions with the loss head's
@@ -69,7 +115,7 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
     run = run if isinstance(run, Run) else load_run(run)
     registry = get_registry()
     null_head = registry.loss_head("null")
-    batch_size = batch_size or run.config.batch_size
+    batch_size = batch_size or inference_batch_size(run)
     if stores is None and tasks is None:
         sampler, train = run.sampler(split, batch_size=batch_size), run.sampler("train")
         embeddings = run.embeddings
@@ -92,11 +138,13 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         head = registry.loss_head(loss_name)
         preds, targets, losses = [], [], []
         for batch in sampler.evaluation(task.key):
-            loss, out = batch_loss(run.model, batch, embeddings, run.device, run.config.null_weight)
+            loss, out = batch_loss(run.model, batch, embeddings, run.device, run.config.null_weight,
+                                   targets_only=True)
             prediction = out["prediction"]
             if ensemble > 1:  # the same seeds with draws 1..K-1, merged with draw 0
                 outs = [out] + [batch_loss(run.model, sampler.batch(task, batch.seed, draw=k),
-                                           embeddings, run.device, run.config.null_weight)[1]
+                                           embeddings, run.device, run.config.null_weight,
+                                           targets_only=True)[1]
                                 for k in range(1, ensemble)]
                 prediction = _combined(head, [o["prediction"] for o in outs])
                 null_logit = _combined(null_head, [o["null_logit"] for o in outs])
@@ -110,10 +158,12 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
         entry: dict[str, Any] = {"split": split, "seeds": int(len(task.seeds)), "labelled": n,
                                  "loss": (sum(losses) / len(task.seeds)) if len(task.seeds) else None,
                                  "loss_head": loss_name, "ensemble": ensemble, "metrics": {},
-                                 "baseline": {}}
+                                 "baseline": {}, "ci": {}, "baseline_ci": {},
+                                 "ci_level": 0.95, "bootstrap": int(bootstrap)}
         if n:
             pred, target = torch.cat(preds), torch.cat(targets)
             entry["metrics"] = _clean(head.compute_metrics(pred, target, task.stats))
+            entry["ci"] = bootstrap_intervals(head, pred, target, task.stats, bootstrap)
             train_task = next(t for t in train.tasks if t.key == task.key)
             train_target, keep = _labels(head, train_task, train_task.seeds)
             base = head.baseline(train_target[keep], n)
@@ -122,6 +172,7 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
                 wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
                 base = wide
             entry["baseline"] = _clean(head.compute_metrics(base, target, task.stats))
+            entry["baseline_ci"] = bootstrap_intervals(head, base, target, task.stats, bootstrap)
         results[task.key] = entry
     return results
 
@@ -160,59 +211,3 @@ def _merged_loss(head: Any, null_head: Any, prediction: torch.Tensor, null_logit
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             for k, v in metrics.items()}
-
-
-@torch.no_grad()
-def predict(run: str | Path | Run, task: str, *, seeds: Sequence[int] | None = None,
-            batch_size: int | None = None, ensemble: int = 1) -> pa.Table:
-    """Predictions for ``task`` (``"task"`` or ``"db/task"``) at ``seeds`` (rows of the task
-    file; default all): one row per seed with ``anchor_row``, ``observation_time``,
-    ``prediction`` and ``p_null``. The task's loss head turns its predictions into the user's
-    units (:meth:`LossHead.to_user_units`: a probability, a category, a value in the column's
-    units, a time...).
-
-    ``ensemble=K`` predicts each seed from K contexts (draws 0 to K-1) merged with the loss
-    head's :meth:`~tributary_core.loss.LossHead.combine` (``p_null``: the null head's, the
-    mean probability), at K times the cost; ``ensemble=1`` is a single context, draw 0."""
-    ensemble = check_ensemble(ensemble)
-    run = run if isinstance(run, Run) else load_run(run)
-    registry = get_registry()
-    sampler = run.sampler("train", batch_size=batch_size or run.config.batch_size)
-    matches = [t for t in sampler.tasks if task in (t.view.name, t.key)]
-    if not matches:
-        known = ", ".join(t.key for t in sampler.tasks)
-        raise TributaryError(f"the run has no task {task!r} (tasks: {known})")
-    t = matches[0]
-    view = t.view
-    rows = np.arange(len(view)) if seeds is None else np.asarray(seeds, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(view)):
-        raise TributaryError(f"--rows: task {t.key!r} has seeds 0 to {len(view) - 1}")
-    head = registry.loss_head(run.model.loss_of[view.stype])
-    null_head = registry.loss_head("null")
-    values, p_null = [], []
-    for start in range(0, len(rows), sampler.batch_size):
-        chunk = rows[start : start + sampler.batch_size]
-        outs = [batch_loss(run.model, sampler.batch(t, chunk, draw=k), run.embeddings, run.device,
-                           0.0)[1] for k in range(ensemble)]
-        prediction, null_logit = outs[0]["prediction"], outs[0]["null_logit"]
-        if ensemble > 1:
-            prediction = _combined(head, [o["prediction"] for o in outs])
-            null_logit = _combined(null_head, [o["null_logit"] for o in outs])
-        values.append(head.decode(prediction))
-        p_null.append(torch.sigmoid(null_logit.float()).cpu().numpy())
-    decoded = np.concatenate(values) if values else np.zeros(0)
-    candidate_values = None
-    if view.candidates is not None:
-        names = t.graph.store.vocab_values
-        candidate_values = [names[int(c)] for c in view.candidates]
-    prediction = head.to_user_units(decoded, registry.semantic_type(view.stype), t.stats,
-                                    candidate_values)
-    if len(prediction) != len(rows):
-        raise TributaryError(f"loss head {head.name!r} gave {len(prediction)} predictions for "
-                             f"{len(rows)} seeds in to_user_units()")
-    return pa.table({
-        "seed": pa.array(rows), "anchor_row": pa.array(view.anchor_rows[rows]),
-        "observation_time": pa.array(view.observation_time[rows]),
-        "prediction": prediction,
-        "p_null": pa.array(np.concatenate(p_null) if p_null else np.zeros(0, np.float32)),
-    })

@@ -145,24 +145,53 @@ class _Block(nn.Module):
         self.groups = list(zip(bounds[:-1], bounds[1:], strict=True))
 
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor],
-                scales: list[torch.Tensor] | None = None) -> torch.Tensor:
+                scales: list[torch.Tensor] | None = None,
+                rows: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """``masks``: one additive ``(B, 1, S, S)`` mask per head group; ``scales`` (optional,
-        :func:`log_scales`): one ``(B, 1, S, 1)`` factor per group for its queries."""
+        :func:`log_scales`): one ``(B, 1, S, 1)`` factor per group for its queries.
+
+        ``rows`` (B, Q), optional: compute the outputs of these positions only, ``(B, Q, d)``;
+        ``keys`` (B, N), optional with ``rows``: attend only to these positions (they must hold
+        every key the queries may attend to; ``key_valid`` (B, N) marks the padding slots of a
+        shorter set False). A block whose other outputs nobody reads then costs about Q/S and
+        N/S of the work, and the kept outputs equal the full block's."""
         B, S, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.n_heads, d // self.n_heads).unbind(2)
+        dh = d // self.n_heads
+        h = self.norm1(x)
+        if rows is None:
+            q, k, v = self.qkv(h).view(B, S, 3, self.n_heads, dh).unbind(2)
+            x_q = x
+        else:
+            w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+            b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+            h_kv = h if keys is None else h.gather(1, keys[:, :, None].expand(-1, -1, d))
+            k, v = nn.functional.linear(h_kv, w_kv, b_kv).view(B, -1, 2, self.n_heads, dh).unbind(2)
+            at = rows[:, :, None].expand(-1, -1, d)
+            x_q = x.gather(1, at)  # (B, Q, d)
+            q = nn.functional.linear(h.gather(1, at), w_q, b_q).view(B, -1, self.n_heads, dh)
+            Q = rows.shape[1]
+            masks = [m.gather(2, rows[:, None, :, None].expand(-1, 1, -1, S)) for m in masks]
+            if keys is not None:
+                masks = [m.gather(3, keys[:, None, None, :].expand(-1, 1, Q, -1)) for m in masks]
+                if key_valid is not None:
+                    masks = [m.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+                             for m in masks]
+            if scales is not None:
+                scales = [sc.gather(2, rows[:, None, :, None]) for sc in scales]
         if self.qk_norm:  # per head, over dh; in float32 (bf16 autocast included)
             q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, dh)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S or Q, dh)
         p_drop = self.dropout if self.training else 0.0
         parts = []
         for g, ((lo, hi), mask) in enumerate(zip(self.groups, masks, strict=True)):
             qg = q[:, lo:hi] if scales is None else q[:, lo:hi] * scales[g]
             parts.append(nn.functional.scaled_dot_product_attention(
                 qg, k[:, lo:hi], v[:, lo:hi], attn_mask=mask.to(qg.dtype),
-                dropout_p=p_drop))  # (B, h, S, dh); mask (B, 1, S, S) additive
-        a = torch.cat(parts, 1)  # (B, H, S, dh)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, S, d))  # (B, S, d)
-        return x + self.ff(self.norm2(x))  # (B, S, d)
+                dropout_p=p_drop))  # (B, h, S or Q, dh); mask (B, 1, S or Q, S) additive
+        a = torch.cat(parts, 1)  # (B, H, S or Q, dh)
+        x = x_q + self.proj(a.transpose(1, 2).reshape(B, x_q.shape[1], d))  # (B, S or Q, d)
+        return x + self.ff(self.norm2(x))  # (B, S or Q, d)
 
 
 class ExamplePointer(nn.Module):
@@ -275,11 +304,19 @@ class RelationalTransformer(nn.Module):
         return x.masked_fill(batch["is_padding"][..., None], 0.0)  # (B, S, d)
 
     def forward(self, batch: Mapping[str, Any], column_emb: torch.Tensor,
-                vocab_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+                vocab_emb: torch.Tensor, *, targets_only: bool = False,
+                cells: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``prediction`` of the batch's target type's head, ``null_logit`` (B,), ``hidden``
         (B, S, d_model); with masked cells (``is_masked`` any True) also ``masked``, see
-        :meth:`masked_predictions`."""
-        x = self.encode(batch, column_emb, vocab_emb)  # (B, S, d)
+        :meth:`masked_predictions`.
+
+        ``targets_only`` (inference): compute only what the predictions read. The last block
+        computes the outputs of the target cell (and of the label cells, for the example
+        pointer) alone; each block before it only those of the cells the next block's may
+        attend to, as long as that is well under all of them. The predictions are the same;
+        ``hidden`` is final at those cells only. Ignored with masked cells. ``cells``: the input vectors :meth:`encode` gives, when the caller made them
+        (e.g. to take gradients with respect to them)."""
+        x = self.encode(batch, column_emb, vocab_emb) if cells is None else cells  # (B, S, d)
         # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         blocked = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
@@ -288,10 +325,19 @@ class RelationalTransformer(nn.Module):
         masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 (or 4) x (B, 1, S, S)
                  for m in allowed]
         scales = log_scales(allowed, x.dtype) if self.log_scale_attention else None
-        for block in self.blocks:
-            x = block(x, masks, scales)
-        x = self.norm(x)  # (B, S, d)
         pos = batch["target_pos"].long()  # (B,)
+        masked = batch.get("is_masked")
+        plan = None
+        if targets_only and not (masked is not None and bool(masked.any())):
+            plan = self._needed(batch, pos, allowed)
+        for i, block in enumerate(self.blocks):
+            if plan is None or plan[i] is None:
+                x = block(x, masks, scales)
+                continue
+            rows, keys, key_valid = plan[i]
+            kept = block(x, masks, scales, rows, keys, key_valid)  # (B, Q, d)
+            x = x.scatter(1, rows[:, :, None].expand_as(kept), kept)
+        x = self.norm(x)  # (B, S, d)
         target = x[torch.arange(x.shape[0], device=x.device), pos]  # (B, d)
         out = {"hidden": x, "null_logit": self.null_head(target)}
         stype = batch["target_stype"]
@@ -313,6 +359,36 @@ class RelationalTransformer(nn.Module):
         if masked is not None and bool(masked.any()):
             out["masked"] = self.masked_predictions(x, batch, vocab_emb)
         return out
+
+    def _needed(self, batch: Mapping[str, Any], pos: torch.Tensor,
+                allowed: Sequence[torch.Tensor]) -> list[Any]:
+        """Per block, what ``targets_only`` computes: None (everything) or (query positions
+        (B, Q), key positions (B, N), which key slots are real (B, N)). The last block's
+        queries are the cells the predictions read; a block's keys are the cells its queries
+        may attend to under any pattern, and those are the queries of the block before. A
+        block is computed whole once its queries are most of the context (then so are all
+        before it)."""
+        need = torch.zeros_like(batch["is_padding"])  # (B, S)
+        if self.pointer is not None and batch.get("is_label") is not None:
+            need = batch["is_label"].clone()
+        B, S = need.shape
+        need[torch.arange(B, device=need.device), pos] = True
+        reach = allowed[0].clone()
+        for m in allowed[1:]:
+            reach |= m  # (B, S, S): query -> key under some pattern
+        plan: list[Any] = [None] * len(self.blocks)
+        for i in reversed(range(len(self.blocks))):
+            keys = need | (reach & need[:, :, None]).any(1)  # (B, S)
+            n_q, n_k = int(need.sum(1).max()), int(keys.sum(1).max())
+            if n_q > 0.75 * S:
+                break
+            rows, _ = _positions(need, n_q, pos)
+            if n_k > 0.75 * S:
+                plan[i] = (rows, None, None)
+            else:
+                plan[i] = (rows, *_positions(keys, n_k, pos))
+            need = keys
+        return plan
 
     def masked_predictions(self, x: torch.Tensor, batch: Mapping[str, Any],
                            vocab_emb: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
@@ -348,6 +424,14 @@ class RelationalTransformer(nn.Module):
             scores = scores.float().masked_fill(~allowed, float("-inf"))  # (N, K)
             out[name] = {"where": where, "prediction": scores, "candidates": ids}
         return out
+
+
+def _positions(chosen: torch.Tensor, n: int, fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions where ``chosen`` (B, S) holds, in order, as ``(B, n)`` (a row with fewer
+    padded with ``fill`` (B,)), and which slots are real."""
+    order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n]  # chosen first
+    real = torch.arange(n, device=chosen.device)[None, :] < chosen.sum(1, keepdim=True)
+    return torch.where(real, order, fill[:, None]), real
 
 
 def _column_candidates(batch: Mapping[str, Any], where: torch.Tensor,

@@ -331,19 +331,22 @@ def labelled(target: torch.Tensor, is_null: torch.Tensor) -> torch.Tensor:
 
 def batch_loss(model: nn.Module, batch: Batch, embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                device: torch.device, null_weight: float,
-               mask_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, Any]]:
+               mask_weight: float = 1.0, *,
+               targets_only: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The training loss of one batch: the target head's loss on labelled targets plus
     ``null_weight`` times the null head's loss, plus, when the batch has masked cells,
     ``mask_weight`` times their loss (:func:`masked_loss`). Returns (loss, outputs); with a
     prediction the outputs also hold the head's ``target`` and the ``labelled`` mask, with
-    masked cells ``mask_loss`` (the unweighted masked part, detached)."""
+    masked cells ``mask_loss`` (the unweighted masked part, detached). ``targets_only``
+    (inference) is handed to the model: only the outputs the predictions read are computed."""
     registry = get_registry()
     tensors = batch.to_torch(device)
     tensors["stype"] = _recode(model, tensors["stype"])
     col, voc = embeddings[batch.database]
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        out = model(tensors, col, voc)
+        out = (model(tensors, col, voc, targets_only=True) if targets_only
+               else model(tensors, col, voc))
     null_head = registry.loss_head("null")
     loss = null_weight * null_head.loss(out["null_logit"].float(), null_head.target(tensors))
     core = getattr(model, "module", model)
