@@ -211,7 +211,7 @@ def test_cli_predict_with_an_ensemble_writes_the_same_rows_and_columns(run_dir, 
     assert one.exit_code == 0 and three.exit_code == 0, one.output + three.output
     a, b = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "three.parquet")
     assert a.schema == b.schema and a.num_rows == b.num_rows == 10
-    for column in ("seed", "anchor_row", "observation_time"):
+    for column in ("seed", "order_id", "observation_time"):
         assert a.column(column).equals(b.column(column))
     assert not np.allclose(a.column("prediction").to_numpy(), b.column("prediction").to_numpy())
 

@@ -12,6 +12,7 @@ from tributary_core.cli.common import (
     TrainBar,
     make_embedder,
     metrics_table,
+    parse_max_seeds,
     parse_rows,
     parse_time,
     store_path,
@@ -263,9 +264,12 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Contexts per forward pass [default: the run's].")
-@click.option("--max-seeds", type=click.IntRange(min=1), default=None,
-              help="Evaluate at most this many seeds per task (evenly spaced) [default: all].")
+              help="Contexts per forward pass [default: about 8,192 cells].")
+@click.option("--max-seeds", default=None, metavar="N|all",
+              help="Evaluate at most N seeds per task, evenly spaced over the split; 'all' for "
+                   "every seed [default: 2000].")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Resamples for each metric's 95% confidence interval (0: none).")
 @click.option("--db", "dbs", multiple=True,
               help="Evaluate on this store instead (a path or a name; repeatable): another "
                    "database, or tasks the run never trained on [default: the run's].")
@@ -276,17 +280,20 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
                    "them (the loss head's combine(), e.g. the mean probability). Costs K times "
                    "the time.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: int | None,
-                     dbs: tuple[str, ...], tasks: str | None, ensemble: int, as_json: bool) -> None:
-    """Metrics of a trained run per task, beside the majority/mean of the training labels."""
+def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: str | None,
+                     bootstrap: int, dbs: tuple[str, ...], tasks: str | None, ensemble: int,
+                     as_json: bool) -> None:
+    """Metrics of a trained run per task, beside the majority/mean of the training labels,
+    with bootstrap confidence intervals; by default on 2,000 evenly spaced seeds per task."""
     import json
 
-    from tributary_core.train.evaluate import evaluate
+    from tributary_core.train.evaluate import DEFAULT_MAX_SEEDS, evaluate
 
+    cap = parse_max_seeds(max_seeds, DEFAULT_MAX_SEEDS)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     stores = [store_path(d) for d in dbs] or None
-    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=max_seeds,
-                       stores=stores, tasks=names, ensemble=ensemble)
+    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=cap,
+                       stores=stores, tasks=names, ensemble=ensemble, bootstrap=bootstrap)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -300,21 +307,48 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--task", required=True, help="Task name (task or db/task).")
 @click.option("--rows", default=None, help="Seeds (rows of the task), e.g. 0,5,9 or 0-99 [default: all].")
+@click.option("--keys", "keys_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Predict for these entities: a parquet or CSV file of the anchor table's key "
+                   "values (its key column, or its only column).")
+@click.option("--where", default=None, metavar="SQL",
+              help="Predict for the anchor table's rows satisfying this SQL condition (DuckDB, "
+                   "on the parquet files in --raw), e.g. \"carrier = 'UA'\".")
+@click.option("--at", "at", default=None, metavar="TIME",
+              help="With --keys or --where (or alone: every row of the anchor table): observe "
+                   "at this time (ISO 8601) [default: the latest time in the database].")
+@click.option("--raw", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The database's parquet files, for --where [default: data/raw/<database>].")
+@click.option("--top-k", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Categorical tasks: the K most probable classes in a top_k column (0: none).")
+@click.option("--explain", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Add an explanation column: the K cells that moved each prediction most "
+                   "(gradient x input).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Parquet file to write.")
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="Predict each seed from K contexts sampled with different draws and combine "
                    "them (the loss head's combine(), e.g. the mean probability). Costs K times "
                    "the time.")
-def predict_command(run_dir: Path, task: str, rows: str | None, out: Path, ensemble: int) -> None:
-    """Predict a task's targets with a trained run and write them as parquet."""
+def predict_command(run_dir: Path, task: str, rows: str | None, keys_file: Path | None,
+                    where: str | None, at: str | None, raw: Path | None, top_k: int, explain: int,
+                    out: Path, ensemble: int) -> None:
+    """Predict a task's targets with a trained run and write them as parquet: for the task's
+    own seeds, or for any entities (--keys, --where) at any time (--at)."""
     import pyarrow.parquet as pq
 
-    from tributary_core.train.evaluate import predict
-
-    table = predict(run_dir, task, seeds=parse_rows(rows) if rows else None, ensemble=ensemble)
     from tributary_core.atomic import atomic_write
+    from tributary_core.train.predict import Predictor, read_keys
 
+    if sum(x is not None for x in (rows, keys_file, where)) > 1:
+        raise click.UsageError("give at most one of --rows, --keys and --where")
+    when = parse_time(at, "--at") if at is not None else None
+    predictor = Predictor(run_dir)
+    keys = None
+    if keys_file is not None:
+        keys = read_keys(keys_file, predictor.key_column(predictor.task(task)))
+    table = predictor.answer(task, seeds=parse_rows(rows) if rows else None, keys=keys,
+                             where=where, at=when, raw=raw, ensemble=ensemble, top_k=top_k,
+                             explain=explain, keys_from=f"--keys {keys_file}")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     click.echo(f"wrote {out}: {table.num_rows:,} predictions")

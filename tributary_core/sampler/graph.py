@@ -277,6 +277,29 @@ class TaskView:
             self._examples[splitter] = build_example_index(self, train)
         return self._examples[splitter]
 
+    def for_entities(self, anchor_rows: np.ndarray, observation_time: np.ndarray) -> TaskView:
+        """This task asked about other seeds: rows ``anchor_rows`` of its anchor table, each
+        observed at ``observation_time`` (epoch µs; the task's "no cut-off" is int64 max), with
+        no labels. The seeds the task's SQL never produced (prediction for any entity at any
+        time): their contexts see nothing after their time, and their labelled examples are
+        this task's own seeds (:meth:`examples` of the result: every seed with a valid label,
+        whatever its split, each shown only once its label is known)."""
+        from tributary_core.sampler.examples import build_example_index
+
+        view = object.__new__(type(self))
+        view.__dict__.update({k: v for k, v in self.__dict__.items()
+                              if k not in ("col_embed", "col_stype", "kernel_arrays")})
+        view.anchor_rows = np.asarray(anchor_rows, dtype=np.int64)
+        view.observation_time = np.broadcast_to(
+            np.asarray(observation_time, dtype=np.int64), view.anchor_rows.shape).copy()
+        n = len(view.anchor_rows)
+        view.target_valid = np.zeros(n, dtype=np.bool_)
+        if self.target is not None:
+            view.target = np.zeros((n, *self.target.shape[1:]), dtype=self.target.dtype)
+        every = build_example_index(self, np.ones(len(self), dtype=np.bool_))
+        view._examples = _AnySplitter(every)
+        return view
+
     @classmethod
     def for_rows(cls, graph: SamplerGraph, table: str) -> TaskView:
         """Every row of ``table`` as a seed, seen at its own time (untimed: everything visible),
@@ -364,6 +387,21 @@ class TaskView:
         return TaskArrays(anchor_table=int(self.anchor_table), target_col=int(self.target_col),
                           hidden=self.hidden, hidden_fk=self.hidden_fk, col_embed=self.col_embed,
                           col_stype=self.col_stype, slot=int(self.slot))
+
+
+class _AnySplitter(dict):
+    """The examples of a view made by :meth:`TaskView.for_entities`: the same index whatever
+    splitter asks (its seeds have no split; their examples are all of the task's labels)."""
+
+    def __init__(self, index: Any) -> None:
+        super().__init__()
+        self.index = index
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: object) -> Any:
+        return self.index
 
 
 def _csr(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
