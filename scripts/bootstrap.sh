@@ -12,7 +12,7 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     echo "bootstrap: installing torch==2.13.0 (CPU)" >&2
     "$PYTHON" -m pip install --quiet "torch==2.13.0"
 fi
-echo "bootstrap: installing tributary with its test, datasets, tpch, local-model, plot and baselines extras" >&2
-"$PYTHON" -m pip install --quiet -e ".[test,datasets,tpch,local,plot,baselines]"
+echo "bootstrap: installing tributary with its test, datasets, tpch, local-model, plot, baselines and serve extras" >&2
+"$PYTHON" -m pip install --quiet -e ".[test,datasets,tpch,local,plot,baselines,serve]"
 echo "bootstrap: installing the example plugin package examples/tributary-counts" >&2
 "$PYTHON" -m pip install --quiet --no-deps -e examples/tributary-counts

@@ -104,7 +104,8 @@ def find_databases(folder: str | Path) -> list[Path]:
 
 def store_is_current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
     """Whether ``store_dir`` is a store of ``metadata`` (as it reads now) made with
-    ``embedder``'s identity: a store to keep rather than preprocess again."""
+    ``embedder``'s identity, holding its primary keys' values (stores made before keys were
+    stored are made again): a store to keep rather than preprocess again."""
     from tributary_core.metadata.io import dump_metadata, load_metadata
     from tributary_core.store import open_store
 
@@ -113,7 +114,9 @@ def store_is_current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
     try:
         store = open_store(store_dir, verify=False)
         wanted = json.loads(json.dumps(dump_metadata(load_metadata(metadata))))
-        return store.meta.get("source_metadata") == wanted and store.embedder == embedder.identity
+        keyed = all(t.has_keys for t in store.tables.values() if t.meta.get("primary_key"))
+        return (store.meta.get("source_metadata") == wanted and store.embedder == embedder.identity
+                and keyed)
     except (TributaryError, OSError, ValueError):
         return False
 

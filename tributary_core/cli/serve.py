@@ -1,8 +1,10 @@
-"""``tributary serve``: long-running services (an OpenAI-compatible embeddings server)."""
+"""``tributary serve``: long-running services (a trained model's prediction API, an
+OpenAI-compatible embeddings server)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -70,3 +72,66 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
     finally:
         server.httpd.server_close()
         embedder.close()
+
+
+@serve.command("model")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The trained run to serve.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8100, show_default=True,
+              help="Port (0: any free port).")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require `Authorization: Bearer $VAR` on /v1/* requests.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most entities answered by one model run (waiting requests are batched).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option("--quiet", is_flag=True, help="No access log.")
+def serve_model(run_dir: Path, host: str, port: int, api_key_env: str | None, max_batch: int,
+                max_body_bytes: int, quiet: bool) -> None:
+    """Serve a trained run as an HTTP JSON API: POST /v1/predict, GET /v1/tasks, GET /health,
+    GET /openapi.json (uvicorn with Starlette; the `serve` extra)."""
+    from tributary_core.errors import TributaryError
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise TributaryError("serve model needs uvicorn and Starlette: pip install "
+                             "'tributary[serve]'") from None
+    from tributary_core.service import ModelService, bind_socket, model_app
+    from tributary_core.service import serve as run_server
+    from tributary_core.train.predict import Predictor
+
+    api_key = _api_key(host, api_key_env)
+    sock = bind_socket(host, port)  # before loading the model: a port in use fails at once
+    try:
+        predictor = Predictor(run_dir)
+        service = ModelService(predictor, max_batch=max_batch)
+        app = model_app(service, api_key=api_key, max_body_bytes=max_body_bytes)
+        bound = sock.getsockname()[1]
+        auth = " (API key required)" if api_key else ""
+        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: no --api-key-env: anyone who can reach {host}:{bound} "
+                       f"can use this server", err=True)
+        click.echo(f"serving {run_dir} at http://{host}:{bound}{auth} (Ctrl-C stops)", err=True)
+        run_server(app, [sock], access_log=not quiet)
+    finally:
+        sock.close()
+
+
+def _api_key(host: str, api_key_env: str | None) -> str | None:
+    from tributary_core.errors import TributaryError
+    from tributary_core.http import check_api_key
+
+    if not host.strip():  # "" would listen on every interface, unasked
+        raise TributaryError("--host is empty: give an address (0.0.0.0 for every interface)")
+    if api_key_env is None:
+        return None
+    if not api_key_env.strip():
+        raise TributaryError("--api-key-env is empty: give the name of the variable holding "
+                             "the key (leave the option out for no key)")
+    api_key = check_api_key(os.environ.get(api_key_env), api_key_env, "--api-key-env")
+    if not api_key:
+        raise TributaryError(f"--api-key-env: environment variable {api_key_env} is not set")
+    return api_key

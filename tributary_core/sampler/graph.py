@@ -288,7 +288,8 @@ class TaskView:
 
         view = object.__new__(type(self))
         view.__dict__.update({k: v for k, v in self.__dict__.items()
-                              if k not in ("col_embed", "col_stype", "kernel_arrays")})
+                              if k not in ("col_embed", "col_stype", "kernel_arrays",
+                                           "_every_label")})
         view.anchor_rows = np.asarray(anchor_rows, dtype=np.int64)
         view.observation_time = np.broadcast_to(
             np.asarray(observation_time, dtype=np.int64), view.anchor_rows.shape).copy()
@@ -296,8 +297,9 @@ class TaskView:
         view.target_valid = np.zeros(n, dtype=np.bool_)
         if self.target is not None:
             view.target = np.zeros((n, *self.target.shape[1:]), dtype=self.target.dtype)
-        every = build_example_index(self, np.ones(len(self), dtype=np.bool_))
-        view._examples = _AnySplitter(every)
+        if "_every_label" not in self.__dict__:
+            self._every_label = build_example_index(self, np.ones(len(self), dtype=np.bool_))
+        view._examples = _AnySplitter(self._every_label)
         return view
 
     @classmethod

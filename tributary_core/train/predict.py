@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from tributary_core.errors import TributaryError
-from tributary_core.keys import as_key, key_kind, match_keys
+from tributary_core.keys import as_key, key_kind
 from tributary_core.registry import get_registry
 from tributary_core.sampler import SampledTask
 from tributary_core.sampler.batch import Batch, sample_batch
@@ -56,7 +56,7 @@ class Predictor:
         self.sampler = self.run.sampler("train")
         self.batch_size = batch_size or inference_batch_size(self.run)
         self._latest: dict[str, int] = {}
-        self._entity_examples: dict[str, TaskView] = {}
+        self._indexes: dict[tuple[str, str], _KeyIndex] = {}
 
     # -- what can be asked ------------------------------------------------------------------
 
@@ -115,17 +115,25 @@ class Predictor:
         naming ``where`` and a missing key when one is not there."""
         table = t.graph.table_names[t.view.anchor_table]
         pk = self.key_column(t)
-        stored = t.graph.store.tables[table].keys()
+        index = self._key_index(t.database, table)
         values = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else _key_array(keys, where)
-        values = _as_kind(values, key_kind(stored.type), where, f"{table}.{pk}")
+        values = _as_kind(values, index.kind, where, f"{table}.{pk}")
         if values.null_count:
             raise TributaryError(f"{where}: {values.null_count} key(s) are empty; every key names "
                                  f"a row of {table}.{pk}")
-        match = match_keys(values, stored)
-        if match.n_dangling:
-            raise TributaryError(f"{where}: {match.n_dangling} of {len(values)} key(s) are not in "
-                                 f"{table}.{pk} (e.g. {match.example_dangling!r})")
-        return match.rows.astype(np.int64)
+        rows = index.rows(values)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            raise TributaryError(f"{where}: {len(missing)} of {len(values)} key(s) are not in "
+                                 f"{table}.{pk} (e.g. {values[int(missing[0])].as_py()!r})")
+        return rows
+
+    def _key_index(self, db: str, table: str) -> _KeyIndex:
+        """A lookup from the table's key values to rows, built once per table."""
+        if (db, table) not in self._indexes:
+            store = self.sampler.graphs.stores[db]
+            self._indexes[(db, table)] = _KeyIndex(store.tables[table].keys())
+        return self._indexes[(db, table)]
 
     def rows_where(self, t: SampledTask, where: str, raw: str | Path | None = None) -> np.ndarray:
         """Rows of the task's anchor table that satisfy the SQL condition ``where``, run in
@@ -162,6 +170,11 @@ class Predictor:
         """The task asked about anchor rows ``rows`` at time ``at`` (epoch µs). An entity is
         asked about only from its own time on: a row from after ``at`` would show the model
         its own future (an error naming the first such key)."""
+        self.check_times(t, rows, at)
+        return t.view.for_entities(rows, np.full(len(rows), at, dtype=np.int64))
+
+    def check_times(self, t: SampledTask, rows: np.ndarray, at: int) -> None:
+        """An error naming the first of anchor rows ``rows`` whose time is after ``at``."""
         table = t.graph.table_names[t.view.anchor_table]
         times = t.graph.store.tables[table].time
         if times is not None and len(rows):
@@ -175,7 +188,6 @@ class Predictor:
                     f"{len(late)} of the {table} rows asked about are from after the observation "
                     f"time {_format_us(at)} (e.g. {name!r}, from {_format_us(int(row_times[late[0]]))}): "
                     f"an entity can be predicted only from its own time on")
-        return t.view.for_entities(rows, np.full(len(rows), at, dtype=np.int64))
 
     def _batch(self, t: SampledTask, view: TaskView, idx: np.ndarray, draw: int) -> Batch:
         s = self.sampler
@@ -265,8 +277,18 @@ class Predictor:
                 table = t.graph.table_names[t.view.anchor_table]
                 rows = np.arange(t.graph.store.tables[table].rows, dtype=np.int64)
             when = self.latest_time(t) if at is None else int(at)
-            view = self.entity_view(t, rows, when)
-            idx = np.arange(len(rows), dtype=np.int64)
+            return self.answer_rows(t, rows, when, ensemble=ensemble, top_k=top_k, explain=explain)
+        return self._table(t, view, idx, False, ensemble, top_k, explain)
+
+    def answer_rows(self, t: SampledTask, rows: np.ndarray, at: int, *, ensemble: int = 1,
+                    top_k: int = 3, explain: int = 0) -> pa.Table:
+        """:meth:`answer` for anchor rows ``rows`` observed at ``at`` (epoch µs)."""
+        view = self.entity_view(t, rows, at)
+        return self._table(t, view, np.arange(len(rows), dtype=np.int64), True, ensemble, top_k,
+                           explain)
+
+    def _table(self, t: SampledTask, view: TaskView, idx: np.ndarray, by_entity: bool,
+               ensemble: int, top_k: int, explain: int) -> pa.Table:
         columns = self.predict_view(t, view, idx, ensemble=ensemble, top_k=top_k, explain=explain)
         out: dict[str, Any] = {}
         if not by_entity:
@@ -346,6 +368,32 @@ class Predictor:
         if view.slot == SLOT_TIMESTAMP:
             return stype.decode_prediction(np.array([batch.timestamp[b, pos, -1]]), t.stats)[0].as_py()
         return None
+
+
+class _KeyIndex:
+    """Key values -> rows of one table: a sorted array for integer keys (binary search), a
+    dictionary for string keys."""
+
+    def __init__(self, keys: pa.Array) -> None:
+        self.kind = key_kind(keys.type)
+        if self.kind == "integer":
+            values = np.asarray(keys.to_numpy(zero_copy_only=False), dtype=np.int64)
+            self.order = np.argsort(values, kind="stable")
+            self.sorted = values[self.order]
+            self.lookup = None
+        else:
+            self.lookup = {v: i for i, v in enumerate(keys.to_pylist())}
+
+    def rows(self, values: pa.Array) -> np.ndarray:
+        """The row of each of ``values`` (-1 where none)."""
+        if self.lookup is not None:
+            return np.array([self.lookup.get(v, -1) for v in values.to_pylist()], dtype=np.int64)
+        want = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+        at = np.searchsorted(self.sorted, want)
+        at_ok = np.minimum(at, max(len(self.sorted) - 1, 0))
+        found = (at < len(self.sorted)) & (self.sorted[at_ok] == want) if len(self.sorted) else \
+            np.zeros(len(want), dtype=np.bool_)
+        return np.where(found, self.order[at_ok] if len(self.sorted) else -1, -1).astype(np.int64)
 
 
 _EXPLANATION = pa.list_(pa.struct([("table", pa.string()), ("key", pa.string()),
