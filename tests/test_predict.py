@@ -166,7 +166,8 @@ def test_predict_by_where_and_keys_files(run_dir, shop, tmp_path):
     write_tables(raw, shop_tables(np.random.default_rng(0), 40, 120, 80))
     out = tmp_path / "p.parquet"
     result = CliRunner().invoke(cli, ["run", "predict", "--run", str(run_dir), "--task", "big_order",
-                                      "--where", "paid AND order_id < 60 AND ts <= TIMESTAMPTZ '2024-01-20'", "--raw", str(raw),
+                                      "--where", "paid AND order_id < 60 AND ts <= TIMESTAMPTZ '2024-01-20'",
+                                      "--raw", str(raw),
                                       "--at", "2024-01-20", "--out", str(out)])
     assert result.exit_code == 0, result.output
     got = pq.read_table(out)
@@ -287,9 +288,10 @@ def test_evaluate_gives_bootstrap_intervals_and_caps_seeds(run):
     results = evaluate(run, split="test", max_seeds=3)
     entry = results["shop/big_order"]
     assert entry["seeds"] == 3 and entry["bootstrap"] == 200 and entry["ci_level"] == 0.95
-    for name, value in entry["metrics"].items():
-        lo, hi = entry["ci"][name] if entry["ci"][name] else (None, None)
-        if lo is not None:
+    assert set(entry["ci"]) == set(entry["metrics"])
+    for name in entry["metrics"]:
+        if entry["ci"][name] is not None:
+            lo, hi = entry["ci"][name]
             assert lo <= hi
     every = evaluate(run, split="test", max_seeds=None, bootstrap=0)
     assert every["shop/big_order"]["ci"] == {}
