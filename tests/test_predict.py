@@ -331,3 +331,100 @@ def test_evaluate_cli_max_seeds(run_dir):
     assert table.exit_code == 0 and "model 95% CI" in table.output, table.output
     bad = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(run_dir), "--max-seeds", "0"])
     assert bad.exit_code != 0 and "--max-seeds: '0' is neither" in bad.output
+
+
+# -- new questions, answered without training ----------------------------------------------------
+
+PAID = {"query": "SELECT order_id, ts AS at, paid FROM orders", "anchor_table": "orders",
+        "anchor_key": "order_id", "target_column": "paid", "target_stype": "boolean",
+        "observation_time_column": "at", "hidden_columns": ["orders.paid"]}
+BAND = {"query": "SELECT user_id, CASE WHEN age > 50 THEN 'older' ELSE 'younger' END AS band "
+                 "FROM users", "anchor_table": "users", "anchor_key": "user_id",
+        "target_column": "band", "target_stype": "categorical"}
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory):
+    return write_tables(tmp_path_factory.mktemp("raw"), shop_tables(np.random.default_rng(0), 40, 120, 80))
+
+
+def test_a_new_question_is_materialised_as_preprocessing_would(run, shop, raw_dir, tmp_path):
+    """The question's seeds, labels and statistics equal those of a store preprocessed with it
+    as a task of metadata.json; no weight changes."""
+    md = json.loads(json.dumps(SHOP_METADATA))
+    md["tasks"]["paid_q"] = PAID
+    preprocess(_write(tmp_path / "md.json", md), raw_dir, tmp_path / "store",
+               embedder=get_registry().create_embedder("hashing", dimension=8), force=True)
+    made = open_store(tmp_path / "store").tasks["paid_q"]
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    asked = Predictor(run).ask(PAID, name="paid_q", raw=raw_dir)
+    task = asked.view
+    np.testing.assert_array_equal(task.anchor_rows, np.asarray(made.anchor_row))
+    np.testing.assert_array_equal(task.observation_time, np.asarray(made.observation_time))
+    np.testing.assert_array_equal(task.target_valid, np.asarray(made.target_valid))
+    np.testing.assert_array_equal(task.target, np.asarray(made.target("value")))
+    assert task.horizon_us == 0 and task.hidden[asked.graph.column_index("orders", "paid")]
+    after = run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_new_questions_are_answered_for_entities_and_scored(run, raw_dir):
+    predictor = Predictor(run)
+    band = predictor.ask(BAND, name="band", raw=raw_dir)
+    assert len(band.vocab_values) == len(predictor.sampler.graphs.stores["shop"].vocab_values) + 2
+    table = predictor.answer(band, keys=[1, 2, 3], top_k=2)
+    assert table.column("user_id").to_pylist() == [1, 2, 3]
+    assert set(table.column("prediction").to_pylist()) <= {"older", "younger"}
+    assert all({c["value"] for c in top} == {"older", "younger"}
+               for top in table.column("top_k").to_pylist())
+    scored = predictor.evaluate_asked(predictor.ask(PAID, name="paid_q", raw=raw_dir),
+                                      split="test", bootstrap=50)
+    assert scored["zero_shot"] and scored["seeds"] > 0
+    assert set(scored["metrics"]) == {"auroc", "accuracy"} and scored["baseline"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({**PAID, "anchor_key": "nope"}, "question 'q'.*anchor_key"),
+    ({**PAID, "query": "SELEC broken"}, "question 'q'"),
+    ({**PAID, "colour": 1}, "unknown field\\(s\\) colour"),
+    ({**PAID, "target_stype": "identifier"}, "question 'q'"),
+])
+def test_bad_questions_are_refused_in_one_line(run, raw_dir, spec, message):
+    with pytest.raises(TributaryError, match=message) as info:
+        Predictor(run).ask(spec, name="q", raw=raw_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_questions_from_the_command_line(run_dir, raw_dir, tmp_path):
+    out = tmp_path / "q.parquet"
+    question = _write(tmp_path / "band.json", BAND)
+    result = CliRunner().invoke(cli, ["run", "predict", "--run", str(run_dir), "--question",
+                                      str(question), "--raw", str(raw_dir), "--keys",
+                                      str(_keys(tmp_path)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column("user_id").to_pylist() == [4, 5]
+    inline = CliRunner().invoke(cli, [
+        "run", "predict", "--run", str(run_dir), "--task", "paid_soon", "--query", PAID["query"],
+        "--anchor-table", "orders", "--anchor-key", "order_id", "--target-column", "paid",
+        "--target-stype", "boolean", "--observation-time-column", "at", "--hidden-column",
+        "orders.paid", "--raw", str(raw_dir), "--rows", "0-4", "--out", str(out)])
+    assert inline.exit_code == 0, inline.output
+    assert pq.read_table(out).num_rows == 5
+    scored = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(run_dir), "--question",
+                                      str(question), "--raw", str(raw_dir), "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.output)["shop/question"]["zero_shot"] is True
+    half = CliRunner().invoke(cli, ["run", "predict", "--run", str(run_dir), "--query", "SELECT 1",
+                                    "--out", str(out)])
+    assert half.exit_code != 0 and "--query needs --anchor-table too" in half.output
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _keys(tmp_path):
+    path = tmp_path / "users.csv"
+    path.write_text("user_id\n4\n5\n")
+    return path

@@ -188,3 +188,46 @@ def parse_rows(text: str) -> list[int]:
     if not out:
         raise TributaryError(f"--rows: {text!r} names no seed")
     return out
+
+
+def read_question(path: Any, query: str | None, anchor_table: str | None, anchor_key: str | None,
+                  target_column: str | None, target_stype: str | None,
+                  observation_time_column: str | None, horizon: str | None,
+                  hidden_columns: tuple[str, ...]) -> dict | None:
+    """A new question's task fields from ``--question FILE`` or the ``--query`` options (None:
+    neither given); a one-line error for a half-given or unreadable one."""
+    import json
+
+    from tributary_core.errors import TributaryError
+
+    given = {"anchor_table": anchor_table, "anchor_key": anchor_key,
+             "target_column": target_column, "target_stype": target_stype,
+             "observation_time_column": observation_time_column, "horizon": horizon}
+    if path is not None:
+        if query is not None or any(v is not None for v in given.values()) or hidden_columns:
+            raise TributaryError("give a question either as --question FILE or with --query and "
+                                 "its options, not both")
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TributaryError(f"--question: {path} does not exist") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TributaryError(f"--question: {path} is not a JSON file ({exc})") from None
+        if not isinstance(spec, dict):
+            raise TributaryError(f"--question: {path} must hold one JSON object (a task's fields)")
+        return spec
+    if query is None:
+        extra = [k for k, v in given.items() if v is not None] + (["hidden_column"] if hidden_columns else [])
+        if extra:
+            raise TributaryError(f"--{extra[0].replace('_', '-')} belongs to a question: give "
+                                 f"its --query too")
+        return None
+    missing = [k for k in ("anchor_table", "anchor_key", "target_column", "target_stype")
+               if given[k] is None]
+    if missing:
+        raise TributaryError(f"--query needs --{missing[0].replace('_', '-')} too (a question "
+                             f"has the fields of a task of metadata.json)")
+    spec = {"query": query, **{k: v for k, v in given.items() if v is not None}}
+    if hidden_columns:
+        spec["hidden_columns"] = list(hidden_columns)
+    return spec

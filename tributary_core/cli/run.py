@@ -15,6 +15,7 @@ from tributary_core.cli.common import (
     parse_max_seeds,
     parse_rows,
     parse_time,
+    read_question,
     store_path,
 )
 
@@ -279,10 +280,16 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
               help="Predict each seed from K contexts sampled with different draws and combine "
                    "them (the loss head's combine(), e.g. the mean probability). Costs K times "
                    "the time.")
+@click.option("--question", "question_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="Score a new question zero-shot instead: a JSON file with a task's fields "
+                   "(see run predict --question); its name is --tasks or 'question'.")
+@click.option("--raw", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --question: the database's parquet files [default: data/raw/<database>].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seeds: str | None,
                      bootstrap: int, dbs: tuple[str, ...], tasks: str | None, ensemble: int,
-                     as_json: bool) -> None:
+                     question_file: Path | None, raw: Path | None, as_json: bool) -> None:
     """Metrics of a trained run per task, beside the majority/mean of the training labels,
     with bootstrap confidence intervals; by default on 2,000 evenly spaced seeds per task."""
     import json
@@ -291,9 +298,19 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
 
     cap = parse_max_seeds(max_seeds, DEFAULT_MAX_SEEDS)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    stores = [store_path(d) for d in dbs] or None
-    results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=cap,
-                       stores=stores, tasks=names, ensemble=ensemble, bootstrap=bootstrap)
+    if question_file is not None:
+        from tributary_core.train.predict import Predictor
+
+        spec = read_question(question_file, None, None, None, None, None, None, None, ())
+        predictor = Predictor(run_dir, batch_size=batch_size)
+        name = (names or [None])[0] or spec.pop("name", None) or "question"
+        asked = predictor.ask(spec, name=name, database=dbs[0] if dbs else None, raw=raw)
+        results = {asked.key: predictor.evaluate_asked(asked, split=split, max_seeds=cap,
+                                                       bootstrap=bootstrap)}
+    else:
+        stores = [store_path(d) for d in dbs] or None
+        results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=cap,
+                           stores=stores, tasks=names, ensemble=ensemble, bootstrap=bootstrap)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -305,7 +322,26 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
 
 @run.command("predict")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--task", required=True, help="Task name (task or db/task).")
+@click.option("--task", default=None,
+              help="Task name (task or db/task); with --question or --query, the name of the "
+                   "new question [default: question].")
+@click.option("--question", "question_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="A new question, answered without training: a JSON file with the fields of "
+                   "a task of metadata.json (query, anchor_table, anchor_key, target_column, "
+                   "target_stype, observation_time_column, horizon, hidden_columns).")
+@click.option("--query", default=None, metavar="SQL",
+              help="A new question's SQL, with --anchor-table, --anchor-key, --target-column, "
+                   "--target-stype (and --observation-time-column, --horizon, --hidden-column).")
+@click.option("--anchor-table", default=None)
+@click.option("--anchor-key", default=None)
+@click.option("--target-column", default=None)
+@click.option("--target-stype", default=None)
+@click.option("--observation-time-column", default=None)
+@click.option("--horizon", default=None, help="e.g. '30 days'.")
+@click.option("--hidden-column", "hidden_columns", multiple=True, metavar="TABLE.COLUMN")
+@click.option("--db", "database", default=None,
+              help="With a question: which of the run's databases it asks [default: its only one].")
 @click.option("--rows", default=None, help="Seeds (rows of the task), e.g. 0,5,9 or 0-99 [default: all].")
 @click.option("--keys", "keys_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Predict for these entities: a parquet or CSV file of the anchor table's key "
@@ -329,11 +365,16 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
               help="Predict each seed from K contexts sampled with different draws and combine "
                    "them (the loss head's combine(), e.g. the mean probability). Costs K times "
                    "the time.")
-def predict_command(run_dir: Path, task: str, rows: str | None, keys_file: Path | None,
-                    where: str | None, at: str | None, raw: Path | None, top_k: int, explain: int,
-                    out: Path, ensemble: int) -> None:
+def predict_command(run_dir: Path, task: str | None, question_file: Path | None,
+                    query: str | None, anchor_table: str | None, anchor_key: str | None,
+                    target_column: str | None, target_stype: str | None,
+                    observation_time_column: str | None, horizon: str | None,
+                    hidden_columns: tuple[str, ...], database: str | None, rows: str | None,
+                    keys_file: Path | None, where: str | None, at: str | None, raw: Path | None,
+                    top_k: int, explain: int, out: Path, ensemble: int) -> None:
     """Predict a task's targets with a trained run and write them as parquet: for the task's
-    own seeds, or for any entities (--keys, --where) at any time (--at)."""
+    own seeds, or for any entities (--keys, --where) at any time (--at); or answer a new
+    question (--question, --query) from its labelled examples, without training."""
     import pyarrow.parquet as pq
 
     from tributary_core.atomic import atomic_write
@@ -341,12 +382,25 @@ def predict_command(run_dir: Path, task: str, rows: str | None, keys_file: Path 
 
     if sum(x is not None for x in (rows, keys_file, where)) > 1:
         raise click.UsageError("give at most one of --rows, --keys and --where")
+    spec = read_question(question_file, query, anchor_table, anchor_key, target_column,
+                         target_stype, observation_time_column, horizon, hidden_columns)
+    if spec is None and task is None:
+        raise click.UsageError("give --task, or a new question with --question or --query")
     when = parse_time(at, "--at") if at is not None else None
     predictor = Predictor(run_dir)
+    if spec is not None:
+        asked = predictor.ask(spec, name=task or spec.pop("name", None) or "question",
+                              database=database, raw=raw)
+        for warning in asked.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        target = asked
+    else:
+        target = task
     keys = None
     if keys_file is not None:
-        keys = read_keys(keys_file, predictor.key_column(predictor.task(task)))
-    table = predictor.answer(task, seeds=parse_rows(rows) if rows else None, keys=keys,
+        t = target if spec is not None else predictor.task(task)
+        keys = read_keys(keys_file, predictor.key_column(t))
+    table = predictor.answer(target, seeds=parse_rows(rows) if rows else None, keys=keys,
                              where=where, at=when, raw=raw, ensemble=ensemble, top_k=top_k,
                              explain=explain, keys_from=f"--keys {keys_file}")
     out.parent.mkdir(parents=True, exist_ok=True)

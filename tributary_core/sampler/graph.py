@@ -232,8 +232,11 @@ class SamplerGraph:
 class TaskView:
     """One task of a store as the sampler needs it."""
 
-    def __init__(self, graph: SamplerGraph, name: str) -> None:
-        task = graph.store.tasks[name]
+    def __init__(self, graph: SamplerGraph, name: str, task: Any = None) -> None:
+        """Task ``name`` of the graph's store, or ``task`` (a
+        :class:`~tributary_core.store.StoreTask` of that store's database held elsewhere, e.g.
+        a question materialised in memory)."""
+        task = task if task is not None else graph.store.tasks[name]
         meta = task.meta
         self.name = name
         self.graph = graph

@@ -314,8 +314,10 @@ class RelationalTransformer(nn.Module):
         computes the outputs of the target cell (and of the label cells, for the example
         pointer) alone; each block before it only those of the cells the next block's may
         attend to, as long as that is well under all of them. The predictions are the same;
-        ``hidden`` is final at those cells only. Ignored with masked cells. ``cells``: the input vectors :meth:`encode` gives, when the caller made them
-        (e.g. to take gradients with respect to them)."""
+        ``hidden`` is final at those cells only. Ignored with masked cells.
+
+        ``cells``: the input vectors :meth:`encode` gives, when the caller made them (e.g. to
+        take gradients with respect to them)."""
         x = self.encode(batch, column_emb, vocab_emb) if cells is None else cells  # (B, S, d)
         # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
         zero = torch.zeros((), dtype=x.dtype, device=x.device)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pyarrow as pa
 import torch
@@ -164,6 +165,81 @@ class Predictor:
             raise TributaryError(f"--where: no row of {table} satisfies {where!r}")
         return self.rows_of_keys(t, result.column(0), "--where")
 
+    # -- new questions --------------------------------------------------------------------------
+
+    def ask(self, spec: dict[str, Any], *, name: str = "question", database: str | None = None,
+            raw: str | Path | None = None) -> _Asked:
+        """A task defined now (``spec``: the fields of a task of metadata.json), materialised on
+        the database's parquet files (``raw``; default ``data/raw/<database>``) and answerable
+        like the run's own tasks, with no training: the model reads its labelled examples in
+        context. ``database``: which of the run's databases (default: its only one)."""
+        from tributary_core.preprocess.question import materialize_question
+
+        stores = self.sampler.graphs.stores
+        if database is None:
+            if len(stores) != 1:
+                raise TributaryError(f"the run has {len(stores)} databases; say which one the "
+                                     f"question is about ({', '.join(stores)})")
+            database = next(iter(stores))
+        if database not in stores:
+            raise TributaryError(f"the run has no database {database!r} ({', '.join(stores)})")
+        store = stores[database]
+        folder = Path(raw) if raw is not None else Path("data/raw") / database
+        question = materialize_question(store, name, spec, folder)
+        stype = question.task.meta["target_stype"]
+        if stype not in self.run.model.loss_of:
+            raise TributaryError(f"question {name!r}: the model has no head for a {stype} target "
+                                 f"(heads: {', '.join(sorted(self.run.model.loss_of))})")
+        graph = self.sampler.graphs[database]
+        view = TaskView(graph, name, question.task)
+        col, voc = self.run.embeddings[database]
+        extra_col = torch.from_numpy(question.column_vectors).to(col.device, col.dtype)
+        extra_voc = torch.from_numpy(question.vocab_vectors).to(voc.device, voc.dtype)
+        embeddings = {database: (torch.cat([col, extra_col]), torch.cat([voc, extra_voc]))}
+        return _Asked(database=database, name=name, graph=graph, view=view,
+                      stats=question.task.meta.get("stats") or {}, embeddings=embeddings,
+                      vocab_values=list(store.vocab_values) + question.vocab_values,
+                      warnings=question.warnings)
+
+    def evaluate_asked(self, t: _Asked, *, split: str = "test", max_seeds: int | None = 2000,
+                       bootstrap: int = 200) -> dict[str, Any]:
+        """A question's metrics on its own seeds of ``split`` (the run's split of them), beside
+        the majority/mean of its training split's labels, as :func:`evaluate` reports a task;
+        labelled examples come from its training split, as in evaluation."""
+        from tributary_core.sampler.splits import split_index
+        from tributary_core.train.evaluate import _clean, _labels, bootstrap_intervals, evenly_spaced
+
+        view = t.view
+        table = t.graph.table_names[view.anchor_table]
+        assigned = self.sampler.splitter.assign(table, view.anchor_rows, view.observation_time)
+        seeds = evenly_spaced(np.flatnonzero(assigned == split_index(split)), max_seeds)
+        head = self.registry.loss_head(self.run.model.loss_of[view.stype])
+        preds, targets = [], []
+        for start in range(0, len(seeds), self.batch_size):
+            batch = self._batch(t, view, seeds[start : start + self.batch_size], 0)
+            with torch.inference_mode():
+                _, out = batch_loss(self.run.model, batch, t.embeddings, self.run.device, 0.0,
+                                    targets_only=True)
+            keep = out["labelled"]
+            preds.append(out["prediction"][keep].float().cpu())
+            targets.append(out["target"][keep].cpu())
+        entry: dict[str, Any] = {"split": split, "seeds": int(len(seeds)), "metrics": {},
+                                 "baseline": {}, "ci": {}, "ci_level": 0.95,
+                                 "bootstrap": int(bootstrap), "zero_shot": True}
+        if preds and sum(len(p) for p in preds):
+            pred, target = torch.cat(preds), torch.cat(targets)
+            entry["labelled"] = int(len(target))
+            entry["metrics"] = _clean(head.compute_metrics(pred, target, t.stats))
+            entry["ci"] = bootstrap_intervals(head, pred, target, t.stats, bootstrap)
+            train_target, ok = _labels(head, t, np.flatnonzero(assigned == 0))
+            base = head.baseline(train_target[ok], len(target))
+            if base.dim() == 2 and pred.dim() == 2 and base.shape[1] != pred.shape[1]:
+                wide = torch.zeros(len(target), pred.shape[1])
+                wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
+                base = wide
+            entry["baseline"] = _clean(head.compute_metrics(base, target, t.stats))
+        return entry
+
     # -- predicting ---------------------------------------------------------------------------
 
     def entity_view(self, t: SampledTask, rows: np.ndarray, at: int) -> TaskView:
@@ -214,8 +290,9 @@ class Predictor:
         for start in range(0, len(idx), self.batch_size):
             chunk = idx[start : start + self.batch_size]
             batches = [self._batch(t, view, chunk, k) for k in range(ensemble)]
+            embeddings = getattr(t, "embeddings", None) or run.embeddings
             with torch.inference_mode():
-                outs = [batch_loss(run.model, b, run.embeddings, run.device, 0.0,
+                outs = [batch_loss(run.model, b, embeddings, run.device, 0.0,
                                    targets_only=True)[1] for b in batches]
             prediction, null_logit = outs[0]["prediction"], outs[0]["null_logit"]
             if ensemble > 1:
@@ -230,7 +307,7 @@ class Predictor:
         values = np.concatenate(decoded) if decoded else np.zeros(0)
         candidate_values = None
         if view.candidates is not None:
-            names = t.graph.store.vocab_values
+            names = getattr(t, "vocab_values", None) or t.graph.store.vocab_values
             candidate_values = [names[int(c)] for c in view.candidates]
         prediction = head.to_user_units(values, self.registry.semantic_type(view.stype), t.stats,
                                         candidate_values)
@@ -249,12 +326,12 @@ class Predictor:
             columns["explanation"] = pa.array(explained, type=_EXPLANATION)
         return columns
 
-    def answer(self, task: str, *, seeds: Sequence[int] | None = None,
+    def answer(self, task: str | _Asked, *, seeds: Sequence[int] | None = None,
                keys: pa.Array | Sequence[Any] | None = None, where: str | None = None,
                at: int | None = None, raw: str | Path | None = None, ensemble: int = 1,
                top_k: int = 3, explain: int = 0, keys_from: str = "keys") -> pa.Table:
-        """:func:`predict`'s table (see there)."""
-        t = self.task(task)
+        """:func:`predict`'s table (see there); ``task`` may be a question (:meth:`ask`)."""
+        t = task if isinstance(task, _Asked) else self.task(task)
         chosen = sum(x is not None for x in (seeds, keys, where))
         if chosen > 1:
             raise TributaryError("give at most one of seeds (--rows), keys (--keys) and where "
@@ -315,7 +392,7 @@ class Predictor:
         model, run = self.run.model, self.run
         tensors = batch.to_torch(run.device)
         tensors["stype"] = _recode(model, tensors["stype"])
-        col, voc = run.embeddings[batch.database]
+        col, voc = (getattr(t, "embeddings", None) or run.embeddings)[batch.database]
         with torch.enable_grad():
             x = model.encode(tensors, col, voc).detach().requires_grad_(True)
             out = model(tensors, col, voc, cells=x)
@@ -362,12 +439,31 @@ class Predictor:
         if view.slot == SLOT_BOOLEAN:
             return bool(batch.boolean[b, pos])
         if view.slot == SLOT_VOCAB:
-            return t.graph.store.vocab_values[int(batch.vocab[b, pos])]
+            names = getattr(t, "vocab_values", None) or t.graph.store.vocab_values
+            return names[int(batch.vocab[b, pos])]
         if view.slot == SLOT_NUMBER:
             return stype.decode_prediction(np.array([batch.number[b, pos]]), t.stats)[0].as_py()
         if view.slot == SLOT_TIMESTAMP:
             return stype.decode_prediction(np.array([batch.timestamp[b, pos, -1]]), t.stats)[0].as_py()
         return None
+
+
+@attrs.define
+class _Asked:
+    """A question (:meth:`Predictor.ask`) in the shape of the run's tasks."""
+
+    database: str
+    name: str
+    graph: Any
+    view: TaskView
+    stats: dict[str, Any]
+    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    vocab_values: list[str]
+    warnings: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.database}/{self.name}"
 
 
 class _KeyIndex:
