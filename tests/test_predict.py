@@ -428,3 +428,15 @@ def _keys(tmp_path):
     path = tmp_path / "users.csv"
     path.write_text("user_id\n4\n5\n")
     return path
+
+
+def test_inspect_sample_shows_the_runs_prediction_and_explanation(run_dir, shop):
+    args = ["inspect", str(shop.path), "--sample", "big_order", "--row", "2", "--run", str(run_dir),
+            "--explain", "3"]
+    shown = CliRunner().invoke(cli, args)
+    assert shown.exit_code == 0, shown.output
+    assert "prediction: " in shown.output and "gradient x input" in shown.output
+    data = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    assert 0 <= data["prediction"] <= 1 and 1 <= len(data["explanation"]) <= 3
+    mixed = CliRunner().invoke(cli, [*args, "--width", "7"])
+    assert mixed.exit_code != 0 and "--width: with --run the run's own settings sample" in mixed.output

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 
 @click.command("inspect")
@@ -29,11 +30,17 @@ import click
               help="With --sample: the share of the cells for labelled examples (other seeds of "
                    "the task from the default split's training seeds, with their labels), "
                    "marked in the output.")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="With --sample: sample as this trained run does (its context length, width, "
+                   "seed and examples) and show its prediction and explanation.")
+@click.option("--explain", type=click.IntRange(min=1), default=8, show_default=True, metavar="K",
+              help="With --sample and --run: the K cells that moved the prediction most "
+                   "(gradient x input).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--no-verify", is_flag=True, help="Skip the checksum pass over the store.")
 def inspect(processed: str, table: str | None, row: int | None, task: str | None,
             sample_task: str | None, context_len: int, width: int, seed: int, icl_share: float,
-            as_json: bool, no_verify: bool) -> None:
+            run_dir: Path | None, explain: int, as_json: bool, no_verify: bool) -> None:
     """Describe the store PROCESSED: tables, columns and statistics, graph degrees, tasks;
     decode a row; or show one sampled context."""
     import numpy as np
@@ -59,12 +66,25 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
         if seed_row >= len(view):
             raise TributaryError(f"--row: task {sample_task!r} has {len(view):,} seeds (0 to "
                                  f"{len(view) - 1:,})")
-        with _damage_named(processed, no_verify):
-            examples = view.examples(HashSplit()) if icl_share > 0 else None
-            batch = sample_batch(graph, view, [seed_row], context_len=context_len, width=width,
-                                 sampler_seed=seed, examples=examples, icl_share=icl_share)
-            info = describe_context(graph, batch, 0)
-        click.echo(json.dumps(info, indent=2, default=str) if as_json else format_context(info))
+        if run_dir is not None:
+            info = _explained(processed, run_dir, sample_task, seed_row, explain)
+        else:
+            with _damage_named(processed, no_verify):
+                examples = view.examples(HashSplit()) if icl_share > 0 else None
+                batch = sample_batch(graph, view, [seed_row], context_len=context_len,
+                                     width=width, sampler_seed=seed, examples=examples,
+                                     icl_share=icl_share)
+                info = describe_context(graph, batch, 0)
+        if as_json:
+            click.echo(json.dumps(info, indent=2, default=str))
+            return
+        click.echo(format_context(info))
+        if run_dir is not None:
+            click.echo(f"prediction: {info['prediction']} (p_null {info['p_null']:.3f})")
+            click.echo("cells that moved it most (gradient x input; + pushed the score up):")
+            for cell in info["explanation"]:
+                click.echo(f"  {cell['attribution']:+.4f}  {cell['table']} {cell['key']} "
+                           f"{cell['column']} = {cell['value']}")
         return
     if table is not None and table not in store.tables:
         raise TributaryError(f"{processed}: no table {table!r}; tables: {', '.join(store.tables)}")
@@ -136,7 +156,33 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
 
 
 #: Options that mean something only with --sample.
-_SAMPLE_ONLY = ("context_len", "width", "seed", "icl_share")
+_SAMPLE_ONLY = ("context_len", "width", "seed", "icl_share", "run_dir", "explain")
+
+
+def _explained(processed: Path, run_dir: Path, task: str, seed_row: int, k: int) -> dict[str, Any]:
+    """The context of seed ``seed_row`` as run ``run_dir`` samples it, with the run's prediction
+    and its ``k`` most attributed cells."""
+    from tributary_core.errors import TributaryError
+    from tributary_core.sampler.show import describe_context
+    from tributary_core.train.predict import Predictor
+
+    predictor = Predictor(run_dir)
+    t = predictor.task(task)
+    if t.graph.store.path.resolve() != processed.resolve():
+        raise TributaryError(f"--run {run_dir} samples {t.graph.store.path}, not {processed}: "
+                             f"inspect the run's own store")
+    ctx = click.get_current_context()
+    ignored = [f"--{n.replace('_', '-')}" for n in ("context_len", "width", "seed", "icl_share")
+               if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
+    if ignored:
+        raise TributaryError(f"{', '.join(ignored)}: with --run the run's own settings sample")
+    idx = np.array([seed_row], dtype=np.int64)
+    info = describe_context(t.graph, predictor._batch(t, t.view, idx, 0), 0)
+    answer = predictor.predict_view(t, t.view, idx, explain=k)
+    info["prediction"] = answer["prediction"][0].as_py()
+    info["p_null"] = float(answer["p_null"][0].as_py())
+    info["explanation"] = answer["explanation"][0].as_py()
+    return info
 
 
 def _check_choices(processed: str, table: str | None, row: int | None, task: str | None,
