@@ -896,7 +896,18 @@ def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, dist
         atomic_write_text(out / CONFIG, json.dumps(config.to_json(), indent=1))
     if distributed:
         dist.barrier()
-    return latest_checkpoint(out)
+    latest = latest_checkpoint(out)
+    if distributed:
+        # ranks on other machines read --out too when resuming: all must see rank 0's checkpoint
+        # (a rank that does not would start over from step 0 beside the others)
+        seen: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, None if latest is None else latest.name)
+        odd = next((r for r, name in enumerate(seen) if name != seen[0]), None)
+        if odd is not None:  # every rank stops, so none waits for the others forever
+            raise TributaryError(f"{out}: rank {odd} sees checkpoint {seen[odd] or 'none'}, rank "
+                                 f"0 {seen[0] or 'none'}: put --out on storage every machine sees "
+                                 f"at the same path to resume a run across machines")
+    return latest
 
 
 def _resume(out: Path, model: nn.Module, optimizers: _Optimizers, average: _Average | None,
