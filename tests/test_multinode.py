@@ -46,7 +46,7 @@ def test_two_nodes_under_torchrun_train_as_two_local_processes(tmp_path):
                                [r["loss"] for r in a if "loss" in r], rtol=1e-5, atol=1e-6)
     wa = torch.load(tmp_path / "local" / "model.pt", weights_only=False)
     wb = torch.load(tmp_path / "nodes" / "model.pt", weights_only=False)
-    sa, sb = (w["model"] if "model" in w else w for w in (wa, wb))
+    sa, sb = wa["model"], wb["model"]
     assert sa.keys() == sb.keys()
     for k in sa:
         if torch.is_tensor(sa[k]):
