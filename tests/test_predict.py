@@ -440,3 +440,12 @@ def test_inspect_sample_shows_the_runs_prediction_and_explanation(run_dir, shop)
     assert 0 <= data["prediction"] <= 1 and 1 <= len(data["explanation"]) <= 3
     mixed = CliRunner().invoke(cli, [*args, "--width", "7"])
     assert mixed.exit_code != 0 and "--width: with --run the run's own settings sample" in mixed.output
+
+
+def test_at_alone_predicts_every_entity_there_is_by_then(run, shop):
+    times = np.asarray(shop.tables["orders"].time)
+    at = int(np.sort(times)[30])
+    table = predict(run, "big_order", at=at)
+    ids = shop.tables["orders"].keys().to_numpy()
+    assert sorted(table.column("order_id").to_pylist()) == sorted(ids[times <= at].tolist())
+    assert 31 <= len(table) < len(ids)  # the 31st order's time, and any tied with it

@@ -350,10 +350,13 @@ class Predictor:
                 rows = self.rows_of_keys(t, keys, keys_from)
             elif where is not None:
                 rows = self.rows_where(t, where, raw)
-            else:
-                table = t.graph.table_names[t.view.anchor_table]
-                rows = np.arange(t.graph.store.tables[table].rows, dtype=np.int64)
             when = self.latest_time(t) if at is None else int(at)
+            if keys is None and where is None:  # every row of the anchor table there is by then
+                table = t.graph.store.tables[t.graph.table_names[t.view.anchor_table]]
+                rows = np.arange(table.rows, dtype=np.int64)
+                if table.time is not None:
+                    times = np.asarray(table.time)
+                    rows = rows[(times == NO_TIME) | (times <= when)]
             return self.answer_rows(t, rows, when, ensemble=ensemble, top_k=top_k, explain=explain)
         return self._table(t, view, idx, False, ensemble, top_k, explain)
 
