@@ -350,8 +350,9 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
               help="Predict for the anchor table's rows satisfying this SQL condition (DuckDB, "
                    "on the parquet files in --raw), e.g. \"carrier = 'UA'\".")
 @click.option("--at", "at", default=None, metavar="TIME",
-              help="With --keys or --where (or alone: every row of the anchor table): observe "
-                   "at this time (ISO 8601) [default: the latest time in the database].")
+              help="With --keys or --where (or alone: every row of the anchor table there is by "
+                   "then): observe at this time (ISO 8601) [default: the latest time in the "
+                   "database].")
 @click.option("--raw", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="The database's parquet files, for --where [default: data/raw/<database>].")
 @click.option("--top-k", type=click.IntRange(min=0), default=3, show_default=True,

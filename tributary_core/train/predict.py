@@ -604,8 +604,8 @@ def predict(run: str | Path | Run | Predictor, task: str, *, seeds: Sequence[int
     table starts with ``seed``. Or any entities of the task's anchor table: ``keys`` (values
     of its primary key) or ``where`` (a SQL condition on the anchor table, run in DuckDB on the
     parquet files in ``raw``, default ``data/raw/<database>``), or with ``at`` alone every row
-    of it; all observed at ``at`` (epoch µs; default: the latest time in the database). Such
-    seeds need not be ones the task's SQL produced: their contexts see nothing after ``at``,
+    of it there is by then; all observed at ``at`` (epoch µs; default: the latest time in the
+    database). Such seeds need not be ones the task's SQL produced: their contexts see nothing after ``at``,
     and their labelled examples are the task's own labels known by then.
 
     **Columns.** The anchor's key under the key column's own name (``anchor_row`` for a store
