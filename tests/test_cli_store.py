@@ -102,6 +102,7 @@ def test_inspect_damaged_store_is_one_line(workdir):
 
 
 def test_embedder_options_and_cache_flags(workdir, monkeypatch):
+    pytest.importorskip("uvicorn")  # the embeddings server is the `serve` extra's
     from tributary_core.registry import get_registry
     from tributary_core.serve import EmbeddingServer
 

@@ -1,10 +1,10 @@
 """The HTTP embedders against real servers on 127.0.0.1: `tributary serve`'s EmbeddingServer,
 a subclass of it defined here that fails on purpose (the fault injection lives in the tests,
-not in the server), and a deliberately broken server for bad responses."""
+not in the server), and deliberately broken standard-library servers for bad responses and TCP
+resets."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -31,8 +31,12 @@ from tributary_core import get_registry
 from tributary_core.embed_cache import EmbeddingCache, embed_texts
 from tributary_core.errors import TributaryError
 from tributary_core.http import parse_retry_after
-from tributary_core.serve import EmbeddingRequestHandler, EmbeddingServer
+from tributary_core.serve import EmbeddingServer
 from tributary_core.store import open_store
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+from starlette.responses import JSONResponse, Response  # noqa: E402
 
 SECRET = "sk-test-5ecret-DO-NOT-LEAK-0123456789"
 TEXTS = [f"carrier is {c}{i}" for c in "ABCDEFGH" for i in range(40)]  # 320 strings
@@ -56,49 +60,34 @@ def client(url, name="http", **kw):
 class Faults:
     """Fail ``rate`` of embedding requests, choosing among ``kinds`` with a seeded generator.
 
-    A kind is ``"timeout"`` (hold the request until the client hangs up), ``"reset"`` (drop the
-    connection with a TCP reset) or an HTTP status such as ``"429"`` (sent with ``Retry-After``)
-    or ``"401"``. ``schedule`` fixes the first requests' fates (``None``: answer normally)
-    before the random draws start.
+    A kind is ``"timeout"`` (hold the request until the client hangs up), ``"drop"`` (start
+    the answer, then close the connection without finishing it) or an HTTP status such as
+    ``"429"`` (sent with ``Retry-After``) or ``"401"``. ``schedule`` fixes the first requests'
+    fates (``None``: answer normally) before the random draws start.
+
+    An ASGI application is never handed its socket, so it cannot make a TCP reset; resets are
+    tested against a standard-library server (``test_a_reset_connection_is_retried``).
     """
 
     rate: float = 0.2
-    kinds: tuple[str, ...] = ("429", "500", "timeout", "reset")
+    kinds: tuple[str, ...] = ("429", "500", "timeout", "drop")
     seed: int = 0
     schedule: tuple[str | None, ...] = ()
     retry_after: float = 0.2
 
 
-class _FaultyHandler(EmbeddingRequestHandler):
-    app: FaultyServer
+class _CutOff(Response):
+    """An answer that announces 100 bytes, sends 10 and ends: uvicorn closes the connection."""
 
-    def embed_request(self, length):
-        # Reached once the key, the length and the admission are checked, like the real answer.
-        fault = self.app.draw()
-        if fault is None:
-            return super().embed_request(length)
-        self.rfile.read(length)  # the body is consumed, so the connection stays usable
-        if fault == "429":
-            self.send_json(429, {"error": {"message": "rate limited (injected)"}},
-                           {"Retry-After": f"{self.app.faults.retry_after:g}"})
-        elif fault.isdigit():
-            self.send_json(int(fault), {"error": {"message": f"HTTP {fault} (injected)"}})
-        elif fault == "timeout":
-            self.close_connection = True
-            with contextlib.suppress(OSError):  # hold it until the client gives up and hangs up
-                self.rfile.read(1)
-        elif fault == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-        return None
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")]})
+        await send({"type": "http.response.body", "body": b'{"data": [', "more_body": True})
 
 
 class FaultyServer(EmbeddingServer):
     """An EmbeddingServer whose embedding requests fail as ``faults`` says; counts every
     attempt that reached it (``attempts``) and every fault injected (``fault_counts``)."""
-
-    handler_class = _FaultyHandler
 
     def __init__(self, embedder, *, faults: Faults | None = None, **kw):
         self.faults = faults or Faults(rate=0.0)
@@ -106,6 +95,24 @@ class FaultyServer(EmbeddingServer):
         self.attempts = 0
         self._rng = random.Random(self.faults.seed)
         super().__init__(embedder, **kw)
+
+    async def answer(self, request, length):
+        # Reached once the key, the length and the admission are checked, like the real answer.
+        fault = self.draw()
+        if fault is None:
+            return await super().answer(request, length)
+        await request.body()  # the body is consumed, so the connection stays usable
+        if fault == "429":
+            return JSONResponse({"error": {"message": "rate limited (injected)"}}, 429,
+                                {"Retry-After": f"{self.faults.retry_after:g}"})
+        if fault.isdigit():
+            return JSONResponse({"error": {"message": f"HTTP {fault} (injected)"}}, int(fault))
+        if fault == "timeout":  # hold it until the client gives up and hangs up
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            return Response(status_code=204)  # to nobody: the connection is gone
+        assert fault == "drop", fault
+        return _CutOff()
 
     def draw(self) -> str | None:
         with self._lock:
@@ -142,13 +149,13 @@ def test_faults_at_20_percent_give_the_same_vectors(clean_vectors, caplog):
     # client's 1 s timeout closes the connection. A slow machine may make a healthy request
     # time out too: that is one more retry, so the counts are bounds, not exact numbers.
     faults = Faults(rate=0.2, seed=11, retry_after=0.05,
-                    schedule=("429", "500", "timeout", "reset"))
+                    schedule=("429", "500", "timeout", "drop"))
     batches = len(TEXTS) // 16
     with FaultyServer(hashing(), api_key=SECRET, faults=faults) as server, \
             client(server.url, api_key=SECRET, timeout=1.0, concurrency=4) as emb:
         vectors = emb.embed(TEXTS)
     np.testing.assert_array_equal(vectors, clean_vectors)
-    assert set(server.fault_counts) == {"429", "500", "timeout", "reset"}
+    assert set(server.fault_counts) == {"429", "500", "timeout", "drop"}
     assert emb.requests - emb.retries == batches  # one first attempt per batch
     assert emb.retries >= sum(server.fault_counts.values())  # every fault was retried
     assert server.attempts <= emb.requests  # nothing reached the server that was not sent
@@ -254,6 +261,10 @@ def test_endpoint_and_retry_after_parsing():
 
 
 def _broken_server(kind: str):
+    """A standard-library server answering ``kind``'s mistake; ``"reset"``: the first request's
+    connection is dropped with a TCP reset, later requests are answered correctly."""
+    resets = [0]
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -262,6 +273,12 @@ def _broken_server(kind: str):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if kind == "reset" and not resets[0]:
+                resets[0] += 1
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+                return
             n = len(body["input"])
             rows = [[0.5] * 32 for _ in range(n)]
             index = list(range(n))
@@ -281,6 +298,7 @@ def _broken_server(kind: str):
             self.wfile.write(raw)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.resets = resets
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -301,6 +319,19 @@ def test_bad_responses_are_clear_errors(kind, message):
             emb.embed(["a", "b"])
         assert emb.requests == 1
         emb.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_reset_connection_is_retried():
+    server = _broken_server("reset")
+    try:
+        with client(f"http://127.0.0.1:{server.server_address[1]}/v1", model="m",
+                    encoding_format="float") as emb:
+            vectors = emb.embed(["a", "b"])
+        assert server.resets == [1] and (emb.requests, emb.retries) == (2, 1)
+        assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
     finally:
         server.shutdown()
         server.server_close()

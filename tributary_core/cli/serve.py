@@ -27,19 +27,27 @@ def serve() -> None:
               help="Address to listen on (0.0.0.0 for every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key-env", default=None, metavar="VAR",
-              help="Require `Authorization: Bearer $VAR` on every request.")
+              help="Require `Authorization: Bearer $VAR` on /v1/embeddings and /v1/models.")
 @click.option("--quiet", is_flag=True, help="No access log.")
 def serve_embedder(backend: str, model: str | None, dimension: int, embedder_options: tuple[str, ...],
                    host: str, port: int, api_key_env: str | None, quiet: bool) -> None:
-    """Serve an embedder as OpenAI-compatible POST /v1/embeddings.
+    """Serve an embedder as OpenAI-compatible POST /v1/embeddings (also GET /v1/models,
+    GET /health, GET /openapi.json; uvicorn with Starlette, the `serve` extra).
 
     Clients: `tributary run preprocess --embedder http` with TRIBUTARY_EMBEDDER_URL set to the
-    printed URL, or any OpenAI client.
+    printed URL, or any OpenAI client. Ctrl-C or SIGTERM stops it once the requests in flight
+    are answered.
     """
     from tributary_core.cli.common import make_embedder
     from tributary_core.errors import TributaryError
     from tributary_core.http import check_api_key
-    from tributary_core.serve import EmbeddingServer
+    from tributary_core.serve import INSTALL_HINT, EmbeddingServer
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:  # "serve embedder needs uvicorn and Starlette: pip install ..."
+        raise TributaryError(INSTALL_HINT) from None
 
     if not host.strip():  # "" would listen on every interface, unasked
         raise TributaryError("--host is empty: give an address (0.0.0.0 for every interface)")
@@ -66,11 +74,11 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
                        f"can use this server", err=True)
         click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth} (Ctrl-C stops)",
                    err=True)
-        server.serve_forever()
-    except KeyboardInterrupt:
+        server.serve_forever()  # returns after Ctrl-C or SIGTERM, once in-flight requests are answered
+    except KeyboardInterrupt:  # while the model loads
         pass
     finally:
-        server.httpd.server_close()
+        server.stop()
         embedder.close()
 
 
