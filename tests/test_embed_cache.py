@@ -174,3 +174,101 @@ def test_unwritable_cache_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(TributaryError, match=r"embedding cache .*file/counting-.*: cannot create it"):
         EmbeddingCache(blocker, IDENT)
+
+
+# -- the index (issue 19) ---------------------------------------------------------------------
+
+
+def _fill(cache, rng, n_blocks, per_block, dim, start=0):
+    keys = []
+    for b in range(n_blocks):
+        k = text_keys([f"text {start + b * per_block + i}" for i in range(per_block)])
+        cache.append(k, rng.normal(size=(per_block, dim)).astype(np.float32) + 0.1)
+        keys.append(k)
+    cache.close()
+    return np.concatenate(keys)
+
+
+def test_the_index_folds_the_overflow_and_finds_what_the_segments_hold(tmp_path, monkeypatch):
+    import tributary_core.embed_cache as ec
+
+    monkeypatch.setattr(ec, "_OVERFLOW_MIN", 50)
+    ident = EmbedderIdentity(backend="test", model="m", dimension=4, reduction="ortho-v1")
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path, ident)
+    keys = _fill(cache, rng, 6, 20, 4)
+    assert not (cache.dir / "index.tix").exists()
+    # what the full scan finds is the reference
+    want_found, want = cache._scan(keys, None)
+    found, got = cache.lookup(keys)  # folds: 120 entries > 50, more than an eighth of 0
+    assert (cache.dir / "index.tix").exists() and found.all()
+    np.testing.assert_array_equal(got, want[want_found])
+    table = cache._read_table()
+    assert table.entries == 120 and (table.entry >= 0).sum() == 120
+    # a second writer appends; its entries are found through the overflow, then folded
+    more = _fill(EmbeddingCache(tmp_path, ident), rng, 2, 20, 4, start=10_000)
+    both = np.concatenate([keys, more])
+    found, got = EmbeddingCache(tmp_path, ident).lookup(both)
+    assert found.all()
+    np.testing.assert_array_equal(got[:120], want[want_found])
+    # 40 new entries: under the threshold (50), so still the overflow; 40 more fold them in
+    assert EmbeddingCache(tmp_path, ident)._read_table().entries == 120
+    _fill(EmbeddingCache(tmp_path, ident), rng, 2, 20, 4, start=20_000)
+    found, _ = EmbeddingCache(tmp_path, ident).lookup(both)
+    assert found.all() and EmbeddingCache(tmp_path, ident)._read_table().entries == 200
+    missing = text_keys(["never written"])
+    assert not EmbeddingCache(tmp_path, ident).lookup(missing)[0].any()
+
+
+def test_a_damaged_index_costs_a_scan_never_a_wrong_vector(tmp_path, monkeypatch):
+    import tributary_core.embed_cache as ec
+
+    monkeypatch.setattr(ec, "_OVERFLOW_MIN", 10)
+    ident = EmbedderIdentity(backend="test", model="m", dimension=4, reduction="ortho-v1")
+    cache = EmbeddingCache(tmp_path, ident)
+    keys = _fill(cache, np.random.default_rng(1), 3, 20, 4)
+    _, want = cache.lookup(keys)
+    index = cache.dir / "index.tix"
+    data = bytearray(index.read_bytes())
+    # the slots' entries (the last third of the file after the header) shuffled: pointing at
+    # other keys' positions
+    n = len(data)
+    tail = np.frombuffer(bytes(data[n - (n - 40) // 3 // 8 * 8 :]), dtype="<i8").copy()
+    live = tail >= 0
+    tail[live] = np.roll(tail[live], 1)
+    data[n - len(tail) * 8 :] = tail.tobytes()
+    index.write_bytes(bytes(data))
+    found, got = EmbeddingCache(tmp_path, ident).lookup(keys)
+    # every key is still found (through the segments) with its own vector
+    assert found.all()
+    np.testing.assert_array_equal(got, want)
+    # a torn index is no index: rebuilt on the next fold, and lookups still right
+    index.write_bytes(bytes(data[:100]))
+    found, got = EmbeddingCache(tmp_path, ident).lookup(keys)
+    assert found.all()
+    np.testing.assert_array_equal(got, want)
+    assert EmbeddingCache(tmp_path, ident)._read_table().entries == 60
+
+
+def test_readers_folding_at_once_leave_one_whole_index(tmp_path, monkeypatch):
+    import threading
+
+    import tributary_core.embed_cache as ec
+
+    monkeypatch.setattr(ec, "_OVERFLOW_MIN", 10)
+    ident = EmbedderIdentity(backend="test", model="m", dimension=4, reduction="ortho-v1")
+    keys = _fill(EmbeddingCache(tmp_path, ident), np.random.default_rng(2), 8, 25, 4)
+    results = []
+
+    def read():
+        results.append(EmbeddingCache(tmp_path, ident).lookup(keys)[0].all())
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 4
+    cache = EmbeddingCache(tmp_path, ident)
+    assert cache._read_table().entries == 200
+    assert not list(cache.dir.glob(".index.tix.*"))  # no temporary file left behind

@@ -17,10 +17,36 @@ keeps every batch it finished. A reader stops at a torn or damaged block (a shor
 magic) and checks each block's CRC before using its vectors, so a crash can cost re-embedding,
 never a wrong vector. A cached vector that is zero or not finite (written by an older version
 that did not check) is a miss, and :meth:`EmbeddingCache.append` refuses one.
+
+**The index.** Lookups do not scan the segments' keys. ``index.tix`` holds an open-addressing
+hash table of every indexed key (its slot: the key's low 64 bits; probing linear) pointing at
+its block and position, the table of those blocks, and how many bytes of each segment it
+covers::
+
+    header   40 bytes: b"TEI1", version (u32), dimension D (u32), blocks B (u32),
+             entries N (u64), slots S (u64, a power of two), crc32 of names and blocks (u32),
+             0 (u32)
+    names    u32 length + UTF-8 JSON: [[segment name, covered bytes], ...]
+    blocks   B x (segment index u32, count u32, offset u64)
+    slots    S x key hi u64, S x key lo u64, S x entry i64 (-1: empty), an entry being
+             block << 32 | position; at most 0.7 of the slots are used
+
+A lookup probes the table (a few reads per key, whatever the cache's size), then searches the
+blocks written since the index was (the *overflow*: segment bytes past what it covers) by
+sorting their keys. Once the overflow holds more than 65,536 entries and an eighth of the
+indexed ones, the lookup rebuilds the table with them and replaces ``index.tix`` atomically
+(a temporary file of its own, then a rename), so concurrent readers and writers never see a
+partial index; writers never touch it. The index is derived data: one that is missing, torn or
+fails its checksum is rebuilt from the segments. Its slots are memory-mapped, not read, so
+opening it costs the same at any size. Vectors are still read from their blocks, whose
+checksums are verified before use, and a hit counts only if the block's own key at that
+position is the key looked up: a damaged index costs a full scan, never a wrong vector. Keys of
+a damaged block are looked up again among the other blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +58,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
+import numba
 import numpy as np
 
 from tributary_core.atomic import atomic_write_text
@@ -43,6 +70,63 @@ __all__ = ["EmbeddingCache", "EmbedStats", "default_cache_dir", "embed_texts", "
 MAGIC = b"TEC1"
 _HEADER = struct.Struct("<4sIII")
 _SUFFIX = ".seg"
+_INDEX = "index.tix"
+_INDEX_MAGIC = b"TEI1"
+_INDEX_HEADER = struct.Struct("<4sIIIQQII")
+_BLOCK_ROW = np.dtype([("segment", "<u4"), ("count", "<u4"), ("offset", "<u8")])
+#: The overflow is folded into the index once it holds more than this many entries and more
+#: than an eighth of the indexed ones.
+_OVERFLOW_MIN = 65_536
+
+
+@numba.njit(cache=True, nogil=True)
+def _probe(table_hi, table_lo, table_entry, hi, lo, out):
+    """``out[i]``: the entry of key ``(hi[i], lo[i])`` in the open-addressing table, or -1."""
+    mask = np.uint64(len(table_hi) - 1)
+    for i in range(len(hi)):
+        slot = lo[i] & mask
+        out[i] = -1
+        while table_entry[slot] >= 0:
+            if table_hi[slot] == hi[i] and table_lo[slot] == lo[i]:
+                out[i] = table_entry[slot]
+                break
+            slot = (slot + np.uint64(1)) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(table_hi, table_lo, table_entry, hi, lo, entry):
+    """Add keys ``(hi, lo)`` with their ``entry`` values; a key already there keeps its own."""
+    mask = np.uint64(len(table_hi) - 1)
+    for i in range(len(hi)):
+        slot = lo[i] & mask
+        there = False
+        while table_entry[slot] >= 0:
+            if table_hi[slot] == hi[i] and table_lo[slot] == lo[i]:
+                there = True
+                break
+            slot = (slot + np.uint64(1)) & mask
+        if not there:
+            table_hi[slot] = hi[i]
+            table_lo[slot] = lo[i]
+            table_entry[slot] = entry[i]
+
+
+@attrs.define
+class _Table:
+    """The index as read from ``index.tix`` (or rebuilt): see the module docstring."""
+
+    covered: dict[str, int]
+    segments: list[str]
+    blocks: np.ndarray  # _BLOCK_ROW [B]
+    hi: np.ndarray  # u64 [S]
+    lo: np.ndarray  # u64 [S]
+    entry: np.ndarray  # i64 [S]
+    entries: int
+
+    @classmethod
+    def empty(cls) -> _Table:
+        return cls({}, [], np.zeros(0, _BLOCK_ROW), np.zeros(1, np.uint64), np.zeros(1, np.uint64),
+                   np.full(1, -1, np.int64), 0)
 
 
 def default_cache_dir() -> Path:
@@ -108,14 +192,15 @@ class EmbeddingCache:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _blocks(self) -> tuple[list[_Block], list[np.ndarray]]:
-        """Every complete block of every segment, with its keys (vectors are read on demand)."""
+    def _blocks(self, start: dict[str, int] | None = None) -> tuple[list[_Block], list[np.ndarray]]:
+        """Every complete block of every segment, with its keys (vectors are read on demand);
+        with ``start``, only those from that byte of each segment named in it on."""
         blocks, keys = [], []
         for seg in sorted(self.dir.glob(f"*{_SUFFIX}")):
             try:
                 with open(seg, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
-                    pos = 0
+                    pos = (start or {}).get(seg.name, 0)
                     while pos + _HEADER.size <= size:
                         f.seek(pos)
                         magic, count, dim, _crc = _HEADER.unpack(f.read(_HEADER.size))
@@ -136,8 +221,171 @@ class EmbeddingCache:
         n = len(keys)
         found = np.zeros(n, dtype=bool)
         vectors = np.empty((n, self._dim), dtype=np.float32)
-        blocks, block_keys = self._blocks()
+        if n == 0 or not self.dir.exists():
+            return found, vectors[:0]
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        table, overflow = self._table()
+        # 1. the index
+        entry = np.empty(n, dtype=np.int64)
+        _probe(table.hi, table.lo, table.entry, keys[:, 0].copy(), keys[:, 1].copy(), entry)
+        hit = np.flatnonzero(entry >= 0)
+        damaged = False
+        if len(hit):
+            damaged = self._read_hits(table, keys, entry, hit, found, vectors)
+        # 2. what was written since (and, after damage, everything else)
+        if not found.all():
+            more_found, more = self._scan(keys[~found], None if damaged else overflow)
+            rows = np.flatnonzero(~found)[more_found]
+            vectors[rows] = more
+            found[rows] = True
+        found &= _usable(vectors)
+        return found, vectors[found]
+
+    def _read_hits(self, table: _Table, keys: np.ndarray, entry: np.ndarray, hit: np.ndarray,
+                   found: np.ndarray, vectors: np.ndarray) -> bool:
+        """Read the vectors of the index's hits ``hit`` (their ``entry``) into ``vectors``:
+        each touched block checked once (whole, against its checksum), then every hit's key and
+        vector gathered from the mapped segments at once. A hit counts only if the block's key
+        at its position is the key looked up. Returns whether anything was wrong (a damaged
+        block, or an index that points at another key)."""
+        dim = self._dim
+        blk, pos = entry[hit] >> 32, entry[hit] & 0xFFFFFFFF
+        touched, inv = np.unique(blk, return_inverse=True)
+        rows = table.blocks[touched]
+        ok = np.zeros(len(touched), dtype=bool)
+        maps: dict[int, np.ndarray | None] = {}
+        for j, row in enumerate(rows):  # one checksum per touched block
+            seg = int(row["segment"])
+            if seg not in maps:
+                maps[seg] = _map(self.dir / table.segments[seg])
+            ok[j] = _block_ok(maps[seg], int(row["offset"]), int(row["count"]), dim)
+        good = ok[inv] & (pos < rows["count"][inv])
+        wrong = not good.all()
+        for seg, data in maps.items():
+            mine = np.flatnonzero(good & (rows["segment"][inv] == seg))
+            if data is None or not len(mine):
+                continue
+            base = (rows["offset"][inv[mine]] + _HEADER.size).astype(np.int64)
+            count = rows["count"][inv[mine]].astype(np.int64)
+            at = pos[mine].astype(np.int64)
+            key_at = base + 16 * at
+            vec_at = base + 16 * count + 4 * dim * at
+            got_keys = data[key_at[:, None] + np.arange(16)].view("<u8").reshape(-1, 2)
+            same = (got_keys == keys[hit[mine]]).all(1)
+            wrong |= not same.all()
+            rows_here = hit[mine[same]]
+            raw = data[vec_at[same][:, None] + np.arange(4 * dim)]
+            vectors[rows_here] = raw.view("<f4").reshape(-1, dim)
+            found[rows_here] = True
+        return wrong
+
+    def _table(self) -> tuple[_Table, tuple[list[_Block], list[np.ndarray]]]:
+        """The index and the overflow (the blocks it does not cover, with their keys); the
+        index folded forward, and the overflow emptied, once it has grown past its threshold."""
+        table = self._read_table()
+        overflow, over_keys = self._blocks(table.covered)
+        extra = sum(b.count for b in overflow)
+        if extra > _OVERFLOW_MIN and extra * 8 > table.entries:
+            return self._fold(table, overflow, over_keys), ([], [])
+        return table, (overflow, over_keys)
+
+    def _read_table(self) -> _Table:
+        """``index.tix``, its slots memory-mapped (opening it reads only the header, the names
+        and the blocks); an unusable file is an empty index, rebuilt by the next fold."""
+        path = self.dir / _INDEX
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(_INDEX_HEADER.size)
+                if len(head) < _INDEX_HEADER.size:
+                    return _Table.empty()
+                magic, version, dim, n_blocks, entries, slots, crc, _ = _INDEX_HEADER.unpack(head)
+                if magic != _INDEX_MAGIC or version != 1 or dim != self._dim or not slots or \
+                        slots & (slots - 1):
+                    return _Table.empty()
+                (length,) = struct.unpack("<I", f.read(4))
+                meta = f.read(length + n_blocks * _BLOCK_ROW.itemsize)
+            start = _INDEX_HEADER.size + 4 + len(meta)
+            if len(meta) != length + n_blocks * _BLOCK_ROW.itemsize or \
+                    zlib.crc32(struct.pack("<I", length) + meta) != crc or \
+                    size != start + 24 * slots:
+                return _Table.empty()
+            names = json.loads(meta[:length])
+            blocks = np.frombuffer(meta, _BLOCK_ROW, n_blocks, length)
+            # plain ndarray views of the maps (what the compiled probe takes), no copy
+            hi = np.asarray(np.memmap(path, "<u8", "r", start, (slots,)))
+            lo = np.asarray(np.memmap(path, "<u8", "r", start + 8 * slots, (slots,)))
+            entry = np.asarray(np.memmap(path, "<i8", "r", start + 16 * slots, (slots,)))
+        except (OSError, ValueError):
+            return _Table.empty()
+        return _Table(covered={name: int(n) for name, n in names},
+                      segments=[name for name, _ in names], blocks=blocks, hi=hi, lo=lo,
+                      entry=entry, entries=int(entries))
+
+    def _fold(self, table: _Table, overflow: list[_Block], over_keys: list[np.ndarray]) -> _Table:
+        """The index with the overflow blocks added, written to ``index.tix`` (atomically;
+        a failure to write keeps the old file and only costs a slower lookup)."""
+        segments = list(table.segments)
+        seg_of = {name: i for i, name in enumerate(segments)}
+        rows = [table.blocks]
+        for blk in overflow:
+            if blk.segment.name not in seg_of:
+                seg_of[blk.segment.name] = len(segments)
+                segments.append(blk.segment.name)
+        new_rows = np.zeros(len(overflow), _BLOCK_ROW)
+        for i, blk in enumerate(overflow):
+            new_rows[i] = (seg_of[blk.segment.name], blk.count, blk.offset)
+        rows.append(new_rows)
+        blocks = np.concatenate(rows)
+        entries = table.entries + sum(b.count for b in overflow)
+        slots = 1
+        while slots * 7 < 10 * max(entries, 1):  # a load factor of at most 0.7
+            slots *= 2
+        hi = np.zeros(slots, np.uint64)
+        lo = np.zeros(slots, np.uint64)
+        entry = np.full(slots, -1, np.int64)
+        old = np.flatnonzero(table.entry >= 0)
+        _insert(hi, lo, entry, table.hi[old], table.lo[old], table.entry[old])
+        base = len(table.blocks)
+        for i, (blk, k) in enumerate(zip(overflow, over_keys, strict=True)):
+            ids = ((base + i) << 32) | np.arange(blk.count, dtype=np.int64)
+            k = np.ascontiguousarray(k, dtype=np.uint64)
+            _insert(hi, lo, entry, k[:, 0].copy(), k[:, 1].copy(), ids)
+        covered = dict(table.covered)
+        for blk in overflow:
+            end = blk.offset + _HEADER.size + blk.count * (16 + 4 * self._dim)
+            covered[blk.segment.name] = max(covered.get(blk.segment.name, 0), end)
+        names = json.dumps([[name, covered.get(name, 0)] for name in segments]).encode()
+        meta = struct.pack("<I", len(names)) + names + blocks.tobytes()
+        header = _INDEX_HEADER.pack(_INDEX_MAGIC, 1, self._dim, len(blocks), entries, slots,
+                                    zlib.crc32(meta), 0)
+        tmp = self.dir / f".{_INDEX}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                f.write(meta)
+                for arr in (hi.astype("<u8"), lo.astype("<u8"), entry.astype("<i8")):
+                    f.write(memoryview(arr))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / _INDEX)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return _Table(covered, segments, blocks, hi, lo, entry, entries)
+
+    def _scan(self, keys: np.ndarray, among: tuple[list[_Block], list[np.ndarray]] | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """``keys`` looked up among the blocks ``among`` (blocks and their keys; None: every
+        block) by sorting their keys; a damaged block's keys are looked up again among the
+        others."""
+        n = len(keys)
+        found = np.zeros(n, dtype=bool)
+        vectors = np.empty((n, self._dim), dtype=np.float32)
+        blocks, block_keys = among if among is not None else self._blocks()
         usable = list(range(len(blocks)))
+        if not usable:
+            return found, vectors[:0]
         while usable and not found.all():
             # Match the keys still missing against the blocks not found damaged so far; a
             # damaged block's keys may have good copies elsewhere, so look again without it.
@@ -163,7 +411,6 @@ class EmbeddingCache:
             if not damaged:
                 break
             usable = [b for b in usable if b not in set(damaged)]
-        found &= _usable(vectors)
         return found, vectors[found]
 
     def _read_block(self, block: _Block) -> np.ndarray | None:
@@ -221,6 +468,26 @@ class EmbeddingCache:
     def entries(self) -> int:
         """How many complete entries the cache holds (duplicates across writers included)."""
         return sum(b.count for b in self._blocks()[0])
+
+
+def _map(path: Path) -> np.ndarray | None:
+    """A segment's bytes, memory-mapped (None: gone or unreadable, its blocks are misses)."""
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else None
+    except (OSError, ValueError):
+        return None
+
+
+def _block_ok(data: np.ndarray | None, offset: int, count: int, dim: int) -> bool:
+    """Whether the mapped segment holds the block at ``offset`` whole and matching its
+    checksum (and the count and width the index says)."""
+    if data is None or offset + _HEADER.size > len(data):
+        return False
+    magic, n, d, crc = _HEADER.unpack(data[offset : offset + _HEADER.size].tobytes())
+    end = offset + _HEADER.size + n * (16 + 4 * d)
+    if magic != MAGIC or d != dim or n != count or end > len(data):
+        return False
+    return zlib.crc32(data[offset + _HEADER.size : end]) == crc
 
 
 def _usable(vectors: np.ndarray) -> np.ndarray:
