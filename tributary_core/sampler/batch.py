@@ -91,19 +91,40 @@ class Batch:
     #: Cells other than the target whose values are hidden and predicted (``mask_share`` > 0;
     #: ``sampler/masking.py``). All False without masking.
     is_masked: np.ndarray
+    #: The arrays as page-locked torch tensors, once :meth:`pin` has made them (CUDA only).
+    pinned: dict[str, Any] | None = attrs.field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.n_cells)
 
+    def pin(self) -> Batch:
+        """Copy the arrays into page-locked (pinned) memory, so that :meth:`to_torch` moves them
+        to a GPU asynchronously; a no-op without CUDA. Meant for the thread that prefetches
+        batches, so the copy is not on the training loop's path."""
+        import torch
+
+        if torch.cuda.is_available() and self.pinned is None:
+            # each pinned copy beside the array it copies: a batch changed since (attrs.evolve)
+            # uses its own arrays, never a stale copy
+            self.pinned = {f.name: (v, torch.from_numpy(np.ascontiguousarray(v)).pin_memory())
+                           for f in attrs.fields(type(self))
+                           if isinstance(v := getattr(self, f.name), np.ndarray)}
+        return self
+
     def to_torch(self, device: Any = None) -> dict[str, Any]:
-        """The tensors as a dict (strings and lists pass through)."""
+        """The tensors as a dict (strings and lists pass through); pinned ones (:meth:`pin`)
+        are copied to ``device`` without blocking."""
         import torch
 
         out: dict[str, Any] = {}
+        pinned = self.pinned or {}
         for field in attrs.fields(type(self)):
+            if field.name == "pinned":
+                continue
             value = getattr(self, field.name)
             if isinstance(value, np.ndarray):
-                value = torch.from_numpy(np.ascontiguousarray(value))
+                array, copy = pinned.get(field.name, (None, None))
+                value = copy if array is value else torch.from_numpy(np.ascontiguousarray(value))
                 if device is not None:
                     value = value.to(device, non_blocking=True)
             out[field.name] = value

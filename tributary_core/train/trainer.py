@@ -713,8 +713,11 @@ class _Loop:
 
     def run(self, start: int) -> None:
         c = self.config
-        batches: Iterator[Batch] = prefetch(self.plan.train.batch_at(s)
-                                            for s in range(start + 1, c.steps + 1))
+        # sampled (and, for a GPU, pinned) in a background thread, a few batches ahead
+        pin = self.place.device.type == "cuda"
+        batches: Iterator[Batch] = prefetch(
+            (b.pin() if pin else b) for b in (self.plan.train.batch_at(s)
+                                                for s in range(start + 1, c.steps + 1)))
         try:
             tick = time.perf_counter()
             for step in range(start + 1, c.steps + 1):
