@@ -202,6 +202,11 @@ def test_predict_by_where_and_keys_files(run_dir, shop, tmp_path):
     (["--at", "yesterday-ish"], "--at: 'yesterday-ish' is not a time"),
     (["--rows", "1", "--at", "2024-01-02"], "--at applies to --keys and --where"),
     (["--task", "nope"], "the run has no task 'nope'"),
+    (["--rows", "0-99999999999"], "--rows: '0-99999999999' goes past the last seed"),
+    (["--keys", "{bools}"], "keys of type bool cannot name rows of orders.order_id"),
+    (["--keys", "{decimal}"], "keys like '1.0' cannot name rows of orders.order_id"),
+    (["--where", "paid; SELECT 1", "--raw", "{raw}"], "--where on orders: .*one condition"),
+    (["--where", "paid) UNION (SELECT 1", "--raw", "{raw}"], "--where on orders: .*syntax error"),
 ])
 def test_predict_refuses_bad_requests_in_one_line(run_dir, tmp_path, args, message):
     raw = tmp_path / "raw"
@@ -209,9 +214,12 @@ def test_predict_refuses_bad_requests_in_one_line(run_dir, tmp_path, args, messa
     (tmp_path / "unknown.csv").write_text("order_id\n1\n9999\n10000\n")
     (tmp_path / "wide.csv").write_text("a,b\n1,2\n")
     (tmp_path / "letters.csv").write_text("order_id\nx\n")
+    (tmp_path / "decimal.csv").write_text("order_id\n2\n1.0\n")
+    pq.write_table(pa.table({"order_id": [True, False]}), tmp_path / "bools.parquet")
     paths = {"missing": tmp_path / "no.csv", "unknown": tmp_path / "unknown.csv",
              "wide": tmp_path / "wide.csv", "letters": tmp_path / "letters.csv", "raw": raw,
-             "nowhere": tmp_path / "nowhere"}
+             "nowhere": tmp_path / "nowhere", "bools": tmp_path / "bools.parquet",
+             "decimal": tmp_path / "decimal.csv"}
     args = [a.format(**{k: str(v) for k, v in paths.items()}) for a in args]
     if "--task" not in args:
         args = ["--task", "big_order", *args]
@@ -388,6 +396,8 @@ def test_new_questions_are_answered_for_entities_and_scored(run, raw_dir):
     ({**PAID, "query": "SELEC broken"}, "question 'q'"),
     ({**PAID, "colour": 1}, "unknown field\\(s\\) colour"),
     ({**PAID, "target_stype": "identifier"}, "question 'q'"),
+    ({**PAID, "horizon": 7}, "^question 'q': \\$\\.horizon: expected a string"),
+    ({"query": None}, "^question 'q': \\$\\.query: required field missing \\(and 4 more\\)"),
 ])
 def test_bad_questions_are_refused_in_one_line(run, raw_dir, spec, message):
     with pytest.raises(TributaryError, match=message) as info:
@@ -419,6 +429,44 @@ def test_questions_from_the_command_line(run_dir, raw_dir, tmp_path):
     assert half.exit_code != 0 and "--query needs --anchor-table too" in half.output
 
 
+@pytest.mark.parametrize("command, content, message", [
+    ("predict", "[" * 100_000 + "]" * 100_000, "nests too deeply"),
+    ("predict", {**BAND, "name": [1]}, "a question's name must be a non-empty string; got \\[1\\]"),
+    ("evaluate", {**BAND, "name": 5}, "a question's name must be a non-empty string; got 5"),
+    ("evaluate", "[]", "must hold one JSON object"),
+])
+def test_bad_question_files_are_refused_in_one_line(run_dir, raw_dir, tmp_path, command, content,
+                                                    message):
+    path = tmp_path / "q.json"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        _write(path, content)
+    out = tmp_path / "q.parquet"
+    args = ["--out", str(out), "--rows", "0-1"] if command == "predict" else ["--bootstrap", "0"]
+    result = CliRunner().invoke(cli, ["run", command, "--run", str(run_dir), "--question", str(path),
+                                      "--raw", str(raw_dir), *args])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert __import__("re").search(message, result.output), result.output
+    assert not out.exists()
+
+
+def test_a_question_is_scored_with_an_ensemble_and_a_bounded_bootstrap(run, run_dir, raw_dir,
+                                                                       tmp_path):
+    predictor = Predictor(run)
+    asked = predictor.ask(PAID, name="paid_q", raw=raw_dir)
+    one = predictor.evaluate_asked(asked, bootstrap=0)
+    three = predictor.evaluate_asked(asked, bootstrap=0, ensemble=3)
+    assert one["ensemble"] == 1 and three["ensemble"] == 3 and three["seeds"] == one["seeds"]
+    assert three["metrics"] != one["metrics"]  # the draws were combined, not ignored
+    question = _write(tmp_path / "paid.json", PAID)
+    huge = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(run_dir), "--question",
+                                    str(question), "--raw", str(raw_dir), "--bootstrap", "99999999999"])
+    assert huge.exit_code == 2 and "0<=x<=10000" in huge.output
+
+
 def _write(path, data):
     path.write_text(json.dumps(data))
     return path
@@ -440,6 +488,8 @@ def test_inspect_sample_shows_the_runs_prediction_and_explanation(run_dir, shop)
     assert 0 <= data["prediction"] <= 1 and 1 <= len(data["explanation"]) <= 3
     mixed = CliRunner().invoke(cli, [*args, "--width", "7"])
     assert mixed.exit_code != 0 and "--width: with --run the run's own settings sample" in mixed.output
+    alone = CliRunner().invoke(cli, ["inspect", str(shop.path), "--table", "users", "--run", str(run_dir)])
+    assert alone.exit_code != 0 and "--run only goes with --sample TASK" in alone.output
 
 
 def test_at_alone_predicts_every_entity_there_is_by_then(run, shop):

@@ -108,6 +108,10 @@ def test_predict_answers_as_run_predict_does(server):
     ({"task": "big_order", "keys": [1], "explain": 500}, 400, "'explain' must be"),
     ({"task": "big_order", "keys": [1], "colour": "red"}, 400, "unknown field\\(s\\): colour"),
     (["big_order"], 400, "must be a JSON object"),
+    ({"task": "big_order", "keys": [2**64]}, 400, "too large to be a key"),
+    ({"task": "big_order", "keys": [-(2**63) - 1]}, 400, "too large to be a key"),
+    ({"task": "big_order", "keys": [1.0]}, 400, "whole numbers or strings"),
+    ({"task": "big_order", "keys": [2**63 - 1]}, 400, "1 of 1 key\\(s\\) are not in orders.order_id"),
 ])
 def test_bad_requests_get_a_4xx_with_a_clear_message(server, body, status, message):
     url, _, _ = server
@@ -133,6 +137,24 @@ def test_oversized_and_broken_bodies(server):
     r = httpx.post(f"{url}/v1/predict", headers={"Authorization": "Bearer wrong"},
                    json={"task": "big_order", "keys": [1]})
     assert r.status_code == 401 and KEY not in r.text
+
+
+@pytest.mark.parametrize("method, path, content, status, message", [
+    pytest.param("POST", "/v1/predict", b"[" * 1500 + b"]" * 1500, 400, "nests too deeply",
+                 id="deep-body"),  # past Python's recursion limit, under the test's 4 KiB body
+    pytest.param("POST", "/v1/predict",
+                 b'{"task": "big_order", "keys": [' + b"[" * 1400 + b"]" * 1400 + b"]}", 400,
+                 "nests too deeply", id="deep-keys"),
+    ("GET", "/v1/predict", None, 405, "GET is not allowed on /v1/predict \\(allowed: POST\\)"),
+    ("DELETE", "/v1/tasks", None, 405, "DELETE is not allowed on /v1/tasks"),
+    ("GET", "/v2/predict", None, 404, "no endpoint /v2/predict \\(endpoints: /health"),
+])
+def test_every_refusal_is_a_json_error(server, method, path, content, status, message):
+    url, _, _ = server
+    r = httpx.request(method, f"{url}{path}", headers=auth(), content=content)
+    assert r.status_code == status, r.text
+    assert re.search(message, r.json()["error"]["message"]), r.text
+    assert KEY not in r.text
 
 
 def test_concurrent_clients_are_batched_and_answered_right(server):

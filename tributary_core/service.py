@@ -129,6 +129,9 @@ class ModelService:
             raise _Refused(413, f"'keys' holds {len(keys)} keys; at most {MAX_KEYS} per request")
         if not all(isinstance(k, (int, str)) and not isinstance(k, bool) for k in keys):
             raise _Refused(400, "'keys' must hold whole numbers or strings")
+        if any(isinstance(k, int) and not -(2**63) <= k < 2**63 for k in keys):
+            raise _Refused(400, "'keys' holds a number too large to be a key (keys are 64-bit "
+                                "whole numbers or strings)")
         top_k = _count(body, "top_k", 3, 1000)
         explain = _count(body, "explain", 0, MAX_EXPLAIN)
         at = body.get("at")
@@ -302,6 +305,7 @@ def model_app(service: ModelService, *, api_key: str | None = None,
               max_body_bytes: int = MAX_BODY_BYTES):
     """The Starlette application serving ``service``."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -352,6 +356,8 @@ def model_app(service: ModelService, *, api_key: str | None = None,
             parsed = json.loads(bytes(body))
         except (ValueError, UnicodeDecodeError):
             return refuse(400, "the body is not JSON")
+        except RecursionError:
+            return refuse(400, "the body nests too deeply (a request is one flat JSON object)")
         try:
             task, rows, at, top_k, explain = service.parse(parsed)
         except _Refused as exc:
@@ -363,14 +369,31 @@ def model_app(service: ModelService, *, api_key: str | None = None,
         key_column = [c for c in table.column_names if c not in ("observation_time",)][0]
         return JSONResponse(_answer(task, table, key_column))
 
+    async def http_error(request: Request, exc: HTTPException):
+        """Starlette's own refusals (no such path, a wrong method) as the service's JSON errors."""
+        if exc.status_code == 404:
+            paths = ", ".join(r.path for r in routes)
+            response = refuse(404, f"no endpoint {request.url.path} (endpoints: {paths})",
+                              "not_found_error")
+        elif exc.status_code == 405:
+            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            response = refuse(405, f"{request.method} is not allowed on {request.url.path} "
+                                   f"(allowed: {allowed})")
+            response.headers["Allow"] = allowed
+        else:
+            response = refuse(exc.status_code, str(exc.detail))
+        return response
+
     routes = [Route("/health", health), Route("/openapi.json", openapi),
               Route("/v1/tasks", tasks), Route("/v1/predict", predict, methods=["POST"])]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         yield
         service.close()  # after uvicorn has finished the requests in flight
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error})
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -168,7 +168,9 @@ def parse_max_seeds(value: str | None, default: int | None) -> int | None:
     return n
 
 
-def parse_rows(text: str) -> list[int]:
+def parse_rows(text: str, seeds: int | None = None) -> list[int]:
+    """``--rows``: seed numbers like ``0,5,9`` or ``0-99``; with ``seeds`` (how many the task
+    has), an error for one past the last, before a huge range is spelled out."""
     from tributary_core.errors import TributaryError
 
     out: list[int] = []
@@ -180,6 +182,8 @@ def parse_rows(text: str) -> list[int]:
                 if a > b:
                     raise TributaryError(f"--rows: {part!r} is an empty range (write low-high, "
                                          f"e.g. 0-99)")
+                if seeds is not None and b >= seeds:
+                    raise TributaryError(f"--rows: {part!r} goes past the last seed ({seeds - 1:,})")
                 out.extend(range(a, b + 1))
             elif part:
                 out.append(int(part))
@@ -213,6 +217,9 @@ def read_question(path: Any, query: str | None, anchor_table: str | None, anchor
             raise TributaryError(f"--question: {path} does not exist") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TributaryError(f"--question: {path} is not a JSON file ({exc})") from None
+        except RecursionError:
+            raise TributaryError(f"--question: {path} nests too deeply (a question is one JSON "
+                                 f"object of a task's fields)") from None
         if not isinstance(spec, dict):
             raise TributaryError(f"--question: {path} must hold one JSON object (a task's fields)")
         return spec

@@ -157,6 +157,7 @@ def inspect(processed: str, table: str | None, row: int | None, task: str | None
 
 #: Options that mean something only with --sample.
 _SAMPLE_ONLY = ("context_len", "width", "seed", "icl_share", "run_dir", "explain")
+_OPTION = {"run_dir": "--run"}  # parameters whose option is not their name
 
 
 def _explained(processed: Path, run_dir: Path, task: str, seed_row: int, k: int) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def _check_choices(processed: str, table: str | None, row: int | None, task: str
         raise TributaryError("--row needs --table or --sample")
     if sample_task is None:
         ctx = click.get_current_context()
-        given = [f"--{name.replace('_', '-')}" for name in _SAMPLE_ONLY
+        given = [_OPTION.get(name, f"--{name.replace('_', '-')}") for name in _SAMPLE_ONLY
                  if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
         if given:
             raise TributaryError(f"{', '.join(given)} only goes with --sample TASK")

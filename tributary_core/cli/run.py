@@ -19,6 +19,9 @@ from tributary_core.cli.common import (
     store_path,
 )
 
+#: Most bootstrap resamples (each scores every evaluated seed again).
+MAX_BOOTSTRAP = 10_000
+
 
 @click.group()
 def run() -> None:
@@ -269,8 +272,8 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
 @click.option("--max-seeds", default=None, metavar="N|all",
               help="Evaluate at most N seeds per task, evenly spaced over the split; 'all' for "
                    "every seed [default: 2000].")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Resamples for each metric's 95% confidence interval (0: none).")
+@click.option("--bootstrap", type=click.IntRange(min=0, max=MAX_BOOTSTRAP), default=200,
+              show_default=True, help="Resamples for each metric's 95% confidence interval (0: none).")
 @click.option("--db", "dbs", multiple=True,
               help="Evaluate on this store instead (a path or a name; repeatable): another "
                    "database, or tasks the run never trained on [default: the run's].")
@@ -303,10 +306,11 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
 
         spec = read_question(question_file, None, None, None, None, None, None, None, ())
         predictor = Predictor(run_dir, batch_size=batch_size)
-        name = (names or [None])[0] or spec.pop("name", None) or "question"
+        named = spec.pop("name", None)
+        name = (names or [None])[0] or named or "question"
         asked = predictor.ask(spec, name=name, database=dbs[0] if dbs else None, raw=raw)
         results = {asked.key: predictor.evaluate_asked(asked, split=split, max_seeds=cap,
-                                                       bootstrap=bootstrap)}
+                                                       bootstrap=bootstrap, ensemble=ensemble)}
     else:
         stores = [store_path(d) for d in dbs] or None
         results = evaluate(run_dir, split=split, batch_size=batch_size, max_seeds=cap,
@@ -390,18 +394,18 @@ def predict_command(run_dir: Path, task: str | None, question_file: Path | None,
     when = parse_time(at, "--at") if at is not None else None
     predictor = Predictor(run_dir)
     if spec is not None:
-        asked = predictor.ask(spec, name=task or spec.pop("name", None) or "question",
-                              database=database, raw=raw)
+        named = spec.pop("name", None)
+        asked = predictor.ask(spec, name=task or named or "question", database=database, raw=raw)
         for warning in asked.warnings:
             click.echo(f"warning: {warning}", err=True)
         target = asked
     else:
         target = task
+    t = target if spec is not None else predictor.task(task)
     keys = None
     if keys_file is not None:
-        t = target if spec is not None else predictor.task(task)
         keys = read_keys(keys_file, predictor.key_column(t))
-    table = predictor.answer(target, seeds=parse_rows(rows) if rows else None, keys=keys,
+    table = predictor.answer(target, seeds=parse_rows(rows, len(t.view)) if rows else None, keys=keys,
                              where=where, at=when, raw=raw, ensemble=ensemble, top_k=top_k,
                              explain=explain, keys_from=f"--keys {keys_file}")
     out.parent.mkdir(parents=True, exist_ok=True)

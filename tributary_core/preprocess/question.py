@@ -84,6 +84,8 @@ def materialize_question(store: Store, name: str, spec: dict[str, Any], raw_dir:
     from tributary_core.store.reader import StoreTask
 
     registry = registry or get_registry()
+    if not isinstance(name, str) or not name.strip():
+        raise TributaryError(f"a question's name must be a non-empty string; got {name!r}")
     if not isinstance(spec, dict):
         raise TributaryError("a question is a task: an object with the fields of a task of "
                              "metadata.json (query, anchor_table, anchor_key, target_column, "
@@ -103,8 +105,11 @@ def materialize_question(store: Store, name: str, spec: dict[str, Any], raw_dir:
     source["tasks"] = {name: {k: v for k, v in spec.items() if v is not None}}
     try:
         md = parse_metadata(source, source="the question")
-    except MetadataError as exc:
-        raise TributaryError(_one_line(str(exc))) from None
+    except MetadataError as exc:  # name the question's own field, as the checks below do
+        first = exc.problems[0]
+        where = first.path.replace(f"$.tasks.{name}", "$", 1)
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        raise TributaryError(f"question {name!r}: {where}: {_one_line(first.message)}{more}") from None
     report = validate_metadata(md, raw_dir=raw_dir, registry=registry,
                                query_timeout_s=query_timeout_s)
     errors = report.errors

@@ -141,7 +141,13 @@ class Predictor:
         DuckDB on the database's parquet files (``raw``; default ``data/raw/<database>``)."""
         import pyarrow.dataset as pads
 
-        from tributary_core.sql import QueryTimeout, quote_identifier, run_query, sandbox_connection
+        from tributary_core.sql import (
+            QueryTimeout,
+            fetch_arrow,
+            quote_identifier,
+            run_interruptible,
+            sandbox_connection,
+        )
 
         table = t.graph.table_names[t.view.anchor_table]
         pk = self.key_column(t)
@@ -152,12 +158,15 @@ class Predictor:
                                  f"exist (give the folder with --raw)")
         con = sandbox_connection({table: pads.dataset(path)}, threads=1)
         try:
-            result = run_query(con, f"SELECT {quote_identifier(pk)} FROM {quote_identifier(table)} "
-                                    f"WHERE {where}")
+            # parsed as one expression: a second statement or a UNION is a syntax error
+            result = run_interruptible(con, lambda: fetch_arrow(
+                con.table(table).filter(where).select(quote_identifier(pk))))
         except QueryTimeout as exc:
             raise TributaryError(f"--where: {exc}") from None
         except Exception as exc:  # DuckDB's parser and binder errors: the user's SQL
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if first.startswith("Parser Error"):
+                first += " (--where is one condition on the table's columns, not a statement)"
             raise TributaryError(f"--where on {table}: {first}") from None
         finally:
             con.close()
@@ -202,13 +211,22 @@ class Predictor:
                       warnings=question.warnings)
 
     def evaluate_asked(self, t: _Asked, *, split: str = "test", max_seeds: int | None = 2000,
-                       bootstrap: int = 200) -> dict[str, Any]:
+                       bootstrap: int = 200, ensemble: int = 1) -> dict[str, Any]:
         """A question's metrics on its own seeds of ``split`` (the run's split of them), beside
         the majority/mean of its training split's labels, as :func:`evaluate` reports a task;
-        labelled examples come from its training split, as in evaluation."""
+        labelled examples come from its training split, as in evaluation. ``ensemble=K``
+        merges K contexts per seed with the loss head's ``combine``, as :func:`evaluate` does."""
         from tributary_core.sampler.splits import split_index
-        from tributary_core.train.evaluate import _clean, _labels, bootstrap_intervals, evenly_spaced
+        from tributary_core.train.evaluate import (
+            _clean,
+            _combined,
+            _labels,
+            bootstrap_intervals,
+            check_ensemble,
+            evenly_spaced,
+        )
 
+        ensemble = check_ensemble(ensemble)
         view = t.view
         table = t.graph.table_names[view.anchor_table]
         assigned = self.sampler.splitter.assign(table, view.anchor_rows, view.observation_time)
@@ -216,16 +234,22 @@ class Predictor:
         head = self.registry.loss_head(self.run.model.loss_of[view.stype])
         preds, targets = [], []
         for start in range(0, len(seeds), self.batch_size):
-            batch = self._batch(t, view, seeds[start : start + self.batch_size], 0)
+            chunk = seeds[start : start + self.batch_size]
             with torch.inference_mode():
-                _, out = batch_loss(self.run.model, batch, t.embeddings, self.run.device, 0.0,
-                                    targets_only=True)
+                outs = [batch_loss(self.run.model, self._batch(t, view, chunk, k), t.embeddings,
+                                   self.run.device, 0.0, targets_only=True)[1]
+                        for k in range(ensemble)]
+            out = outs[0]
+            prediction = out["prediction"]
+            if ensemble > 1:
+                prediction = _combined(head, [o["prediction"] for o in outs])
             keep = out["labelled"]
-            preds.append(out["prediction"][keep].float().cpu())
+            preds.append(prediction[keep].float().cpu())
             targets.append(out["target"][keep].cpu())
         entry: dict[str, Any] = {"split": split, "seeds": int(len(seeds)), "metrics": {},
                                  "baseline": {}, "ci": {}, "ci_level": 0.95,
-                                 "bootstrap": int(bootstrap), "zero_shot": True}
+                                 "bootstrap": int(bootstrap), "ensemble": ensemble,
+                                 "zero_shot": True}
         if preds and sum(len(p) for p in preds):
             pred, target = torch.cat(preds), torch.cat(targets)
             entry["labelled"] = int(len(target))
@@ -532,6 +556,9 @@ def _format_us(us: int) -> str | None:
 def _key_array(keys: Sequence[Any], where: str) -> pa.Array:
     try:
         return pa.array(list(keys))
+    except OverflowError:
+        raise TributaryError(f"{where}: a key is too large a number to be a key (keys are 64-bit "
+                             f"whole numbers or strings)") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise TributaryError(f"{where}: keys must all be whole numbers or all strings "
                              f"({str(exc).splitlines()[0]})") from None
@@ -548,13 +575,28 @@ def _as_kind(values: pa.Array | pa.ChunkedArray, kind: str, where: str, column: 
     if pa.types.is_null(values.type):
         return pa.nulls(len(values), pa.int64() if kind == "integer" else pa.string())
     try:
-        if kind == "integer":
+        if kind == "integer" and not pa.types.is_boolean(values.type):
             return values.cast(pa.int64())
-        return values.cast(pa.string())
+        if kind == "string":
+            return values.cast(pa.string())
+        raise pa.ArrowInvalid("booleans are not keys")
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = None
+        if have == "string":  # numbers written as text (a CSV): name one that is not
+            bad = next((v for v in values.to_pylist() if v is not None and not _is_int64(v)), None)
+        if bad is not None:
+            raise TributaryError(f"{where}: keys like {bad!r} cannot name rows of {column}, whose "
+                                 f"keys are whole numbers") from None
         raise TributaryError(f"{where}: keys of type {values.type} cannot name rows of {column}, "
                              f"whose keys are {'whole numbers' if kind == 'integer' else 'strings'}"
                              ) from None
+
+
+def _is_int64(text: str) -> bool:
+    try:
+        return -(2**63) <= int(text) < 2**63
+    except ValueError:
+        return False
 
 
 def read_keys(path: str | Path, column: str) -> pa.Array:
