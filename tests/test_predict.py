@@ -424,6 +424,9 @@ def test_questions_from_the_command_line(run_dir, raw_dir, tmp_path):
                                       str(question), "--raw", str(raw_dir), "--json"])
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.output)["shop/question"]["zero_shot"] is True
+    two = CliRunner().invoke(cli, ["run", "evaluate", "--run", str(run_dir), "--question",
+                                   str(question), "--raw", str(raw_dir), "--tasks", "a,b"])
+    assert two.exit_code == 2 and "--question scores one question" in two.output
     half = CliRunner().invoke(cli, ["run", "predict", "--run", str(run_dir), "--query", "SELECT 1",
                                     "--out", str(out)])
     assert half.exit_code != 0 and "--query needs --anchor-table too" in half.output

@@ -148,6 +148,7 @@ def test_oversized_and_broken_bodies(server):
     ("GET", "/v1/predict", None, 405, "GET is not allowed on /v1/predict \\(allowed: POST\\)"),
     ("DELETE", "/v1/tasks", None, 405, "DELETE is not allowed on /v1/tasks"),
     ("GET", "/v2/predict", None, 404, "no endpoint /v2/predict \\(endpoints: /health"),
+    ("POST", "/v1/predict/", b"{}", 404, "no endpoint /v1/predict/"),
 ])
 def test_every_refusal_is_a_json_error(server, method, path, content, status, message):
     url, _, _ = server

@@ -392,8 +392,9 @@ def model_app(service: ModelService, *, api_key: str | None = None,
         yield
         service.close()  # after uvicorn has finished the requests in flight
 
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # /v1/predict/ is an unknown path (a JSON 404), not a 307
+    return app
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

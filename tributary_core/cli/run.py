@@ -304,6 +304,11 @@ def evaluate_command(run_dir: Path, split: str, batch_size: int | None, max_seed
     if question_file is not None:
         from tributary_core.train.predict import Predictor
 
+        if len(names or ()) > 1 or len(dbs) > 1:
+            from tributary_core.errors import TributaryError
+
+            raise TributaryError("--question scores one question: give at most one --tasks name "
+                                 "(the question's) and one --db (its database)")
         spec = read_question(question_file, None, None, None, None, None, None, None, ())
         predictor = Predictor(run_dir, batch_size=batch_size)
         named = spec.pop("name", None)
