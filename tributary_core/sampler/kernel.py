@@ -325,29 +325,6 @@ class _Scratch(NamedTuple):
 
 
 @numba.njit(cache=True, inline="always")
-def _write_cell(b, pos, c, local, r, g, task, out):
-    """Cell ``pos`` of context ``b``: kernel column ``c`` of row ``r`` (context row ``local``)."""
-    out.cell_col[b, pos] = c
-    out.column_id[b, pos] = task.col_embed[c]
-    out.stype[b, pos] = task.col_stype[c]
-    out.row[b, pos] = local
-    ok = _bit(g.bits, g.col_valid[c], r)
-    out.is_null[b, pos] = not ok
-    if ok:
-        slot = g.col_slot[c]
-        if slot == SLOT_NUMBER:
-            out.number[b, pos] = g.numbers[g.col_src[c] + r]
-        elif slot == SLOT_TIMESTAMP:
-            src = g.col_src[c] + r
-            for j in range(g.timestamps.shape[1]):
-                out.timestamp[b, pos, j] = g.timestamps[src, j]
-        elif slot == SLOT_BOOLEAN:
-            out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
-        elif slot == SLOT_VOCAB:
-            out.vocab[b, pos] = g.vocab[g.col_src[c] + r]
-
-
-@numba.njit(cache=True, inline="always")
 def _label_cell(b, pos, local, e, task, ex, out):
     """Cell ``pos`` of context ``b``: the label of example seed ``e`` on context row ``local``,
     in the task's target column."""
@@ -514,7 +491,8 @@ def _example_rows(b, g, task, ex, L, pos, nr, n_ex, s, out):
     """Write the ``n_ex`` example rows the tiers chose (``s.ex_row``, ``s.ex_seed``) as context
     rows ``nr``... from cell ``pos`` on: each its label cell first, then its cells but the
     task's hidden columns and the target column, up to ``L``. The cells are written out here,
-    not through :func:`_write_cell`, for the reason the walk's are (docs/benchmarks.md)."""
+    as in the walk, not through a shared helper: a helper inlined in Numba's IR made the walk
+    about 30% slower, and one compiled on its own was slower still (docs/benchmarks.md)."""
     t = np.int64(task.anchor_table)
     tc = task.target_col
     n_ts = g.timestamps.shape[1]
@@ -635,8 +613,8 @@ def _context(b, g, task, ex, anchor_row, obs, seed, L, walk_cells, width, s, sta
                 break
             if (c == target_col and is_anchor) or (hide and task.hidden[c]):
                 continue
-            # written out here, not through _write_cell: the call (inlined in Numba's IR) made
-            # the walk about 30% slower (docs/benchmarks.md)
+            # written out here (and again in _example_rows), not through a shared helper: one
+            # inlined in Numba's IR made the walk about 30% slower (docs/benchmarks.md)
             out.cell_col[b, pos] = c
             out.column_id[b, pos] = task.col_embed[c]
             out.stype[b, pos] = task.col_stype[c]
