@@ -19,7 +19,7 @@ from tributary_core.store import Store, open_store
 from tributary_core.train.trainer import Run, batch_loss, labelled, load_run
 
 __all__ = ["evaluate", "evenly_spaced", "target_tensors", "check_ensemble",
-           "bootstrap_intervals", "inference_batch_size", "DEFAULT_MAX_SEEDS", "DEFAULT_BOOTSTRAP"]
+           "bootstrap_intervals", "inference_batch_size", "score", "DEFAULT_MAX_SEEDS", "DEFAULT_BOOTSTRAP"]
 
 #: ``evaluate``'s default cap on each task's evaluated seeds (an evenly spaced subset).
 DEFAULT_MAX_SEEDS = 2000
@@ -161,20 +161,30 @@ def evaluate(run: str | Path | Run, *, split: str = "test", batch_size: int | No
                                  "baseline": {}, "ci": {}, "baseline_ci": {},
                                  "ci_level": 0.95, "bootstrap": int(bootstrap)}
         if n:
-            pred, target = torch.cat(preds), torch.cat(targets)
-            entry["metrics"] = _clean(head.compute_metrics(pred, target, task.stats))
-            entry["ci"] = bootstrap_intervals(head, pred, target, task.stats, bootstrap)
             train_task = next(t for t in train.tasks if t.key == task.key)
-            train_target, keep = _labels(head, train_task, train_task.seeds)
-            base = head.baseline(train_target[keep], n)
-            if base.dim() == 2 and pred.dim() == 2 and base.shape[1] != pred.shape[1]:
-                wide = torch.zeros(n, pred.shape[1])  # categories unseen in training: never picked
-                wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
-                base = wide
-            entry["baseline"] = _clean(head.compute_metrics(base, target, task.stats))
-            entry["baseline_ci"] = bootstrap_intervals(head, base, target, task.stats, bootstrap)
+            entry.update(score(head, torch.cat(preds), torch.cat(targets), task.stats,
+                               _labels(head, train_task, train_task.seeds), bootstrap))
         results[task.key] = entry
     return results
+
+
+def score(head: Any, pred: torch.Tensor, target: torch.Tensor, stats: Any,
+          train_labels: tuple[torch.Tensor, torch.Tensor], bootstrap: int) -> dict[str, Any]:
+    """``metrics`` of predictions ``pred`` of labelled targets ``target``, and the
+    ``baseline`` metrics of the majority/mean of the training labels (``train_labels``: the
+    targets and which are labelled, as :func:`_labels` gives them), each with its bootstrap
+    intervals (``ci``, ``baseline_ci``)."""
+    n = len(target)
+    train_target, keep = train_labels
+    base = head.baseline(train_target[keep], n)
+    if base.dim() == 2 and pred.dim() == 2 and base.shape[1] != pred.shape[1]:
+        wide = torch.zeros(n, pred.shape[1])  # categories unseen in training: never picked
+        wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
+        base = wide
+    return {"metrics": _clean(head.compute_metrics(pred, target, stats)),
+            "ci": bootstrap_intervals(head, pred, target, stats, bootstrap),
+            "baseline": _clean(head.compute_metrics(base, target, stats)),
+            "baseline_ci": bootstrap_intervals(head, base, target, stats, bootstrap)}
 
 
 def check_ensemble(ensemble: Any) -> int:

@@ -218,12 +218,11 @@ class Predictor:
         merges K contexts per seed with the loss head's ``combine``, as :func:`evaluate` does."""
         from tributary_core.sampler.splits import split_index
         from tributary_core.train.evaluate import (
-            _clean,
             _combined,
             _labels,
-            bootstrap_intervals,
             check_ensemble,
             evenly_spaced,
+            score,
         )
 
         ensemble = check_ensemble(ensemble)
@@ -247,21 +246,14 @@ class Predictor:
             preds.append(prediction[keep].float().cpu())
             targets.append(out["target"][keep].cpu())
         entry: dict[str, Any] = {"split": split, "seeds": int(len(seeds)), "metrics": {},
-                                 "baseline": {}, "ci": {}, "ci_level": 0.95,
+                                 "baseline": {}, "ci": {}, "baseline_ci": {}, "ci_level": 0.95,
                                  "bootstrap": int(bootstrap), "ensemble": ensemble,
                                  "zero_shot": True}
         if preds and sum(len(p) for p in preds):
-            pred, target = torch.cat(preds), torch.cat(targets)
+            target = torch.cat(targets)
             entry["labelled"] = int(len(target))
-            entry["metrics"] = _clean(head.compute_metrics(pred, target, t.stats))
-            entry["ci"] = bootstrap_intervals(head, pred, target, t.stats, bootstrap)
-            train_target, ok = _labels(head, t, np.flatnonzero(assigned == 0))
-            base = head.baseline(train_target[ok], len(target))
-            if base.dim() == 2 and pred.dim() == 2 and base.shape[1] != pred.shape[1]:
-                wide = torch.zeros(len(target), pred.shape[1])
-                wide[:, : min(base.shape[1], pred.shape[1])] = base[:, : pred.shape[1]]
-                base = wide
-            entry["baseline"] = _clean(head.compute_metrics(base, target, t.stats))
+            entry.update(score(head, torch.cat(preds), target, t.stats,
+                               _labels(head, t, np.flatnonzero(assigned == 0)), bootstrap))
         return entry
 
     # -- predicting ---------------------------------------------------------------------------
