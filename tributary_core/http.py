@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -141,3 +142,20 @@ def post_with_retries(client: httpx.Client, url: str, body: Any, *, max_retries:
         if attempt < max_retries:
             wait(backoff_delay(attempt, backoff_base, backoff_max, retry_after), last)
     return None, last
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: any free port), for the servers
+    (``serve model``, ``serve embedder``), taken before a model loads so that a port in use
+    fails at once; a one-line error otherwise."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TributaryError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -46,7 +46,6 @@ import hmac
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -57,6 +56,7 @@ import numpy as np
 
 from tributary_core.embedder import Embedder, reduce_vectors
 from tributary_core.errors import TributaryError
+from tributary_core.http import bind_socket
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -173,7 +173,7 @@ class EmbeddingServer:
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._served = False
-        self._sock = self._bind(host, port)
+        self._sock = bind_socket(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         if access_log:
             _enable_access_log()
@@ -189,20 +189,6 @@ class EmbeddingServer:
         except BaseException:
             self._sock.close()
             raise
-
-    @staticmethod
-    def _bind(host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            reason = exc.strerror or str(exc)
-            raise TributaryError(f"serve: cannot listen on {host}:{port} ({reason})") from None
-        return sock
 
     @property
     def url(self) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from tributary_core.errors import TributaryError
+from tributary_core.http import bind_socket
 
 __all__ = ["model_app", "ModelService", "ServiceStats", "bind_socket", "OPENAPI"]
 
@@ -395,22 +396,6 @@ def model_app(service: ModelService, *, api_key: str | None = None,
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.router.redirect_slashes = False  # /v1/predict/ is an unknown path (a JSON 404), not a 307
     return app
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0: any free port), taken before the model
-    loads so that a port in use fails at once; a one-line error otherwise."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise TributaryError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(app: Any, sockets: Sequence[socket.socket], *, access_log: bool = True,

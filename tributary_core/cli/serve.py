@@ -39,26 +39,10 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
     are answered.
     """
     from tributary_core.cli.common import make_embedder
-    from tributary_core.errors import TributaryError
-    from tributary_core.http import check_api_key
-    from tributary_core.serve import INSTALL_HINT, EmbeddingServer
+    from tributary_core.serve import EmbeddingServer
 
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:  # "serve embedder needs uvicorn and Starlette: pip install ..."
-        raise TributaryError(INSTALL_HINT) from None
-
-    if not host.strip():  # "" would listen on every interface, unasked
-        raise TributaryError("--host is empty: give an address (0.0.0.0 for every interface)")
-    api_key = None
-    if api_key_env is not None:
-        if not api_key_env.strip():
-            raise TributaryError("--api-key-env is empty: give the name of the variable holding "
-                                 "the key (leave the option out for no key)")
-        api_key = check_api_key(os.environ.get(api_key_env), api_key_env, "--api-key-env")
-        if not api_key:
-            raise TributaryError(f"--api-key-env: environment variable {api_key_env} is not set")
+    _require_stack("embedder")
+    api_key = _api_key(host, api_key_env)
     embedder = make_embedder(backend, model, dimension, embedder_options)
     try:
         # Take the port before loading the model, so that a port in use fails at once.
@@ -68,10 +52,7 @@ def serve_embedder(backend: str, model: str | None, dimension: int, embedder_opt
         raise
     try:
         embedder.load()
-        auth = " (API key required)" if api_key else ""
-        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: no --api-key-env: anyone who can reach {host}:{server.port} "
-                       f"can use this server", err=True)
+        auth = _warn_unkeyed(host, server.port, api_key)
         click.echo(f"serving {backend}/{embedder.model} at {server.url}{auth} (Ctrl-C stops)",
                    err=True)
         server.serve_forever()  # returns after Ctrl-C or SIGTERM, once in-flight requests are answered
@@ -99,14 +80,7 @@ def serve_model(run_dir: Path, host: str, port: int, api_key_env: str | None, ma
                 max_body_bytes: int, quiet: bool) -> None:
     """Serve a trained run as an HTTP JSON API: POST /v1/predict, GET /v1/tasks, GET /health,
     GET /openapi.json (uvicorn with Starlette; the `serve` extra)."""
-    from tributary_core.errors import TributaryError
-
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise TributaryError("serve model needs uvicorn and Starlette: pip install "
-                             "'tributary[serve]'") from None
+    _require_stack("model")
     from tributary_core.service import ModelService, bind_socket, model_app
     from tributary_core.service import serve as run_server
     from tributary_core.train.predict import Predictor
@@ -118,17 +92,37 @@ def serve_model(run_dir: Path, host: str, port: int, api_key_env: str | None, ma
         service = ModelService(predictor, max_batch=max_batch)
         app = model_app(service, api_key=api_key, max_body_bytes=max_body_bytes)
         bound = sock.getsockname()[1]
-        auth = " (API key required)" if api_key else ""
-        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: no --api-key-env: anyone who can reach {host}:{bound} "
-                       f"can use this server", err=True)
+        auth = _warn_unkeyed(host, bound, api_key)
         click.echo(f"serving {run_dir} at http://{host}:{bound}{auth} (Ctrl-C stops)", err=True)
         run_server(app, [sock], access_log=not quiet)
     finally:
         sock.close()
 
 
+def _require_stack(what: str) -> None:
+    """A one-line error unless uvicorn and Starlette (the ``serve`` extra) are installed."""
+    from tributary_core.errors import TributaryError
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise TributaryError(f"serve {what} needs uvicorn and Starlette: pip install "
+                             f"'tributary[serve]'") from None
+
+
+def _warn_unkeyed(host: str, port: int, api_key: str | None) -> str:
+    """Warn when a server without a key listens beyond this machine; the startup line's note
+    on the key."""
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: no --api-key-env: anyone who can reach {host}:{port} "
+                   f"can use this server", err=True)
+    return " (API key required)" if api_key else ""
+
+
 def _api_key(host: str, api_key_env: str | None) -> str | None:
+    """The key a server requires (None: none), from the variable ``--api-key-env`` names; a
+    one-line error for an empty ``--host`` or a missing, empty or unusable variable."""
     from tributary_core.errors import TributaryError
     from tributary_core.http import check_api_key
 
