@@ -50,16 +50,21 @@ def server(run_dir):
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    _wait_healthy(url)
     yield url, service, predictor
     srv.should_exit = True
     thread.join(timeout=20)
     sock.close()
+
+
+def _wait_healthy(url: str) -> None:
+    """Until the server at ``url`` answers ``GET /health`` (at most about 10 s)."""
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
 
 
 def auth() -> dict[str, str]:
@@ -200,12 +205,7 @@ def test_the_command_serves_and_stops_gracefully_without_showing_the_key(run_dir
                 url = found.group(1)
                 break
         assert url, "".join(lines)
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        _wait_healthy(url)
         ok = httpx.post(f"{url}/v1/predict", headers=auth(), json={"task": "big_order", "keys": [4]})
         assert ok.status_code == 200, ok.text
         assert httpx.post(f"{url}/v1/predict", json={"task": "big_order", "keys": [4]}).status_code == 401
