@@ -113,7 +113,10 @@ def test_ensemble_one_is_draw_zero(run):
         _, out = batch_loss(run.model, sampler.batch(task, rows), run.embeddings, run.device, 0.0)
     got = predict(run, "big_order", seeds=rows)
     expected = torch.sigmoid(out["prediction"].float()).numpy()
-    np.testing.assert_array_equal(got.column("prediction").to_numpy(), expected.astype(np.float64))
+    # predict() runs the model on the target cells' attention paths only (targets_only), so its
+    # float32 sums may differ in the last bit from the full forward pass
+    np.testing.assert_allclose(got.column("prediction").to_numpy(), expected.astype(np.float64),
+                               rtol=1e-6, atol=1e-7)
 
 
 def _draws(run, task_name, rows, k):
