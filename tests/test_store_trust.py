@@ -23,6 +23,7 @@ from tributary_core import TributaryError, get_registry
 from tributary_core.preprocess import preprocess
 from tributary_core.sql import QueryTimeout, run_query, sandbox_connection
 from tributary_core.store import StoreFileError, open_store
+from tributary_core.store.format import FileWriter, StoreFile, unpack_bits, write_file
 from tributary_core.timeconv import to_epoch_us
 
 SLOW = "SELECT count(*) AS n FROM range(100000) a, range(100000) b, range(100000) c"
@@ -377,6 +378,7 @@ def test_full_disk_names_the_store_and_cleans_up(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    monkeypatch.setattr(pipeline.FileWriter, "add", full)  # tables are written section by section
     monkeypatch.setattr(pipeline, "write_file", full)
     with pytest.raises(TributaryError, match=r"store: cannot write tables/customers\.bin .*"
                                              r"No space left on device"):
@@ -394,3 +396,175 @@ def test_read_only_folder_is_one_line(tmp_path):
             build(tmp_path, copy.deepcopy(TINY_METADATA), out="locked/store")
     finally:
         locked.chmod(0o755)
+
+
+# -- 8. the streaming store file writer -------------------------------------------------------
+
+
+def stream(path: Path, sections: dict[str, np.ndarray], meta: dict | None = None, **kwargs):
+    with FileWriter(path, "table", **kwargs) as writer:
+        for name, array in sections.items():
+            writer.add(name, array)
+        return writer.close(meta)
+
+
+def assert_reads_back(path: Path, sections: dict[str, np.ndarray], info: dict) -> StoreFile:
+    f = StoreFile(path, expect_kind="table")
+    f.verify()
+    assert info == {"bytes": path.stat().st_size, "crc32": f.header_crc}
+    assert list(f) == list(sections)
+    for name, array in sections.items():
+        got = f.array(name)
+        assert got.shape == array.shape and got.dtype == array.dtype.newbyteorder("<"), name
+        assert np.array_equal(got, array), name
+        assert f.sections[name]["offset"] % 64 == 0
+    return f
+
+
+def mixed_sections() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "emb": rng.standard_normal((37, 5)).astype(np.float32),
+        "ids": np.arange(-3, 20, dtype=np.int64),
+        "big_endian": np.array([1, 2, 70000], dtype=">i4"),
+        "bytes": np.array([0, 255, 7], dtype=np.uint8),
+        "half": np.array([0.5, -2.0], dtype=np.float16),
+        "valid": np.array([True, False, True] * 5 + [True, True]),  # 17 bits: 3 bytes
+        "no_valid": np.zeros(0, dtype=np.bool_),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+        "last": np.array([9], dtype=np.uint32),
+    }
+
+
+def test_file_writer_round_trip(tmp_path):
+    sections = mixed_sections()
+    info = stream(tmp_path / "a.bin", sections, {"rows": 37})
+    f = assert_reads_back(tmp_path / "a.bin", sections, info)
+    assert f.meta == {"rows": 37}
+    assert f.sections["valid"]["dtype"] == "bits" and f.sections["valid"]["shape"] == [17]
+    assert f.raw("valid").tolist() == [0b01101101, 0b11011011, 0b1]
+    assert f.sections["big_endian"]["dtype"] == "<i4"
+    assert f.sections["emb"]["offset"] == 65600  # _align(32 + 65536): the default reserve
+    assert f.sections["no_valid"]["nbytes"] == 0 and f.sections["empty"]["shape"] == [0, 4]
+
+
+def test_file_writer_is_byte_identical_to_write_file(tmp_path):
+    for name, sections in [("mixed", mixed_sections()),
+                           ("wide", {f"column_{i:04d}_" + "n" * 60: np.arange(i, dtype=np.int32)
+                                     for i in range(120)})]:
+        info = write_file(tmp_path / f"{name}.bin", "table", sections, {"rows": 1})
+        assert stream(tmp_path / f"{name}.stream", sections, {"rows": 1}, reserve=4096) == info
+        data = (tmp_path / f"{name}.bin").read_bytes()
+        assert (tmp_path / f"{name}.stream").read_bytes() == data
+        assert_reads_back(tmp_path / f"{name}.bin", sections, info)
+    first = StoreFile(tmp_path / "mixed.bin").sections["emb"]["offset"]
+    assert first == 4160  # _align(32 + 4096): a small header fits write_file's first reserve
+    hlen = int.from_bytes((tmp_path / "wide.bin").read_bytes()[12:16], "little")
+    assert hlen > 4096  # the wide header outgrew it, so write_file grew its reserve
+    first = StoreFile(tmp_path / "wide.bin").sections["column_0000_" + "n" * 60]["offset"]
+    # its reserve grew to _align(len(header) + 1024) for a header (of smaller offsets) no longer
+    # than the final one
+    assert 32 + hlen <= first <= (32 + (hlen + 1024 + 63) // 64 * 64 + 63) // 64 * 64
+    assert first - (32 + hlen) >= 1024 - 64
+
+
+def test_file_writer_header_larger_than_reserve(tmp_path, monkeypatch):
+    from tributary_core.store import format as fmt
+
+    monkeypatch.setattr(fmt, "_MOVE_BLOCK", 1000)  # many overlapping blocks to move
+    rng = np.random.default_rng(3)
+    sections = {}
+    for i in range(150):
+        name = f"section_{i:03d}_with_a_rather_long_descriptive_name_" + "x" * (i % 40)
+        if i % 3 == 0:
+            sections[name] = rng.random(int(rng.integers(0, 50))) < 0.5
+        elif i % 3 == 1:
+            sections[name] = rng.standard_normal((int(rng.integers(0, 30)), 3)).astype(np.float32)
+        else:
+            sections[name] = rng.integers(-1000, 1000, int(rng.integers(0, 40)))
+    sections["big"] = np.arange(100_000, dtype=np.int64)  # 800 kB, far more than one block
+    sections["trailing_empty"] = np.zeros(0, dtype=np.int64)
+    info = stream(tmp_path / "a.bin", sections, {"rows": 5}, reserve=64)
+    f = assert_reads_back(tmp_path / "a.bin", sections, info)
+    data = (tmp_path / "a.bin").read_bytes()
+    hlen = int.from_bytes(data[12:16], "little")
+    first = min(s["offset"] for s in f.sections.values())
+    assert hlen > 64 and first >= 32 + hlen
+    assert data[32 + hlen : first] == bytes(first - 32 - hlen)  # the old section bytes are gone
+    assert f.array("big")[-1] == 99_999 and f.meta == {"rows": 5}
+
+
+def test_file_writer_duplicate_name_raises(tmp_path):
+    with FileWriter(tmp_path / "a.bin", "table") as writer:
+        writer.add("x", np.array([1, 2, 3], dtype=np.int32))
+        with pytest.raises(ValueError, match="'x' was already added"):
+            writer.add("x", np.array([4], dtype=np.int32))
+        with pytest.raises(ValueError, match="object"):
+            writer.add("obj", np.array(["a", None], dtype=object))
+        info = writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        writer.add("y", np.array([1]))
+    f = assert_reads_back(tmp_path / "a.bin", {"x": np.array([1, 2, 3], dtype=np.int32)}, info)
+    assert f.meta == {}
+
+
+def test_file_writer_abort_and_exception_leave_no_file(tmp_path):
+    writer = FileWriter(tmp_path / "a.bin", "table")
+    writer.add("x", np.arange(10))
+    assert (tmp_path / "a.bin").exists()
+    writer.abort()
+    assert not (tmp_path / "a.bin").exists()
+    with pytest.raises(ValueError, match="closed"):
+        writer.close()
+
+    with pytest.raises(RuntimeError, match="boom"), FileWriter(tmp_path / "b.bin", "table") as w:
+        w.add("x", np.arange(10))
+        raise RuntimeError("boom")
+    assert not (tmp_path / "b.bin").exists()
+
+    # A header that cannot be written (meta not JSON) removes the file too.
+    with pytest.raises(TypeError), FileWriter(tmp_path / "c.bin", "table") as w:
+        w.add("x", np.arange(10))
+        w.close({"bad": object()})
+    assert not (tmp_path / "c.bin").exists()
+
+    # An unstorable array is refused before write_file touches an existing file.
+    (tmp_path / "d.bin").write_bytes(b"old")
+    with pytest.raises(ValueError, match="bitmaps"):
+        write_file(tmp_path / "d.bin", "table", {"m": np.ones((2, 2), dtype=bool)})
+    assert (tmp_path / "d.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin"]
+
+
+def test_write_file_still_reads_back(tmp_path):
+    sections = mixed_sections()
+    info = write_file(tmp_path / "a.bin", "table", sections, {"rows": 37, "name": "t"})
+    f = assert_reads_back(tmp_path / "a.bin", sections, info)
+    assert f.meta == {"rows": 37, "name": "t"}
+    assert info["bytes"] == f.sections["last"]["offset"] + 4
+    assert unpack_bits(f.raw("valid"), 17).tolist() == sections["valid"].tolist()
+    info = write_file(tmp_path / "none.bin", "table", {})
+    f = StoreFile(tmp_path / "none.bin")
+    f.verify()
+    assert f.sections == {} and info["bytes"] == (tmp_path / "none.bin").stat().st_size
+
+
+def test_file_writer_add_chunks_concatenates_and_checks_length(tmp_path):
+    """A section written from chunks (how sampler.bin concatenates the tables' sections) reads
+    back as their concatenation and verifies; chunks short of its shape remove the file."""
+    from tributary_core.store.format import FileWriter, StoreFile
+
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    b = np.arange(100, 106, dtype=np.float32).reshape(2, 3)
+    with FileWriter(tmp_path / "x.bin", "test", reserve=64) as w:
+        w.add_chunks("ts", np.float32, (6, 3), iter([a, b]))
+        w.add("after", np.array([7, 8], dtype=np.int64))
+        w.close({"k": 1})
+    f = StoreFile(tmp_path / "x.bin")
+    f.verify()
+    np.testing.assert_array_equal(f.array("ts"), np.concatenate([a, b]))
+    np.testing.assert_array_equal(f.array("after"), [7, 8])
+    w = FileWriter(tmp_path / "y.bin", "test")
+    with pytest.raises(ValueError, match="needs 72 bytes, its chunks gave 48"):
+        w.add_chunks("ts", np.float32, (6, 3), iter([a]))
+    assert not (tmp_path / "y.bin").exists()

@@ -31,7 +31,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ import numpy as np
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file", "StoreFile",
+__all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file", "FileWriter",
+           "StoreFile",
            "pack_bits", "unpack_bits", "dump_store_metadata", "load_store_metadata",
            "replace_problem"]
 
@@ -104,38 +105,208 @@ _LITTLE = np.little_endian
 def write_file(path: str | Path, kind: str, sections: Mapping[str, np.ndarray],
                meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``sections`` (name -> array) to ``path``; returns ``{"bytes", "crc32"}`` of the file's
-    header, which the store's metadata.json records per file."""
+    header, which the store's metadata.json records per file.
+
+    A :class:`FileWriter` with a 4096-byte reserve: every array is checked before the file is
+    opened, so an unstorable array leaves ``path`` untouched."""
     prepared = [(name, *_as_section(arr)) for name, arr in sections.items()]
-    entries = []
-    header = b""
-    # The header holds the offsets and the offsets depend on the header's length: grow the
-    # reserved space until the header fits in it.
-    reserve = 4096
-    while True:
-        offset = _align(PREAMBLE.size + reserve)
-        entries = []
+    with FileWriter(path, kind, reserve=_WRITE_FILE_RESERVE) as writer:
         for name, dtype, shape, payload in prepared:
-            entries.append({"name": name, "dtype": dtype, "shape": shape, "offset": offset,
-                            "nbytes": int(payload.nbytes), "crc32": _crc(payload)})
-            offset = _align(offset + payload.nbytes)
-        header = json.dumps({"kind": kind, "sections": entries, "meta": dict(meta or {})},
-                            separators=(",", ":")).encode()
-        if len(header) <= reserve:
-            break
-        reserve = _align(len(header) + 1024)
-    end = entries[-1]["offset"] + entries[-1]["nbytes"] if entries else PREAMBLE.size + len(header)
-    header_crc = zlib.crc32(header)
-    with open(path, "wb") as f:
+            writer._check_new(name)
+            writer._add_section(name, dtype, shape, payload)
+        return writer.close(meta)
+
+
+_WRITE_FILE_RESERVE = 4096
+#: Bytes moved at a time when the header outgrows its reserved space.
+_MOVE_BLOCK = 1 << 24
+
+
+class FileWriter:
+    """Write a store file one section at a time (bounded memory).
+
+    Each :meth:`add` writes its section's bytes at once, so the caller may free the array; the
+    sections start at ``_align(32 + reserve)``. :meth:`close` writes the header (offsets, CRCs)
+    and the preamble at the front. A header longer than ``reserve`` is handled like
+    :func:`write_file` does: the reserve grows to ``_align(len(header) + 1024)`` until the header
+    fits, and the section bytes already written are moved forward (in 16 MiB blocks, from the end
+    backwards). With ``reserve=4096`` the file is byte-identical to :func:`write_file`'s.
+
+    Like :func:`write_file`, the file is written in place at ``path`` and fsynced on close (a
+    store is built in a temporary folder and published whole). :meth:`abort` closes and removes
+    the partial file; used as a context manager, an exception inside the block aborts, a block
+    left normally closes the file (without meta) unless :meth:`close` was already called.
+    """
+
+    def __init__(self, path: str | Path, kind: str, *, reserve: int = 65536) -> None:
+        if reserve < 0:
+            raise ValueError(f"reserve must be >= 0, not {reserve}")
+        self.path = Path(path)
+        self.kind = kind
+        self._reserve = int(reserve)
+        self._start = _align(PREAMBLE.size + self._reserve)
+        self._offset = self._start  # where the next section goes
+        self._entries: list[dict[str, Any]] = []
+        self._names: set[str] = set()
+        self._closed = False
+        self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close() / abort()
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: the store file writer is closed")
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Write section ``name`` now: a 1-d bool array as a bitmap, any other array as its
+        little-endian C-order bytes (an empty array takes no bytes). A name already added, or an
+        array that cannot be stored (object dtype, bool with more than one dimension), raises
+        ValueError and writes nothing."""
+        self._check_new(name)
+        self._add_section(name, *_as_section(array))
+
+    def add_chunks(self, name: str, dtype: Any, shape: tuple[int, ...],
+                   chunks: Iterable[np.ndarray]) -> None:
+        """Write section ``name`` of ``dtype`` and ``shape`` from ``chunks``, arrays whose bytes,
+        in order, are the section's (e.g. other files' sections concatenated, never all in
+        memory at once). Chunks that do not add up to the shape's bytes raise ValueError."""
+        self._check_new(name)
+        dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+        if dt.hasobject:
+            raise ValueError(f"cannot store an object array ({dt})")
+        expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        crc, nbytes = 0, 0
+        try:
+            self._file.seek(self._offset)
+            for chunk in chunks:
+                view = memoryview(np.ascontiguousarray(chunk)).cast("B")
+                if view.nbytes:
+                    self._file.write(view)
+                    crc = zlib.crc32(view, crc)
+                    nbytes += view.nbytes
+        except BaseException:
+            self.abort()
+            raise
+        if nbytes != expected:
+            self.abort()
+            raise ValueError(f"{self.path}: section {name!r} of shape {tuple(shape)} needs "
+                             f"{expected} bytes, its chunks gave {nbytes}")
+        self._entries.append({"name": name, "dtype": dt.str, "shape": [int(x) for x in shape],
+                              "offset": self._offset, "nbytes": nbytes, "crc32": crc})
+        self._names.add(name)
+        self._offset = _align(self._offset + nbytes)
+
+    def _check_new(self, name: str) -> None:
+        self._check_open()
+        if name in self._names:
+            raise ValueError(f"{self.path}: section {name!r} was already added")
+
+    def _add_section(self, name: str, dtype: str, shape: list[int], payload: np.ndarray) -> None:
+        """Write a payload prepared by :func:`_as_section` (the name checked by the caller)."""
+        nbytes = int(payload.nbytes)
+        if nbytes:  # an empty section (no vocabulary) has nothing to write
+            try:
+                self._file.seek(self._offset)
+                self._file.write(memoryview(payload).cast("B"))
+            except BaseException:
+                self.abort()
+                raise
+        self._entries.append({"name": name, "dtype": dtype, "shape": shape,
+                              "offset": self._offset, "nbytes": nbytes, "crc32": _crc(payload)})
+        self._names.add(name)
+        self._offset = _align(self._offset + nbytes)
+
+    def close(self, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write the header and preamble, fsync and close; returns ``{"bytes", "crc32"}`` (the
+        file's size and its header's CRC-32) like :func:`write_file`. On failure the partial file
+        is removed."""
+        self._check_open()
+        try:
+            return self._finish(meta)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+        f = self._file
+        meta = dict(meta or {})
+        # The header holds the offsets and the offsets depend on the header's length: grow the
+        # reserved space until the header fits in it (as write_file always did).
+        reserve = self._reserve
+        while True:
+            shift = _align(PREAMBLE.size + reserve) - self._start
+            entries = [dict(e, offset=e["offset"] + shift) for e in self._entries]
+            header = json.dumps({"kind": self.kind, "sections": entries, "meta": meta},
+                                separators=(",", ":")).encode()
+            if len(header) <= reserve:
+                break
+            reserve = _align(len(header) + 1024)
+        if entries:
+            old_end = self._entries[-1]["offset"] + self._entries[-1]["nbytes"]
+            end = entries[-1]["offset"] + entries[-1]["nbytes"]
+        else:
+            old_end = end = PREAMBLE.size + len(header)
+        if shift and entries:
+            self._move(old_end, shift)
+        header_crc = zlib.crc32(header)
+        f.seek(0)
         f.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), header_crc))
         f.write(header)
-        for entry, (_, _, _, payload) in zip(entries, prepared, strict=True):
-            f.seek(entry["offset"])
-            if payload.nbytes:  # an empty section (no vocabulary) has nothing to write
-                f.write(memoryview(payload).cast("B"))
         f.truncate(end)
         f.flush()
         os.fsync(f.fileno())
-    return {"bytes": end, "crc32": header_crc}
+        f.close()
+        self._closed = True
+        return {"bytes": end, "crc32": header_crc}
+
+    def _move(self, old_end: int, shift: int) -> None:
+        """Move the sections' bytes ``[start, old_end)`` forward by ``shift`` bytes, block by
+        block from the end backwards (a block never overwrites bytes still to be moved), then
+        zero what they leave behind up to the new start."""
+        f = self._file
+        f.truncate(old_end)  # trailing empty sections: the region ends at the last offset
+        buf = bytearray(min(_MOVE_BLOCK, max(old_end - self._start, 1)))
+        view = memoryview(buf)
+        hi = old_end
+        while hi > self._start:
+            lo = max(self._start, hi - len(buf))
+            chunk = view[: hi - lo]
+            f.seek(lo)
+            done = 0
+            while done < len(chunk):
+                n = f.readinto(chunk[done:])
+                if not n:
+                    raise OSError(f"{self.path}: short read while moving sections")
+                done += n
+            f.seek(lo + shift)
+            f.write(chunk)
+            hi = lo
+        # What the sections left behind before the new start becomes zero padding again (past
+        # the old end the file had no bytes: the moved blocks were written beyond it).
+        f.seek(self._start)
+        left = max(0, min(old_end, self._start + shift) - self._start)
+        zeros = bytes(min(left, _MOVE_BLOCK))
+        while left > 0:
+            n = min(left, len(zeros))
+            f.write(zeros[:n])
+            left -= n
+
+    def abort(self) -> None:
+        """Close and remove the partial file (nothing once :meth:`close` has succeeded)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._file.close()
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 class StoreFile:
