@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,19 @@ from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
+from tributary_core.sampler.graph import write_sampler_file
 from tributary_core.semantic_type import SemanticType, Vocabulary
 from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_query, sandbox_connection
 from tributary_core.store.format import (
     FORMAT_VERSION,
     METADATA,
+    FileWriter,
+    StoreFile,
     dump_store_metadata,
     replace_problem,
     write_file,
 )
+from tributary_core.store.reader import Store
 from tributary_core.timeconv import format_epoch_us, parse_duration, to_epoch_us
 
 __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
@@ -176,8 +180,13 @@ def preprocess(
             embedding = embed(embedder, cache, columns, vocab, writer, progress)
         warnings = (keys.warnings + tables.warnings + tasks.warnings
                     + _unfitted_warning(tables.unfitted + tasks.unfitted))
-        writer.write_metadata(_store_metadata(db, embedder, cutoff, keys, tables, graph, tasks,
-                                              columns, vocab, writer.files))
+        meta = _store_metadata(db, embedder, cutoff, keys, tables, graph, tasks, columns, vocab,
+                               writer.files)
+        with clock("sampler"):
+            progress("sampler", 0, 1)
+            write_sampler_file(writer.opened(meta), writer.write_chunked, registry)
+            progress("sampler", 1, 1)
+        writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
         result = PreprocessResult(
             path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
             dangling={f"{t}.{c}": link.n_dangling for (t, c), link in tables.links.items()},
@@ -254,6 +263,49 @@ class _StoreWriter:
             self.files[rel] = write_file(path, kind, sections, meta)
         except OSError as exc:
             raise self.error(rel, exc) from None
+
+    def open(self, rel: str, kind: str) -> FileWriter:
+        """A file to write one section at a time (:meth:`add`, then :meth:`close`); a failed
+        run removes the whole temporary folder, this file included."""
+        path = self.folder / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return FileWriter(path, kind, reserve=4096)
+        except OSError as exc:
+            raise self.error(rel, exc) from None
+
+    def add(self, file: FileWriter, name: str, array: np.ndarray) -> None:
+        try:
+            file.add(name, array)
+        except OSError as exc:
+            raise self.error(file.path.relative_to(self.folder).as_posix(), exc) from None
+
+    def close(self, rel: str, file: FileWriter, meta: dict[str, Any] | None = None) -> None:
+        try:
+            self.files[rel] = file.close(meta)
+        except OSError as exc:
+            raise self.error(rel, exc) from None
+
+    def write_chunked(self, rel: str, kind: str,
+                      sections: dict[str, tuple[Any, tuple[int, ...], Iterable[np.ndarray]]],
+                      meta: dict[str, Any] | None = None) -> None:
+        """Write a file whose sections are each given as ``(dtype, shape, chunks)``: the
+        chunks' bytes in order (e.g. other files' sections, concatenated without a copy of the
+        whole in memory)."""
+        path = self.folder / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileWriter(path, kind) as out:
+                for name, (dtype, shape, chunks) in sections.items():
+                    out.add_chunks(name, dtype, shape, chunks)
+                self.files[rel] = out.close(meta)
+        except OSError as exc:
+            raise self.error(rel, exc) from None
+
+    def opened(self, meta: dict[str, Any]) -> Store:
+        """The store written so far, opened from the temporary folder with ``meta`` as its
+        metadata (not yet written)."""
+        return Store(self.folder, meta, {rel: StoreFile(self.folder / rel) for rel in self.files})
 
     def write_metadata(self, meta: dict[str, Any]) -> None:
         try:
@@ -412,9 +464,11 @@ class EncodedTables:
 
 def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | None,
                   writer: _StoreWriter, progress: Progress) -> EncodedTables:
-    """Every table, one at a time: each column through its semantic type (categorical and text
-    values added to ``vocab``), foreign keys matched to parent rows (those ``keys`` has not
-    matched already)."""
+    """Every table, one at a time, one column at a time: each column read from its parquet
+    file, through its semantic type (categorical and text values added to ``vocab``), written
+    to the table's file and let go before the next is read, so memory holds one column's
+    working set (plus the keys and row times of stage 2), not a table's. Foreign keys are
+    matched to parent rows (those ``keys`` has not matched already)."""
     tables_meta: dict[str, Any] = {}
     columns: list[dict[str, Any]] = []
     links = dict(keys.links)
@@ -425,14 +479,15 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
     for i, (tname, table) in enumerate(db.md.tables.items()):
         progress("encode", i, total)
         names = [c for c, col in table.columns.items() if not db.stype(col.stype).is_ignored]
-        data = _read(db.paths[tname], names)
         mask = _window(cutoff, keys.times.get(tname))
-        sections: dict[str, np.ndarray] = {}
         cols_meta: dict[str, Any] = {}
+        rel = f"tables/{tname}.bin"
+        out = writer.open(rel, "table")
         for j, cname in enumerate(names):
             col = table.columns[cname]
             stype = db.stype(col.stype)
-            prepared = stype.prepare(data.column(cname))
+            data = _read(db.paths[tname], [cname]).column(cname)
+            prepared = stype.prepare(data)
             where = f"{tname}.{cname}"
             stats, empty = _fit(stype, prepared, mask, where)
             if empty:
@@ -450,9 +505,9 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
             prefix = f"c{j}"
             fields = {}
             for field, arr in encoded.arrays.items():
-                sections[f"{prefix}.{field}"] = arr
+                writer.add(out, f"{prefix}.{field}", arr)
                 fields[field] = f"{prefix}.{field}"
-            sections[f"{prefix}.valid"] = encoded.valid
+            writer.add(out, f"{prefix}.valid", encoded.valid)
             column_id = len(columns)
             text = f"{cname} : {col.description}" if col.description else cname
             columns.append({"table": tname, "column": cname, "text": text})
@@ -461,18 +516,19 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
                                 "n_invalid": prepared.n_invalid}
             if col.foreign_key and (tname, cname) not in links:
                 links[(tname, cname)] = _match_parents(db, keys.primary_keys, tname, cname,
-                                                       data.column(cname))
+                                                       data)
             cells += int(encoded.valid.sum())
-            del prepared, encoded
+            del data, prepared, encoded
         timed = tname in keys.times
         if timed:
-            sections["time"] = keys.times[tname]
-        del data
+            writer.add(out, "time", keys.times[tname])
         key_meta = None
         if tname in keys.primary_keys:
+            sections: dict[str, np.ndarray] = {}
             key_meta = _key_sections(keys.primary_keys[tname], sections)
-        rel = f"tables/{tname}.bin"
-        writer.write(rel, "table", sections, {"table": tname, "rows": keys.rows[tname]})
+            for name, arr in sections.items():
+                writer.add(out, name, arr)
+        writer.close(rel, out, {"table": tname, "rows": keys.rows[tname]})
         tables_meta[tname] = {
             "rows": keys.rows[tname], "file": rel, "primary_key": table.primary_key,
             "key": key_meta,
@@ -500,7 +556,7 @@ def build_graph(db: _Database, keys: Keys, links: dict[tuple[str, str], KeyMatch
     """A CSR both ways per foreign-key column, from the parent rows matched in ``links``."""
     fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
            for c, col in table.columns.items() if col.foreign_key]
-    sections: dict[str, np.ndarray] = {}
+    file = writer.open("graph.bin", "graph")
     out = []
     edges = 0
     for i, (tname, cname, ref) in enumerate(fks):
@@ -512,10 +568,9 @@ def build_graph(db: _Database, keys: Keys, links: dict[tuple[str, str], KeyMatch
         if child_time is None:
             child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
         indptr, children, times = build_csr(parent, child_time, keys.rows[ptable])
-        sections[f"fk{i}.parent"] = parent
-        sections[f"fk{i}.indptr"] = indptr
-        sections[f"fk{i}.children"] = children
-        sections[f"fk{i}.child_time"] = times
+        for name, arr in (("parent", parent), ("indptr", indptr), ("children", children),
+                          ("child_time", times)):
+            writer.add(file, f"fk{i}.{name}", arr)  # written now: one FK in memory at a time
         out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
                     "parent_column": pcol, "edges": int(len(children)),
                     "dangling": link.n_dangling, "null": link.n_null,
@@ -523,7 +578,7 @@ def build_graph(db: _Database, keys: Keys, links: dict[tuple[str, str], KeyMatch
                                  ("parent", "indptr", "children", "child_time")}})
         edges += int(len(children))
     progress("graph", len(fks), len(fks))
-    writer.write("graph.bin", "graph", sections, {"foreign_keys": len(fks)})
+    writer.close("graph.bin", file, {"foreign_keys": len(fks)})
     return Graph(out, edges)
 
 
