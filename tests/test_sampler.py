@@ -616,3 +616,52 @@ def test_cell_masking_tasks_get_labelled_examples(shop):
             assert batch.number[i, k] == amounts[row]
             seen += 1
     assert seen > 0
+
+
+def _batches_equal(a, b) -> None:
+    for field in ("n_cells", "n_rows", "row", "row_table", "row_index", "row_parents", "cell_col",
+                  "number", "timestamp", "boolean", "vocab", "is_null", "is_target"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_sampler_maps_the_store_instead_of_copying_it(shop):
+    """Preprocessing writes sampler.bin; the graph's flat arrays are views of its memory map (no
+    copy per process), and sample exactly what a copy read from the tables samples."""
+    from tributary_core.store.reader import Store
+
+    assert "sampler.bin" in shop.files
+    mapped = SamplerGraph(shop)
+    assert mapped.mapped
+    for name in ("time", "parent", "children", "numbers", "timestamps", "vocab", "bits"):
+        array = getattr(mapped, name)
+        assert not array.flags.owndata and not array.flags.writeable, name
+    # a store without the file (made before it existed) copies the same arrays into memory
+    old = Store(shop.path, shop.meta, {k: v for k, v in shop.files.items() if k != "sampler.bin"})
+    copied = SamplerGraph(old)
+    assert not copied.mapped and copied.numbers.flags.owndata
+    for name in ("time", "parent", "indptr", "children", "child_time", "numbers", "timestamps",
+                 "vocab", "bits"):
+        np.testing.assert_array_equal(getattr(mapped, name), getattr(copied, name), err_msg=name)
+    for task in ("big_order", "user_kind"):
+        va, vb = mapped.task(task), copied.task(task)
+        seeds = np.arange(len(va))
+        _batches_equal(sample_batch(mapped, va, seeds, context_len=48, width=3, sampler_seed=5),
+                       sample_batch(copied, vb, seeds, context_len=48, width=3, sampler_seed=5))
+
+
+def test_sampler_file_parts_must_match_to_be_mapped(shop):
+    """A section of sampler.bin planned from other parts (e.g. another set of installed
+    semantic types) is not used: that array is read from the tables instead."""
+    import copy
+
+    from tributary_core.store.format import StoreFile
+    from tributary_core.store.reader import Store
+
+    other = StoreFile(shop.files["sampler.bin"].path)
+    other.meta = copy.deepcopy(other.meta)
+    other.meta["parts"]["numbers"] = other.meta["parts"]["numbers"][:-1]
+    store = Store(shop.path, shop.meta, {**shop.files, "sampler.bin": other})
+    graph = SamplerGraph(store)
+    assert not graph.mapped
+    assert graph.numbers.flags.owndata and not graph.vocab.flags.owndata
+    np.testing.assert_array_equal(graph.numbers, SamplerGraph(shop).numbers)

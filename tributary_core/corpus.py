@@ -104,9 +104,11 @@ def find_databases(folder: str | Path) -> list[Path]:
 
 def store_is_current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
     """Whether ``store_dir`` is a store of ``metadata`` (as it reads now) made with
-    ``embedder``'s identity, holding its primary keys' values (stores made before keys were
-    stored are made again): a store to keep rather than preprocess again."""
+    ``embedder``'s identity, holding its primary keys' values and the sampler's flat arrays
+    (stores made before either was stored are made again): a store to keep rather than
+    preprocess again."""
     from tributary_core.metadata.io import dump_metadata, load_metadata
+    from tributary_core.sampler.graph import SAMPLER_FILE
     from tributary_core.store import open_store
 
     if not is_store(store_dir):
@@ -116,7 +118,7 @@ def store_is_current(store_dir: Path, metadata: Path, embedder: Any) -> bool:
         wanted = json.loads(json.dumps(dump_metadata(load_metadata(metadata))))
         keyed = all(t.has_keys for t in store.tables.values() if t.meta.get("primary_key"))
         return (store.meta.get("source_metadata") == wanted and store.embedder == embedder.identity
-                and keyed)
+                and keyed and SAMPLER_FILE in store.files)
     except (TributaryError, OSError, ValueError):
         return False
 

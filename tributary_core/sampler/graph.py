@@ -4,6 +4,7 @@ and column tables, and per-task views (seeds, targets, hidden columns)."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -54,14 +55,48 @@ class _Flat:
         self.size += n
         return at
 
-    def build(self) -> np.ndarray:
-        out = np.empty((self.size, *self.row_shape), dtype=self.dtype)
-        at = 0
+    def names(self, store: Store) -> list[list[str]]:
+        """The parts as ``[file relative to the store, section]``: what ``sampler.bin`` records
+        for each of its sections, so that a reader can tell whether a section is this one."""
+        return [[_relative(store, file), section] for file, section, _ in self.parts]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.size, *self.row_shape)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The parts' bytes, in order, as read-only views of their memory maps."""
         for file, section, n in self.parts:
-            file.read_into(section, out[at : at + n])
-            at += n
+            yield file.raw(section).reshape((n, *self.row_shape))
+
+    def build(self, mapped: StoreFile | None, name: str, store: Store) -> np.ndarray:
+        """The concatenation: section ``name`` of the store's ``sampler.bin`` (``mapped``) when
+        that holds exactly these parts (no copy: a view of the file's memory map, shared by
+        every process through the page cache), else a copy read into memory."""
+        if mapped is not None and mapped.meta.get("parts", {}).get(name) == self.names(store):
+            out = mapped.raw(name).view(self.dtype).reshape(self.shape)
+            self.was_mapped = True
+        else:
+            self.was_mapped = False
+            out = np.empty(self.shape, dtype=self.dtype)
+            at = 0
+            for file, section, n in self.parts:
+                file.read_into(section, out[at : at + n])
+                at += n
+            out.flags.writeable = False  # as a mapped section is: one compiled kernel for both
         self.parts = []
         return out
+
+
+def _relative(store: Store, file: StoreFile) -> str:
+    return file.path.relative_to(store.path).as_posix()
+
+
+#: The sections of ``sampler.bin``, in the order they are written, and the SamplerGraph
+#: attribute each one is.
+SAMPLER_SECTIONS = ("time", "parent", "indptr", "children", "child_time", "numbers",
+                    "timestamps", "vocab", "bits")
+SAMPLER_FILE = "sampler.bin"
 
 
 #: Graphs already built, by opened store: weak references, so a graph lives as long as a sampler
@@ -80,7 +115,10 @@ class SamplerGraph:
     store's tables and graph, made once per process.
     """
 
-    def __init__(self, store: Store, registry: Registry | None = None) -> None:
+    def __init__(self, store: Store, registry: Registry | None = None, *,
+                 build: bool = True) -> None:
+        """``build=False`` plans the flat arrays without reading them (``self.flats``: name ->
+        :class:`_Flat`), for :func:`write_sampler_file`."""
         registry = registry or get_registry()
         self.store = store
         self.name = store.name
@@ -98,7 +136,6 @@ class SamplerGraph:
             self.table_rows[i] = t.rows
             if t.time is not None:
                 self.time_off[i] = times.add(t.file, t.meta["time"])
-        self.time = times.build()
         # foreign keys, by child table (parents) and by parent table (children)
         fks = store.foreign_keys
         self.fk_child_table = np.array([tindex[fk.child_table] for fk in fks], dtype=np.int64)
@@ -114,8 +151,6 @@ class SamplerGraph:
                                      dtype=np.int64)
         for s in sections:
             ctime.add(graph, s["child_time"])
-        self.parent, self.indptr = parent.build(), indptr.build()
-        self.children, self.child_time = children.build(), ctime.build()
         self.max_parents = max(1, int(np.diff(self.out_ptr).max(initial=0)))
         # columns: every non-ignored column of every table, in table order
         col_name: list[str] = []
@@ -154,10 +189,18 @@ class SamplerGraph:
         self.col_embed = np.array(cols["embed"], dtype=np.int32)
         self.col_stype = np.array(cols["stype"], dtype=np.int16)
         self.n_cols = len(col_name)
-        self.numbers = flat[SLOT_NUMBER].build()
-        self.timestamps = flat[SLOT_TIMESTAMP].build()
-        self.vocab = flat[SLOT_VOCAB].build()
-        self.bits = bits.build()
+        self.flats = {"time": times, "parent": parent, "indptr": indptr, "children": children,
+                      "child_time": ctime, "numbers": flat[SLOT_NUMBER],
+                      "timestamps": flat[SLOT_TIMESTAMP], "vocab": flat[SLOT_VOCAB], "bits": bits}
+        #: Whether the flat arrays are views of ``sampler.bin`` (shared by every process
+        #: through the page cache) rather than this process's own copy.
+        self.mapped = False
+        if build:
+            mapped = store.files.get(SAMPLER_FILE)
+            for name in SAMPLER_SECTIONS:
+                setattr(self, name, self.flats[name].build(mapped, name, store))
+            self.mapped = all(self.flats[name].was_mapped for name in SAMPLER_SECTIONS)
+            del self.flats
         # each FK's column as a kernel column (-1 if ignored): hiding it hides the edge too
         self.fk_col = np.array([self._column_or_none(fk.child_table, fk.column) for fk in fks],
                                dtype=np.int64)
@@ -227,6 +270,22 @@ class SamplerGraph:
             child_time=self.child_time, children_off=self.children_off, col_ptr=self.col_ptr,
             col_slot=self.col_slot, col_src=self.col_src, col_valid=self.col_valid,
             numbers=self.numbers, timestamps=self.timestamps, bits=self.bits, vocab=self.vocab)
+
+
+def write_sampler_file(store: Store, write: Callable[..., Any],
+                       registry: Registry | None = None) -> None:
+    """Write ``sampler.bin`` for ``store`` (opened from its folder, before or after its
+    metadata is final) through ``write(name, kind, chunked_sections, meta)``: each of the
+    sampler's flat arrays (:data:`SAMPLER_SECTIONS`) as one section, the store's sections of
+    that kind concatenated in the order the sampler reads them, and in the file's meta the parts
+    of each (``{"parts": {name: [[file, section], ...]}}``) so that a reader maps a section only
+    if it plans the very same parts (the same installed semantic types). The sampler then maps
+    this file instead of copying the store into each process (:class:`SamplerGraph`)."""
+    plan = SamplerGraph(store, registry, build=False)
+    flats = {name: plan.flats[name] for name in SAMPLER_SECTIONS}
+    write(SAMPLER_FILE, "sampler",
+          {name: (f.dtype, f.shape, f.chunks()) for name, f in flats.items()},
+          {"parts": {name: f.names(store) for name, f in flats.items()}})
 
 
 class TaskView:
