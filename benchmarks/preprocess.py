@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 METADATA = REPO / "data" / "metadata" / "tpch.json"
 
 CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from tributary_core import get_registry
 from tributary_core.preprocess import preprocess
 emb = get_registry().create_embedder("hashing")
@@ -40,7 +40,8 @@ r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True)
 total = time.perf_counter() - start
 print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,
                   "rows": sum(r.rows.values()), "edges": r.edges,
-                  "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "sampler_bytes": os.path.getsize(os.path.join(sys.argv[3], "sampler.bin"))}))
 """
 
 
@@ -111,7 +112,9 @@ def main() -> None:
     rss = statistics.median(r["max_rss_bytes"] for r in runs)
     store = runs[0]["store_bytes"]
 
-    print(f"rows {runs[0]['rows']:,}, edges {runs[0]['edges']:,}, store {store / 1e6:,.0f} MB")
+    sampler = runs[0]["sampler_bytes"]
+    print(f"rows {runs[0]['rows']:,}, edges {runs[0]['edges']:,}, store {store / 1e6:,.0f} MB "
+          f"(of which sampler.bin {sampler / 1e6:,.0f} MB)")
     print(f"read into numpy           {t_read:8.2f} s")
     print(f"preprocess (no embedding) {no_embed:8.2f} s   ratio {no_embed / t_read:.2f}x  "
           "(target <= 3x)")
@@ -119,8 +122,8 @@ def main() -> None:
     t_write = median_time(lambda: write_floor(store), 1)
     print(f"  of which the disk alone: writing {store / 1e6:,.0f} MB with fsync takes {t_write:.2f} s "
           f"on this machine")
-    print(f"peak RSS                  {rss / 1e6:8.0f} MB  ratio {rss / store:.2f}x store  "
-          "(target <= 2.5x)")
+    print(f"peak RSS                  {rss / 1e6:8.0f} MB  ratio {rss / store:.2f}x store, "
+          f"{rss / (store - sampler):.2f}x the store without sampler.bin  (target <= 2.5x)")
 
     # -- kernels ----------------------------------------------------------------------------
     from tributary_plugins.semantic_types.numerical import to_float64, zscore
