@@ -110,6 +110,22 @@ def test_timestamp_features_match_datetime(us_list, data, n_threads):
         np.testing.assert_allclose(out[i], np.float32(expected), rtol=1e-5, atol=1e-6)
 
 
+@given(st.one_of(st.lists(US_RANGE, max_size=40), st.lists(US_NARROW, max_size=40)))
+def test_sampler_cell_features_equal_the_column_encoding(us_list):
+    """The sampler writes a timestamp cell's features from its stored µs (write_features); they
+    are bit for bit those of encode_times, which labels, examples and baselines use."""
+    from tributary_core.timefeatures import write_features
+
+    us = np.array(us_list, dtype=np.int64)
+    mean, std = 1.3e15, 4.0e14
+    whole = np.empty((len(us), 15), np.float32)
+    encode_times(us, np.ones(len(us), np.bool_), mean, std, TABLES, 1, whole)
+    cells = np.full((1, len(us), 15), np.nan, np.float32)
+    for i, x in enumerate(us):
+        write_features(x, mean, 1.0 / std, TABLES, cells, 0, i)
+    np.testing.assert_array_equal(cells[0], whole)
+
+
 @given(st.integers(min_value=-719_162, max_value=2_932_896))  # years 1 to 9999
 def test_civil_fields_match_datetime(days):
     date = dt.date(1970, 1, 1) + dt.timedelta(days=days)

@@ -32,6 +32,7 @@ from tributary_core.sampler import (
 from tributary_core.sampler.kernel import NO_TIME
 from tributary_core.sampler.reference import reference_context
 from tributary_core.store import open_store
+from tributary_core.timefeatures import features
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
@@ -351,8 +352,11 @@ def test_values_are_the_stored_encodings(shop):
                 continue
             if stype == "numerical":
                 assert batch.number[i, pos] == shop.tables[t].field(col, "value")[r]
-            elif stype == "timestamp":
-                np.testing.assert_array_equal(batch.timestamp[i, pos], orders.field(col, "value")[r])
+            elif stype == "timestamp":  # stored as epoch µs, written as its features
+                want = features(orders.field(col, "value")[r : r + 1], None,
+                                orders.columns[col]["stats"])[0]
+                np.testing.assert_array_equal(batch.timestamp[i, pos], want)
+                assert batch.timestamp[i, pos].any()
             elif stype == "boolean":
                 assert batch.boolean[i, pos] == shop.tables[t].field(col, "value")[r]
             elif stype in ("categorical", "text"):
@@ -665,3 +669,23 @@ def test_sampler_file_parts_must_match_to_be_mapped(shop):
     assert not graph.mapped
     assert graph.numbers.flags.owndata and not graph.vocab.flags.owndata
     np.testing.assert_array_equal(graph.numbers, SamplerGraph(shop).numbers)
+
+
+def test_timestamp_labels_are_features_of_the_stored_times(shop):
+    """A timestamp target (here the masking task of orders.ts) is stored as epoch µs; the batch's
+    label is its 15 features, the epoch z-score last, as the kernel writes a timestamp cell."""
+    graph = SamplerGraph.from_store(shop)
+    view = graph.task("orders.ts:mask")
+    seeds = np.arange(len(view))
+    batch = sample_batch(graph, view, seeds, context_len=32, width=2)
+    orders = shop.tables["orders"]
+    stored = orders.field("ts", "value")
+    assert stored.dtype == np.int64
+    want = features(stored[view.anchor_rows[seeds]], orders.valid("ts")[view.anchor_rows[seeds]],
+                    orders.columns["ts"]["stats"])
+    np.testing.assert_array_equal(batch.target_timestamp, want)
+    mean, std = (orders.columns["ts"]["stats"]["database"][k] for k in ("mean", "std"))
+    ok = ~batch.target_is_null
+    np.testing.assert_allclose(batch.target_timestamp[ok, -1],
+                               (stored[view.anchor_rows[seeds]][ok] - mean) / std, rtol=1e-5,
+                               atol=1e-5)

@@ -33,6 +33,7 @@ from tributary_core.registry import get_registry
 from tributary_core.sampler import HashSplit, Sampler, TemporalSplit
 from tributary_core.sampler.kernel import NO_TIME
 from tributary_core.store import Store
+from tributary_core.timefeatures import features
 
 __all__ = ["lightgbm_baseline", "task_features"]
 
@@ -63,7 +64,8 @@ def task_features(store: Store, task: Any, seeds: np.ndarray) -> tuple[np.ndarra
                 columns.append(np.where(present, valid.astype(float), np.nan))
                 names.append(f"{prefix}{cname}:present")
             elif slot == "timestamp":
-                values = np.asarray(t.field(cname, "value"))[safe]
+                values = features(np.asarray(t.field(cname, "value"))[safe], valid,
+                                  t.columns[cname].get("stats") or {})
                 for j in range(values.shape[1]):
                     columns.append(np.where(valid, values[:, j], np.nan))
                     names.append(f"{prefix}{cname}:{j}")

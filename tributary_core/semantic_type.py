@@ -133,8 +133,10 @@ class SemanticType:
             type, the default first. Empty: this type cannot be a prediction target.
         is_ignored: True only for the type that marks a column as skipped entirely.
         batch_slot: where the sampler puts this type's encoded cell in a batch: ``"number"``
-            (field ``value``, float32), ``"timestamp"`` (field ``value``,
-            :data:`TIMESTAMP_WIDTH` float32), ``"boolean"`` (field ``value``), ``"vocab"``
+            (field ``value``, float32), ``"timestamp"`` (field ``value``, int64 epoch
+            microseconds, from which the sampler computes :data:`TIMESTAMP_WIDTH` float32
+            features, :mod:`tributary_core.timefeatures`, z-scored with the column's
+            ``stats["database"]`` mean and std), ``"boolean"`` (field ``value``), ``"vocab"``
             (field ``index``, a vocabulary id) or ``"none"`` (presence only, as identifiers).
         tabular_feature: whether the LightGBM baseline uses this type's cells as features
             (False for free text, whose vocabulary ids are not categories).

@@ -19,7 +19,8 @@ it. What they check:
   its input alone, returns one validity flag per row, and is deterministic; ``fit`` returns
   JSON-able statistics, the same twice, also for a row subset; ``vocabulary`` returns one text
   and one value per entry; ``encode`` leaves ``prepared`` alone, returns arrays of one row per
-  cell, finite where valid, the same twice; ``decode`` reads back each valid cell;
+  cell, finite where valid, the same twice (a ``timestamp``-slot type: int64 epoch µs, one per
+  cell); ``decode`` reads back each valid cell;
   ``label_values`` gives one float per value of the sample's Python values, NaN for nulls,
   finite for every cell ``prepare`` accepts, the same twice; for a type that can be a target,
   ``decode_prediction`` turns the stored values (the last of the slot's values) into one Arrow
@@ -47,6 +48,7 @@ import pyarrow as pa
 
 from tributary_core.loss import LossHead
 from tributary_core.semantic_type import SLOT_WIDTH, TIMESTAMP_WIDTH, Prepared, SemanticType, Vocabulary
+from tributary_core.timefeatures import features
 
 __all__ = ["check_semantic_type", "check_loss_head", "fake_batch"]
 
@@ -148,6 +150,10 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
         assert _same(array, second.arrays[field]), f"{who}: encode() is not deterministic ({field!r})"
     if st.batch_slot in ("number", "timestamp", "boolean"):
         assert "value" in encoded.arrays, f"{who}: slot {st.batch_slot!r} reads the field 'value'"
+    if st.batch_slot == "timestamp":
+        value = encoded.arrays["value"]
+        assert value.dtype == np.int64 and value.shape == (n,), \
+            f"{who}: slot 'timestamp' stores epoch microseconds: field 'value' must be int64 ({n},)"
     if st.batch_slot == "vocab":
         assert "index" in encoded.arrays, f"{who}: slot 'vocab' reads the field 'index'"
     for i in np.flatnonzero(encoded.valid):
@@ -156,7 +162,7 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
     _check_label_values(st, who, before, prepared)
     if st.can_be_target:
         _check_decode_prediction(st, who, encoded, stats)
-    _check_value_encoder(st, who, encoded, d_model, d_text)
+    _check_value_encoder(st, who, encoded, stats, d_model, d_text)
 
 
 def _check_label_values(st: SemanticType, who: str, raw: list[Any], prepared: Prepared) -> None:
@@ -178,6 +184,8 @@ def _check_decode_prediction(st: SemanticType, who: str, encoded: Any, stats: di
     valid = np.flatnonzero(encoded.valid)
     stored = np.asarray(encoded.arrays["value"][valid], dtype=np.float64) \
         if "value" in encoded.arrays else np.zeros(len(valid))
+    if st.batch_slot == "timestamp":  # the features the sampler computes from the stored µs
+        stored = features(encoded.arrays["value"][valid], None, stats).astype(np.float64)
     if stored.ndim == 2:
         stored = stored[:, -1]  # a regression head predicts the last of the slot's values
     shown = st.decode_prediction(stored, stats)
@@ -188,7 +196,8 @@ def _check_decode_prediction(st: SemanticType, who: str, encoded: Any, stats: di
     assert shown.null_count == 0, f"{who}: decode_prediction() gave nulls for finite predictions"
 
 
-def _check_value_encoder(st: SemanticType, who: str, encoded: Any, d_model: int, d_text: int) -> None:
+def _check_value_encoder(st: SemanticType, who: str, encoded: Any, stats: dict[str, Any],
+                         d_model: int, d_text: int) -> None:
     import torch
 
     module = st.value_encoder(d_model, d_text)
@@ -198,7 +207,7 @@ def _check_value_encoder(st: SemanticType, who: str, encoded: Any, d_model: int,
     if slot in ("number", "boolean"):
         inputs = torch.from_numpy(np.asarray(encoded.arrays["value"][valid], dtype=np.float32))[:, None]
     elif slot == "timestamp":
-        inputs = torch.from_numpy(np.asarray(encoded.arrays["value"][valid], dtype=np.float32))
+        inputs = torch.from_numpy(features(encoded.arrays["value"][valid], None, stats))
     elif slot == "vocab":
         inputs = torch.randn(len(valid), d_text)
     else:

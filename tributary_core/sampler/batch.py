@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from tributary_core import timefeatures
 from tributary_core.sampler.examples import EMPTY_EXAMPLES, ExampleIndex
 from tributary_core.sampler.graph import SamplerGraph, TaskView
 from tributary_core.sampler.kernel import (
@@ -142,8 +143,8 @@ def target_arrays(task: TaskView, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     valid = task.target_valid[seeds]
     if task.slot == SLOT_NUMBER:
         t_number = np.where(valid, task.target[seeds], 0).astype(np.float32)
-    elif task.slot == SLOT_TIMESTAMP:
-        t_ts = np.where(valid[:, None], task.target[seeds], 0).astype(np.float32)
+    elif task.slot == SLOT_TIMESTAMP:  # stored as epoch µs: the features, as the kernel writes
+        t_ts = timefeatures.features(task.target[seeds], valid, task.stats)
     elif task.slot == SLOT_BOOLEAN:
         t_bool = valid & task.target[seeds].astype(np.bool_)
     elif task.slot == SLOT_VOCAB:

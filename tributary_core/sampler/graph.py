@@ -13,7 +13,6 @@ import numpy as np
 from tributary_core.errors import TributaryError
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.kernel import (
-    N_TS,
     SLOT_BOOLEAN,
     SLOT_NONE,
     SLOT_NUMBER,
@@ -24,6 +23,7 @@ from tributary_core.sampler.kernel import (
 )
 from tributary_core.store import Store
 from tributary_core.store.format import StoreFile
+from tributary_core.timefeatures import TABLES, scale_of
 
 __all__ = ["SamplerGraph", "TaskView", "SLOTS", "stype_names"]
 
@@ -154,8 +154,9 @@ class SamplerGraph:
         self.max_parents = max(1, int(np.diff(self.out_ptr).max(initial=0)))
         # columns: every non-ignored column of every table, in table order
         col_name: list[str] = []
-        cols: dict[str, list[int]] = {k: [] for k in ("table", "slot", "src", "valid", "embed", "stype")}
-        flat = {SLOT_NUMBER: _Flat(np.float32), SLOT_TIMESTAMP: _Flat(np.float32, (N_TS,)),
+        cols: dict[str, list[Any]] = {k: [] for k in ("table", "slot", "src", "valid", "embed", "stype",
+                                                      "ts_mean", "ts_inv_std")}
+        flat = {SLOT_NUMBER: _Flat(np.float32), SLOT_TIMESTAMP: _Flat(np.int64),
                 SLOT_BOOLEAN: _Flat(np.uint8), SLOT_VOCAB: _Flat(np.uint32)}
         bits = flat[SLOT_BOOLEAN]  # validity bitmaps and boolean values, both packed
         ptr = [0]
@@ -178,6 +179,9 @@ class SamplerGraph:
                 cols["src"].append(src)
                 cols["embed"].append(cmeta["column_id"])
                 cols["stype"].append(code[cmeta["stype"]])
+                mean, std = scale_of(cmeta.get("stats") or {}) if slot == SLOT_TIMESTAMP else (0, 1)
+                cols["ts_mean"].append(mean)
+                cols["ts_inv_std"].append(1.0 / std)
                 col_name.append(cname)
             ptr.append(len(col_name))
         self.col_ptr = np.array(ptr, dtype=np.int64)
@@ -188,6 +192,8 @@ class SamplerGraph:
         self.col_valid = np.array(cols["valid"], dtype=np.int64)
         self.col_embed = np.array(cols["embed"], dtype=np.int32)
         self.col_stype = np.array(cols["stype"], dtype=np.int16)
+        self.ts_mean = np.array(cols["ts_mean"], dtype=np.float64)
+        self.ts_inv_std = np.array(cols["ts_inv_std"], dtype=np.float64)
         self.n_cols = len(col_name)
         self.flats = {"time": times, "parent": parent, "indptr": indptr, "children": children,
                       "child_time": ctime, "numbers": flat[SLOT_NUMBER],
@@ -269,7 +275,8 @@ class SamplerGraph:
             indptr=self.indptr, indptr_off=self.indptr_off, children=self.children,
             child_time=self.child_time, children_off=self.children_off, col_ptr=self.col_ptr,
             col_slot=self.col_slot, col_src=self.col_src, col_valid=self.col_valid,
-            numbers=self.numbers, timestamps=self.timestamps, bits=self.bits, vocab=self.vocab)
+            numbers=self.numbers, timestamps=self.timestamps, bits=self.bits, vocab=self.vocab,
+            ts_mean=self.ts_mean, ts_inv_std=self.ts_inv_std, ts_tables=TABLES)
 
 
 def write_sampler_file(store: Store, write: Callable[..., Any],

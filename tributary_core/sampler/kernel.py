@@ -48,6 +48,7 @@ import numpy as np
 from numba import prange
 
 from tributary_core.semantic_type import TIMESTAMP_WIDTH
+from tributary_core.timefeatures import write_features
 
 NO_TIME = np.iinfo(np.int64).min
 #: Features per timestamp cell; one home, :data:`tributary_core.semantic_type.TIMESTAMP_WIDTH`.
@@ -216,12 +217,18 @@ class GraphArrays(NamedTuple):
     col_slot: np.ndarray
     col_src: np.ndarray
     col_valid: np.ndarray
-    #: The values by slot: float32 numbers, float32 [*, N_TS] timestamps, packed bits (validity
+    #: The values by slot: float32 numbers, int64 epoch µs timestamps, packed bits (validity
     #: and booleans), uint32 vocabulary ids.
     numbers: np.ndarray
     timestamps: np.ndarray
     bits: np.ndarray
     vocab: np.ndarray
+    #: float64 [C]: each timestamp column's epoch mean and 1 / std (0 and 1 for the others),
+    #: and the sin/cos tables (:data:`tributary_core.timefeatures.TABLES`): the kernel writes a
+    #: timestamp cell's N_TS features from its stored µs.
+    ts_mean: np.ndarray
+    ts_inv_std: np.ndarray
+    ts_tables: np.ndarray
 
 
 class TaskArrays(NamedTuple):
@@ -495,7 +502,6 @@ def _example_rows(b, g, task, ex, L, pos, nr, n_ex, s, out):
     about 30% slower, and one compiled on its own was slower still (docs/benchmarks.md)."""
     t = np.int64(task.anchor_table)
     tc = task.target_col
-    n_ts = g.timestamps.shape[1]
     for i in range(n_ex):
         r = s.ex_row[i]
         local = nr + i
@@ -521,9 +527,8 @@ def _example_rows(b, g, task, ex, L, pos, nr, n_ex, s, out):
                 if slot == SLOT_NUMBER:
                     out.number[b, pos] = g.numbers[g.col_src[c] + r]
                 elif slot == SLOT_TIMESTAMP:
-                    src = g.col_src[c] + r
-                    for j in range(n_ts):
-                        out.timestamp[b, pos, j] = g.timestamps[src, j]
+                    write_features(g.timestamps[g.col_src[c] + r], g.ts_mean[c], g.ts_inv_std[c],
+                                   g.ts_tables, out.timestamp, b, pos)
                 elif slot == SLOT_BOOLEAN:
                     out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
                 elif slot == SLOT_VOCAB:
@@ -539,7 +544,6 @@ def _context(b, g, task, ex, anchor_row, obs, seed, L, walk_cells, width, s, sta
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed
     mask = np.int64(s.set_keys.shape[0] - 1)
-    n_ts = g.timestamps.shape[1]
     max_rows = out.row_table.shape[1]
     n_par_slots = out.row_parents.shape[2]
     anchor_table = task.anchor_table
@@ -626,9 +630,8 @@ def _context(b, g, task, ex, anchor_row, obs, seed, L, walk_cells, width, s, sta
                 if slot == SLOT_NUMBER:
                     out.number[b, pos] = g.numbers[g.col_src[c] + r]
                 elif slot == SLOT_TIMESTAMP:
-                    src = g.col_src[c] + r
-                    for j in range(n_ts):
-                        out.timestamp[b, pos, j] = g.timestamps[src, j]
+                    write_features(g.timestamps[g.col_src[c] + r], g.ts_mean[c], g.ts_inv_std[c],
+                                   g.ts_tables, out.timestamp, b, pos)
                 elif slot == SLOT_BOOLEAN:
                     out.boolean[b, pos] = _bit(g.bits, g.col_src[c], r)
                 elif slot == SLOT_VOCAB:

@@ -46,7 +46,8 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file"
 
 MAGIC = b"TRIBSTOR"
 #: 2: metadata.json carries its own checksum; task seeds are sorted (anchor row, time, label).
-FORMAT_VERSION = 2
+#: 3: timestamps are stored as int64 epoch µs (the sampler computes their features).
+FORMAT_VERSION = 3
 METADATA = "metadata.json"
 _CHECKSUM_PREFIX = "sha256:"
 _PLACEHOLDER = "0" * 64
