@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated stages to run now "
+                        "(fetch, preprocess, open, train) [default: every stage not done]")
     args = parser.parse_args()
     root = args.root or Path(f"/tmp/tpch-sf{args.scale:g}")
     root.mkdir(parents=True, exist_ok=True)
@@ -105,8 +107,11 @@ def main() -> None:
           "--d-model", "96", "--layers", "4", "--heads", "6", "--val-every", str(args.steps),
           "--ckpt-every", str(args.steps)]),
     ]
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     for name, product, argv in stages:
-        if name in done and (product is None or product.exists()):
+        if only and name.split()[0] not in only:
+            continue
+        if name in done and (product is None or product.exists()) and not only:
             continue
         print(f"{name} ...", flush=True)
         done[name] = run_stage(name, argv, root / f"{name.split()[0]}.log")
@@ -119,6 +124,8 @@ def main() -> None:
     print(f"TPC-H scale {args.scale:g} ({root})")
     print(f"{'stage':<16}{'seconds':>10}{'peak RSS GB':>13}  size / result")
     for name, _, _ in stages:
+        if name not in done:
+            continue
         r = done[name]
         extra = ""
         if "bytes" in r:
