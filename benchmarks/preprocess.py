@@ -31,15 +31,27 @@ REPO = Path(__file__).resolve().parent.parent
 METADATA = REPO / "data" / "metadata" / "tpch.json"
 
 CHILD = """
-import json, os, resource, sys, time
+import json, os, resource, sys, threading, time
 from tributary_core import get_registry
 from tributary_core.preprocess import preprocess
 emb = get_registry().create_embedder("hashing")
+page = os.sysconf("SC_PAGE_SIZE")
+stage, peaks, stop = ["start"], {}, threading.Event()
+def poll():  # each stage's peak RSS, read every 10 ms
+    while not stop.is_set():
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * page
+        peaks[stage[0]] = max(peaks.get(stage[0], 0), rss)
+        stop.wait(0.01)
+def progress(name, done, total, note=""):
+    stage[0] = name
+threading.Thread(target=poll, daemon=True).start()
 start = time.perf_counter()
-r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True)
+r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True, progress=progress)
 total = time.perf_counter() - start
+stop.set()
 print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,
-                  "rows": sum(r.rows.values()), "edges": r.edges,
+                  "rows": sum(r.rows.values()), "edges": r.edges, "stage_rss": peaks,
                   "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "sampler_bytes": os.path.getsize(os.path.join(sys.argv[3], "sampler.bin"))}))
 """
@@ -122,6 +134,9 @@ def main() -> None:
     t_write = median_time(lambda: write_floor(store), 1)
     print(f"  of which the disk alone: writing {store / 1e6:,.0f} MB with fsync takes {t_write:.2f} s "
           f"on this machine")
+    print("  peak RSS by stage: " + ", ".join(
+        f"{k} {statistics.median(r['stage_rss'].get(k, 0) for r in runs) / 1e6:,.0f} MB"
+        for k in runs[0]["stage_rss"]))
     print(f"peak RSS                  {rss / 1e6:8.0f} MB  ratio {rss / store:.2f}x store, "
           f"{rss / (store - sampler):.2f}x the store without sampler.bin  (target <= 2.5x)")
 

