@@ -568,3 +568,36 @@ def test_file_writer_add_chunks_concatenates_and_checks_length(tmp_path):
     with pytest.raises(ValueError, match="needs 72 bytes, its chunks gave 48"):
         w.add_chunks("ts", np.float32, (6, 3), iter([a]))
     assert not (tmp_path / "y.bin").exists()
+
+
+@pytest.mark.parametrize("huge_from", [0, 1 << 40], ids=["mapped", "plain reads"])
+def test_verify_reads_large_files_through_a_map_and_finds_the_same_faults(tmp_path, monkeypatch,
+                                                                           huge_from):
+    """Large files are checked through a map with huge pages asked for (their first read after
+    preprocessing decides the page size the sampler gets), small ones with plain reads: both
+    find the same damage, naming the section, and neither leaves a map open."""
+    from tributary_core.store import format as fmt
+
+    monkeypatch.setattr(fmt, "_HUGE_FROM", huge_from)
+    sections = {"a": np.arange(50_000, dtype=np.int64), "b": np.linspace(0, 1, 999, dtype=np.float32)}
+    path = tmp_path / "t.bin"
+    write_file(path, "table", sections)
+    f = StoreFile(path)
+    f.verify()
+    assert f._map is None
+    fmt.drop_cached(path)  # only the cache goes: the file reads back the same
+    np.testing.assert_array_equal(StoreFile(path).array("b"), sections["b"])
+    data = bytearray(path.read_bytes())
+    offset = f.sections["b"]["offset"] + 17
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreFileError, match=r"t\.bin: corrupted: checksum mismatch in section 'b'"):
+        StoreFile(path).verify()
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    opened = StoreFile(path)
+    opened.verify()
+    with open(path, "r+b") as out:  # cut short after it was opened
+        out.truncate(f.sections["b"]["offset"])
+    with pytest.raises(StoreFileError, match=r"t\.bin: truncated"):
+        opened.verify()

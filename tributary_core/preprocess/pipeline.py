@@ -60,6 +60,7 @@ from tributary_core.store.format import (
     METADATA,
     FileWriter,
     StoreFile,
+    drop_cached,
     dump_store_metadata,
     replace_problem,
     write_file,
@@ -185,6 +186,9 @@ def preprocess(
         with clock("sampler"):
             progress("sampler", 0, 1)
             write_sampler_file(writer.opened(meta), writer.write_chunked, registry)
+            # its pages, cached in small folios by the writes, go: samplers read them back in
+            # huge pages, as random reads across it need (store/format.py, _advise_huge)
+            drop_cached(writer.folder / "sampler.bin")
             progress("sampler", 1, 1)
         writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
         result = PreprocessResult(
