@@ -290,7 +290,7 @@ class _DataChecks:
         self.report = report
         self.paths: dict[str, Path] = {}
         self.schemas: dict[str, pa.Schema] = {}
-        self._columns: dict[tuple[str, str], pa.ChunkedArray] = {}
+        self._parent_keys: dict[tuple[str, str], pa.Array] = {}
 
     def error(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
@@ -299,10 +299,17 @@ class _DataChecks:
         self.report.problems.append(Problem(path, message, severity="warning"))
 
     def column(self, table: str, name: str) -> pa.ChunkedArray:
+        """One column, read for one check and not kept: holding every column a check read
+        (keys, timestamps) until the task queries ran held most of a large database at once."""
+        return pq.read_table(self.paths[table], columns=[name]).column(0)
+
+    def parent_keys(self, table: str, name: str) -> pa.Array:
+        """The distinct non-null values of a referenced key, kept for the other foreign keys
+        that reference it."""
         key = (table, name)
-        if key not in self._columns:
-            self._columns[key] = pq.read_table(self.paths[table], columns=[name]).column(0)
-        return self._columns[key]
+        if key not in self._parent_keys:
+            self._parent_keys[key] = as_key(self.column(table, name)).drop_null().unique()
+        return self._parent_keys[key]
 
     def run(self) -> None:
         if not self.raw.is_dir():
@@ -319,6 +326,7 @@ class _DataChecks:
                     self.error(jpath("tables", tname), f"{self.paths[tname]} is not a readable "
                                                        f"parquet file: {_first_line(exc)}")
                     del self.schemas[tname]
+        self._parent_keys.clear()
         if self.md.tasks and len(self.schemas) == len(self.md.tables):
             self.check_tasks()
 
@@ -393,7 +401,7 @@ class _DataChecks:
                              "keys must both be integers or both strings")
             return
         child = as_key(self.column(tname, cname)).drop_null()
-        parent = as_key(self.column(ptable, pcol)).drop_null().unique()
+        parent = self.parent_keys(ptable, pcol)
         dangling = pc.filter(child, pc.invert(pc.is_in(child, value_set=parent)))
         if len(dangling):
             distinct = pc.count_distinct(dangling).as_py()
