@@ -36,12 +36,14 @@ from tributary_core import get_registry
 from tributary_core.preprocess import preprocess
 emb = get_registry().create_embedder("hashing")
 page = os.sysconf("SC_PAGE_SIZE")
-stage, peaks, stop = ["start"], {}, threading.Event()
-def poll():  # each stage's peak RSS, read every 10 ms
+stage, peaks, anon, stop = ["start"], {}, {}, threading.Event()
+def poll():  # each stage's peak RSS and peak anonymous RSS (RSS less file-backed), every 10 ms
     while not stop.is_set():
         with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * page
+            fields = f.read().split()
+        rss, shared = int(fields[1]) * page, int(fields[2]) * page
         peaks[stage[0]] = max(peaks.get(stage[0], 0), rss)
+        anon[stage[0]] = max(anon.get(stage[0], 0), rss - shared)
         stop.wait(0.01)
 def progress(name, done, total, note=""):
     stage[0] = name
@@ -51,7 +53,7 @@ r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True, 
 total = time.perf_counter() - start
 stop.set()
 print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,
-                  "rows": sum(r.rows.values()), "edges": r.edges, "stage_rss": peaks,
+                  "rows": sum(r.rows.values()), "edges": r.edges, "stage_rss": peaks, "stage_anon": anon,
                   "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "sampler_bytes": os.path.getsize(os.path.join(sys.argv[3], "sampler.bin"))}))
 """
@@ -134,6 +136,9 @@ def main() -> None:
     t_write = median_time(lambda: write_floor(store), 1)
     print(f"  of which the disk alone: writing {store / 1e6:,.0f} MB with fsync takes {t_write:.2f} s "
           f"on this machine")
+    print("  peak anonymous RSS by stage (RSS less the mapped files' pages): " + ", ".join(
+        f"{k} {statistics.median(r['stage_anon'].get(k, 0) for r in runs) / 1e6:,.0f} MB"
+        for k in runs[0]["stage_anon"]))
     print("  peak RSS by stage: " + ", ".join(
         f"{k} {statistics.median(r['stage_rss'].get(k, 0) for r in runs) / 1e6:,.0f} MB"
         for k in runs[0]["stage_rss"]))
