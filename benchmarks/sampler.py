@@ -11,6 +11,12 @@ batches each, the same seeds for both), and the plain-Python reference's seeds/s
 
 ``--store PATH --task NAME`` (repeatable task) measures an existing store instead, so a small
 store made for a test can be timed without preprocessing a bundled database.
+
+``--store PATH --task NAME --interleave`` compares, in one process, the graph that maps the
+store's ``sampler.bin`` with one that copies the arrays into memory: 12 alternating timings of
+``--batches`` batches on one thread, their medians and the median of the per-pair ratios (the
+machine's drift cancels within a pair). Also prints how much of ``sampler.bin`` the process
+maps in 2 MB pages (``FilePmdMapped``, Linux).
 """
 
 from __future__ import annotations
@@ -111,6 +117,43 @@ def measure(graph: SamplerGraph, view: TaskView, args: argparse.Namespace,
     return out
 
 
+def interleave(path: Path, task: str, args: argparse.Namespace) -> None:
+    mapped, copied = graph_of(path, False), graph_of(path, True)
+    if not mapped.mapped:
+        sys.exit(f"{path}: the sampler graph does not map sampler.bin (made before issue 19?)")
+    views = {id(g): g.task(task) for g in (mapped, copied)}
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, len(views[id(mapped)]), args.batch_size) for _ in range(args.batches)]
+    kw = {"context_len": args.context_len, "width": args.width, "n_threads": 1}
+
+    def rate(g: SamplerGraph) -> float:
+        start = time.perf_counter()
+        for seeds in batches:
+            sample_batch(g, views[id(g)], seeds, **kw)
+        return len(batches) * args.batch_size / (time.perf_counter() - start)
+
+    rate(mapped), rate(copied)  # compile, fault the pages in
+    runs: dict[str, list[float]] = {"mapped": [], "copy": []}
+    for k in range(12):
+        order = [("mapped", mapped), ("copy", copied)]
+        for name, g in order if k % 2 == 0 else order[::-1]:
+            runs[name].append(rate(g))
+    huge = 0
+    with open("/proc/self/smaps") as f:  # FilePmdMapped of sampler.bin's map
+        inside = False
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:
+                inside = line.rstrip().endswith("sampler.bin")
+            elif inside and line.startswith("FilePmdMapped:"):
+                huge += int(head[1]) * 1024
+    m, c = statistics.median(runs["mapped"]), statistics.median(runs["copy"])
+    pairs = statistics.median(a / b for a, b in zip(runs["mapped"], runs["copy"], strict=True))
+    print(f"{path} {task}, one thread: mapped {m:,.0f} seeds/s, copy {c:,.0f} seeds/s (medians "
+          f"of 12); mapped / copy {pairs:.3f} (median of pairs); sampler.bin in 2 MB pages: "
+          f"{huge / 1e6:,.0f} of {mapped.nbytes / 1e6:,.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
@@ -129,9 +172,17 @@ def main() -> None:
                         help="Measure this store's --task(s) instead of the bundled databases.")
     parser.add_argument("--task", action="append", default=[],
                         help="With --store: a task to measure (repeatable).")
+    parser.add_argument("--interleave", action="store_true",
+                        help="With --store and one --task: the mapped graph against a copy, "
+                             "alternating in one process.")
     args = parser.parse_args()
     if args.task and args.store is None:
         parser.error("--task needs --store")
+    if args.interleave:
+        if args.store is None or len(args.task) != 1:
+            parser.error("--interleave needs --store and one --task")
+        interleave(args.store, args.task[0], args)
+        return
     print(f"L={args.context_len}, width={args.width}, B={args.batch_size}; {os.cpu_count()} CPUs")
     cases = []
     if args.store is not None:

@@ -157,6 +157,7 @@ def preprocess(
         report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
                                    query_timeout_s=query_timeout_s)
         md = report.raise_for_errors()
+        _release_memory()
         progress("validate", 1, 1)
     with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
         cache = None
@@ -168,14 +169,17 @@ def preprocess(
         cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
         with clock("keys"):
             keys = load_keys(db, cutoff, progress)
+            _release_memory()
         with clock("encode"):
             tables = encode_tables(db, keys, vocab, cutoff, writer, progress)
         with clock("graph"):
             graph = build_graph(db, keys, tables.links, writer, progress)
+            _release_memory()
         with clock("tasks"):
             tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
                                       query_timeout_s=query_timeout_s,
                                       query_threads=query_threads)
+            _release_memory()
         columns = tables.columns + tasks.columns  # the column-embedding table
         with clock("embed"):
             embedding = embed(embedder, cache, columns, vocab, writer, progress)
@@ -353,6 +357,14 @@ def _match_parents(db: _Database, primary_keys: dict[str, pa.Array], tname: str,
 # -- stage 2: keys -------------------------------------------------------------------------
 
 
+def _release_memory() -> None:
+    """Hand what Arrow's allocator (mimalloc or jemalloc) holds free back to the system.
+    It keeps freed pages for its own reuse, which numpy's allocations cannot use: between two
+    columns, or two stages, what one left retained added to the next one's peak (a third of
+    the anonymous RSS after validation at TPC-H SF1)."""
+    pa.default_memory_pool().release_unused()
+
+
 @attrs.frozen
 class Keys:
     """Stage 2's product: what the later stages need to know of every table's rows."""
@@ -523,6 +535,7 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
                                                        data)
             cells += int(encoded.valid.sum())
             del data, prepared, encoded
+            _release_memory()
         timed = tname in keys.times
         if timed:
             writer.add(out, "time", keys.times[tname])
