@@ -49,7 +49,9 @@ def progress(name, done, total, note=""):
     stage[0] = name
 threading.Thread(target=poll, daemon=True).start()
 start = time.perf_counter()
-r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True, progress=progress)
+memory = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None  # --query-memory
+r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True, progress=progress,
+               query_memory=memory)
 total = time.perf_counter() - start
 stop.set()
 print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,

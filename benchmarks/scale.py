@@ -5,7 +5,8 @@
 Stages (each a fresh subprocess, so each peak RSS is that stage's alone, read with ``wait4``):
 1. fetch: ``tributary datasets fetch tpch --scale S`` (tpchgen-cli writes the parquet files);
 2. preprocess: the pipeline with the ``hashing`` embedder (all TPC-H tasks), as
-   ``benchmarks/preprocess.py`` runs it, with each stage's peak RSS;
+   ``benchmarks/preprocess.py`` runs it, with each stage's peak RSS (``--query-memory 1GB``
+   caps DuckDB's memory for the task queries);
 3. open + sample: open the store, build the sampler graph (maps ``sampler.bin``), sample
    three rounds of ``--batches`` batches of 32 random seeds of ``customer_spend_next_90d`` and
    of lineitem rows at L=1024, width 16, one thread; seeds/s per round (median batch), and the
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--query-memory", default="",
+                        help="preprocess with this DuckDB memory limit (e.g. 1GB) [default: none]")
     parser.add_argument("--only", default="", help="comma-separated stages to run now "
                         "(fetch, preprocess, open, train) [default: every stage not done]")
     args = parser.parse_args()
@@ -146,7 +149,7 @@ def main() -> None:
           "--force"]),
         ("preprocess", store / "metadata.json",  # the pipeline, each stage's peak RSS polled
          [sys.executable, "-c", PREPROCESS_CHILD, str(ROOT / "data" / "metadata" / "tpch.json"),
-          str(raw / "tpch"), str(store)]),
+          str(raw / "tpch"), str(store), args.query_memory]),
         ("open + sample", None,
          [sys.executable, "-c", SAMPLE, str(store), str(args.batches)]),
         ("train", None,

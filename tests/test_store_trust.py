@@ -601,3 +601,48 @@ def test_verify_reads_large_files_through_a_map_and_finds_the_same_faults(tmp_pa
         out.truncate(f.sections["b"]["offset"])
     with pytest.raises(StoreFileError, match=r"t\.bin: truncated"):
         opened.verify()
+
+
+def test_query_memory_caps_duckdb_and_changes_no_result(tmp_path):
+    """--query-memory sets DuckDB's memory limit for validation's and the tasks' queries; the
+    tasks come out the same, and the spill folder is gone afterwards."""
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("tributary-duckdb-*"))
+    plain = open_store(build(tmp_path, copy.deepcopy(TINY_METADATA), out="plain").path)
+    capped = open_store(build(tmp_path, copy.deepcopy(TINY_METADATA), out="capped",
+                              query_memory="64MB").path)
+    for name, task in plain.tasks.items():
+        other = capped.tasks[name]
+        assert len(task) == len(other) > 0
+        for field in ("anchor_row", "observation_time", "target_valid"):
+            np.testing.assert_array_equal(getattr(task, field), getattr(other, field))
+        assert task.meta["stats"] == other.meta["stats"]
+    assert set(Path(tempfile.gettempdir()).glob("tributary-duckdb-*")) == before
+    from tributary_core.sql import sandbox_connection
+
+    con = sandbox_connection({"t": pa.table({"x": [1, 2]})}, memory_limit="64MB")
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("64.0 MB", "61.0 MiB")
+    finally:
+        con.close()
+
+
+def test_a_bad_query_memory_is_one_line_naming_the_option(tmp_path):
+    from click.testing import CliRunner
+
+    from tributary_core.cli import cli
+
+    with pytest.raises(TributaryError, match=r"--query-memory: 'lots' is not a memory size"):
+        build(tmp_path, copy.deepcopy(TINY_METADATA), query_memory="lots")
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+    raw = write_tables(tmp_path / "raw2", tiny_tables())
+    md = tmp_path / "md2.json"
+    md.write_text(json.dumps(TINY_METADATA))
+    result = CliRunner().invoke(cli, ["run", "preprocess", "--db", "tiny", "--metadata", str(md),
+                                      "--raw", str(raw), "--out", str(tmp_path / "s"),
+                                      "--embedder", "hashing", "--query-memory", "12 parsecs"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--query-memory: '12 parsecs' is not a memory size" in lines[0]
+    assert not (tmp_path / "s").exists()

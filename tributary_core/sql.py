@@ -12,12 +12,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-__all__ = ["sandbox_connection", "fetch_arrow", "quote_identifier", "run_query",
+from tributary_core.errors import TributaryError
+
+__all__ = ["sandbox_connection", "check_memory_limit", "fetch_arrow", "quote_identifier", "run_query",
            "run_interruptible", "QueryTimeout", "DEFAULT_QUERY_TIMEOUT_S"]
 
 T = TypeVar("T")
@@ -47,20 +50,52 @@ def fetch_arrow(relation: Any) -> pa.Table:
     return method()
 
 
-def sandbox_connection(tables: Mapping[str, Any], *,
-                       threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def _set_memory_limit(con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
+    literal = "'" + str(memory_limit).replace("'", "''") + "'"
+    try:
+        con.execute(f"SET memory_limit = {literal}")
+    except duckdb.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TributaryError(f"--query-memory: {memory_limit!r} is not a memory size such as "
+                             f"2GB or 500MB ({message})") from None
+
+
+def check_memory_limit(memory_limit: str | None) -> None:
+    """Raise :class:`TributaryError` (naming ``--query-memory``) unless ``memory_limit`` is
+    None or a size DuckDB accepts (``2GB``, ``500MB``, ``1GiB``)."""
+    if memory_limit is not None:
+        con = duckdb.connect(":memory:")
+        try:
+            _set_memory_limit(con, memory_limit)
+        finally:
+            con.close()
+
+
+def sandbox_connection(tables: Mapping[str, Any], *, threads: int | None = None,
+                       memory_limit: str | None = None,
+                       temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory connection where each of ``tables`` (name -> Arrow table or dataset) is a
     relation of that name, also reachable as ``'<name>.parquet'`` (a view, not the file), time
     zone UTC, and no other data can be reached.
 
     ``threads``: DuckDB's worker threads (None: its default, all cores). One thread makes a
     query's floating-point aggregates (``sum``, ``avg`` of DOUBLE) add up in the same order on
-    every run, so the same data gives the same bits."""
+    every run, so the same data gives the same bits.
+
+    ``memory_limit``: DuckDB's memory limit (``"2GB"``; None: DuckDB's default, 80% of the
+    machine's memory). Joins, aggregates and sorts past it spill to ``temp_directory``, which
+    the caller creates and removes; a query that cannot spill fails with DuckDB's
+    out-of-memory error."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
+    if memory_limit is not None:
+        _set_memory_limit(con, memory_limit)
+        if temp_directory is not None:
+            literal = "'" + str(temp_directory).replace("'", "''") + "'"
+            con.execute(f"SET temp_directory = {literal}")
     for name, data in tables.items():
         con.register(name, data)
         con.execute(f"CREATE VIEW {quote_identifier(name + '.parquet')} AS "

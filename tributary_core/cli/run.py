@@ -55,12 +55,15 @@ def run() -> None:
 @click.option("--query-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
               show_default=True, metavar="SECONDS",
               help="Time limit of each task's SQL (validation and materialization).")
+@click.option("--query-memory", default=None, metavar="SIZE",
+              help="Memory limit of DuckDB for the task SQL, e.g. 2GB; past it, joins and "
+                   "aggregates spill to a temporary folder [default: DuckDB's, 80% of memory].")
 @click.option("--force", is_flag=True, help="Replace an existing store (never another folder).")
 def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
                metadata_path: Path | None, out_dir: Path | None,
                embedder: str, model: str | None, dimension: int, stats_cutoff: str | None,
                embedder_options: tuple[str, ...], cache_dir: Path | None, no_cache: bool,
-               query_timeout: float, force: bool) -> None:
+               query_timeout: float, query_memory: str | None, force: bool) -> None:
     """Turn a raw database into a memory-mappable store.
 
     Reads parquet + metadata.json, encodes every column, builds the foreign-key graph,
@@ -78,6 +81,8 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
                                  "--raw, --metadata, --stats-cutoff and --no-cache do not apply")
         if out_dir is None:
             raise TributaryError("--corpus needs --out, the folder of stores to write")
+        if query_memory is not None:
+            raise TributaryError("--query-memory applies to one database (--db), not --corpus")
         from tributary_core.corpus import preprocess_corpus
 
         backend = make_embedder(embedder, model, dimension, embedder_options)
@@ -105,7 +110,8 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
     try:
         result = run_preprocess(metadata_path, raw_dir, out_dir, embedder=backend, force=force,
                                 stats_cutoff_us=cutoff_us, progress=bars, cache_dir=cache_dir,
-                                use_cache=not no_cache, query_timeout_s=query_timeout)
+                                use_cache=not no_cache, query_timeout_s=query_timeout,
+                                query_memory=query_memory)
     finally:
         bars.close()
         backend.close()

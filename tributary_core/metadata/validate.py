@@ -8,6 +8,7 @@ databases have) are reported and counted but do not fail validation.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def validate_metadata(
     raw_dir: str | Path | None = None,
     registry: Registry | None = None,
     query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
+    query_memory: str | None = None,
 ) -> ValidationReport:
     """Check a metadata file (or loaded :class:`Metadata`) and, with ``raw_dir``, its data.
 
@@ -82,7 +84,9 @@ def validate_metadata(
     error that only shows on the data is caught here, not after the tables are encoded) and
     returns its anchor key, target and observation time. A query running past
     ``query_timeout_s`` seconds (``--query-timeout``; None: no limit) is interrupted and
-    reported as a problem of that task; Ctrl-C interrupts it too.
+    reported as a problem of that task; Ctrl-C interrupts it too. ``query_memory`` caps
+    DuckDB's memory for the queries (``"2GB"``; ``--query-memory``; None: DuckDB's default),
+    spilling to a temporary folder past it.
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -96,7 +100,7 @@ def validate_metadata(
     _StaticChecks(report.metadata, registry, report.problems).run()
     if raw_dir is not None and report.ok:
         _DataChecks(report.metadata, Path(raw_dir), registry, report,
-                    query_timeout_s=query_timeout_s).run()
+                    query_timeout_s=query_timeout_s, query_memory=query_memory).run()
     return report
 
 
@@ -282,8 +286,10 @@ class _DataChecks:
     """Rules that read the parquet files (schemas first, then only the columns needed)."""
 
     def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport, *,
-                 query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S):
+                 query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
+                 query_memory: str | None = None):
         self.query_timeout_s = query_timeout_s
+        self.query_memory = query_memory
         self.md = md
         self.raw = raw
         self.registry = registry
@@ -411,12 +417,13 @@ class _DataChecks:
 
     def check_tasks(self) -> None:
         tables = {name: pads.dataset(path) for name, path in self.paths.items()}
-        con = sandbox_connection(tables)
-        try:
-            for name, task in self.md.tasks.items():
-                self.check_task(con, name, task)
-        finally:
-            con.close()
+        with tempfile.TemporaryDirectory(prefix="tributary-duckdb-") as spill:
+            con = sandbox_connection(tables, memory_limit=self.query_memory, temp_directory=spill)
+            try:
+                for name, task in self.md.tasks.items():
+                    self.check_task(con, name, task)
+            finally:
+                con.close()
 
     def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any) -> None:
         qpath = jpath("tasks", name, "query")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -54,7 +55,13 @@ from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
 from tributary_core.semantic_type import SemanticType, Vocabulary
-from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_query, sandbox_connection
+from tributary_core.sql import (
+    DEFAULT_QUERY_TIMEOUT_S,
+    QueryTimeout,
+    check_memory_limit,
+    run_query,
+    sandbox_connection,
+)
 from tributary_core.store.format import (
     FORMAT_VERSION,
     METADATA,
@@ -113,6 +120,7 @@ def preprocess(
     use_cache: bool = True,
     query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
     query_threads: int | None = 1,
+    query_memory: str | None = None,
 ) -> PreprocessResult:
     """Preprocess the database described by ``metadata`` with parquet files in ``raw_dir``.
 
@@ -130,6 +138,9 @@ def preprocess(
         query_threads: DuckDB threads for the task SQL. 1 (the default) makes floating-point
             aggregates add up in one order, so the store's bytes do not depend on timing;
             None uses every core.
+        query_memory: DuckDB's memory limit for the task SQL, e.g. ``"2GB"`` (None: DuckDB's
+            default, 80% of the machine's memory); past it joins, aggregates and sorts spill to
+            a temporary folder (``--query-memory``).
 
     Raises:
         TributaryError: invalid metadata or data, an unusable task, a failing or too slow
@@ -151,11 +162,12 @@ def preprocess(
         problem = replace_problem(out_dir)
         if problem is not None:
             raise TributaryError(f"{out_dir}: {problem}")
+    check_memory_limit(query_memory)
     clock = _Clock()
     with clock("validate"):
         progress("validate", 0, 1)
         report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
-                                   query_timeout_s=query_timeout_s)
+                                   query_timeout_s=query_timeout_s, query_memory=query_memory)
         md = report.raise_for_errors()
         _release_memory()
         progress("validate", 1, 1)
@@ -178,7 +190,7 @@ def preprocess(
         with clock("tasks"):
             tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
                                       query_timeout_s=query_timeout_s,
-                                      query_threads=query_threads)
+                                      query_threads=query_threads, query_memory=query_memory)
             _release_memory()
         columns = tables.columns + tasks.columns  # the column-embedding table
         with clock("embed"):
@@ -425,12 +437,13 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress) -> Keys:
                 if db.stype(col.stype).combine([]) is not None]
         if not cols:
             continue
-        data = _read(db.paths[tname], cols)
-        for cname in cols:
+        for cname in cols:  # one column at a time, as the encode stage reads them
             stype = db.stype(table.columns[cname].stype)
-            prepared = stype.prepare(data.column(cname))
+            prepared = stype.prepare(_read(db.paths[tname], [cname]).column(cname))
             per_type.setdefault(stype.name, []).append(
                 stype.fit(prepared, rows=_window(cutoff, times.get(tname))))
+            del prepared
+            _release_memory()
     warnings = _check_cutoff(cutoff, times)
     database_stats: dict[str, dict[str, Any]] = {}
     for name, stats in per_type.items():
@@ -627,7 +640,8 @@ class _Task:
 
 def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: Vocabulary,
                       cutoff: int | None, writer: _StoreWriter, progress: Progress, *,
-                      query_timeout_s: float | None, query_threads: int | None) -> Tasks:
+                      query_timeout_s: float | None, query_threads: int | None,
+                      query_memory: str | None = None) -> Tasks:
     """Each task's SQL in a sandboxed DuckDB, anchors matched to rows, observation times
     resolved, targets encoded (categorical labels added to ``vocab``)."""
     meta: dict[str, Any] = {}
@@ -638,7 +652,9 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
     datasets = {name: pads.dataset(path) for name, path in db.paths.items()}
-    con = sandbox_connection(datasets, threads=query_threads)
+    spill = tempfile.TemporaryDirectory(prefix="tributary-duckdb-")
+    con = sandbox_connection(datasets, threads=query_threads, memory_limit=query_memory,
+                             temp_directory=spill.name)
     try:
         for i, (name, task) in enumerate(db.md.tasks.items()):
             progress("tasks", i, len(db.md.tasks))
@@ -653,6 +669,7 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
                 unfitted.append(done.unfitted)
     finally:
         con.close()
+        spill.cleanup()
     progress("tasks", len(db.md.tasks), len(db.md.tasks))
     return Tasks(meta, report, columns, warnings, unfitted)
 
