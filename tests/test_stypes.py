@@ -150,3 +150,57 @@ def test_decode_prediction_agrees_with_decode(name):
         assert all(abs((g - w).total_seconds()) < 300 for g, w in zip(got, want, strict=True))
         assert [dt.datetime.fromtimestamp(u / 1e6, UTC) for u in labels[rows]] == want
     assert np.isnan(labels[~enc.valid]).all()
+
+
+@pytest.mark.parametrize("chunks", [
+    [[1.5, None, 3.0], [], [float("nan"), 4.0]],
+    [[None, None], [2.0]],
+    [],
+], ids=["mixed", "nulls first", "no chunks"])
+@pytest.mark.parametrize("arrow_type", [pa.float64(), pa.decimal128(12, 2), pa.float32()])
+def test_numbers_read_chunk_by_chunk_equal_the_combined_column(chunks, arrow_type):
+    """A parquet column read whole arrives in one chunk per row group; converting it chunk by
+    chunk (no combined copy) gives the values and validity the combined column gives."""
+    from decimal import Decimal
+
+    from tributary_plugins.semantic_types.numerical import to_float64
+
+    def cast(v):
+        if v is None or not pa.types.is_decimal(arrow_type):
+            return v
+        return None if v != v else Decimal(str(v))  # decimals have no NaN
+
+    column = pa.chunked_array([pa.array([cast(v) for v in c], type=arrow_type) for c in chunks],
+                              type=arrow_type)
+    values, valid = to_float64(column)
+    flat = [cast(v) for c in chunks for v in c]
+    expect_valid = [v is not None and float(v) == float(v) for v in flat]
+    assert valid.tolist() == expect_valid
+    assert values[valid].tolist() == [float(v) for v, ok in zip(flat, expect_valid, strict=True) if ok]
+    assert not values[[v is None for v in flat]].any()  # nulls read as 0 (NaN stays, invalid)
+    combined = to_float64(column.combine_chunks())
+    np.testing.assert_array_equal(values, combined[0])
+    np.testing.assert_array_equal(valid, combined[1])
+
+
+@pytest.mark.parametrize("name", ["categorical", "text"])
+def test_distinct_values_of_a_chunked_column_equal_the_combined_columns(name):
+    """Dictionary-encoding a chunked string column chunk by chunk gives the distinct values (in
+    order of first occurrence), codes and validity of the same column in one chunk; a
+    dictionary-typed column too."""
+    st = get_registry().semantic_type(name)
+    chunks = [["b", None, "a"], [], ["c", "b", None, "d"], ["a"]]
+    column = pa.chunked_array([pa.array(c, type=pa.string()) for c in chunks], type=pa.string())
+    got = st.prepare(column)
+    one = st.prepare(pa.chunked_array([column.combine_chunks()]))
+    assert got.extra["uniques"] == one.extra["uniques"] == ["b", "a", "c", "d"]
+    np.testing.assert_array_equal(got.values, one.values)
+    assert got.values.tolist() == [0, 0, 1, 2, 0, 0, 3, 1]
+    assert got.valid.tolist() == [True, False, True, True, True, False, True, True]
+    dictionary = pa.chunked_array([pa.array(c, type=pa.string()).dictionary_encode()
+                                   for c in chunks if c])
+    as_dict = st.prepare(dictionary)
+    assert as_dict.extra["uniques"] == ["b", "a", "c", "d"]
+    np.testing.assert_array_equal(as_dict.values, got.values)
+    empty = st.prepare(pa.chunked_array([], type=pa.string()))
+    assert empty.extra["uniques"] == [] and len(empty.values) == 0

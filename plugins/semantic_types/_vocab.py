@@ -24,7 +24,8 @@ def gather_ids(codes: np.ndarray, valid: np.ndarray, ids: np.ndarray, out: np.nd
 
 def prepare_distinct(column: pa.ChunkedArray, *, max_chars: int | None = None) -> Prepared:
     """Distinct values as strings (``extra["uniques"]``), per-cell codes as ``values``."""
-    arr = plain(column)
+    # a dictionary-typed column is decoded first; a plain one stays in its chunks
+    arr = plain(column) if pa.types.is_dictionary(column.type) else column
     if pa.types.is_null(arr.type):
         n = len(arr)
         return Prepared(np.zeros(n, np.int64), np.zeros(n, np.bool_), extra={"uniques": []})

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
-from ._arrow import is_number, plain
+from ._arrow import is_number
 
 #: Cells per partial sum: the statistics are summed in fixed chunks, so the result does not
 #: depend on how many threads ran.
@@ -137,18 +137,29 @@ def n_threads() -> int:
 
 
 def to_float64(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, valid)``: float64 values (0 where null) and non-null flags; NaN is null."""
-    arr = plain(column)
-    if pa.types.is_null(arr.type):
-        return np.zeros(len(arr)), np.zeros(len(arr), dtype=np.bool_)
-    if not pa.types.is_float64(arr.type):
-        arr = pc.cast(arr, pa.float64(), safe=False)  # decimals and int64 beyond 2**53 round
-    values = arr.to_numpy(zero_copy_only=False)
-    if arr.null_count:
-        valid = np.asarray(pc.is_valid(arr).to_numpy(zero_copy_only=False), dtype=np.bool_)
-        values = np.where(valid, values, 0.0)
-    else:
-        valid = np.ones(len(arr), dtype=np.bool_)
+    """``(values, valid)``: float64 values (0 where null) and non-null flags; NaN is null.
+
+    A chunked column is converted chunk by chunk into the output, never combined into one Arrow
+    array first (a decimal column of 60 M rows is 960 MB as Arrow, and the copy and the cast
+    came on top of it)."""
+    n = len(column)
+    if pa.types.is_null(column.type):
+        return np.zeros(n), np.zeros(n, dtype=np.bool_)
+    values = np.empty(n, dtype=np.float64)
+    valid = np.ones(n, dtype=np.bool_)
+    pos = 0
+    for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
+        end = pos + len(chunk)
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.cast(chunk.type.value_type)
+        if not pa.types.is_float64(chunk.type):
+            chunk = pc.cast(chunk, pa.float64(), safe=False)  # decimals, int64 beyond 2**53 round
+        values[pos:end] = chunk.to_numpy(zero_copy_only=False)
+        if chunk.null_count:
+            ok = np.asarray(pc.is_valid(chunk).to_numpy(zero_copy_only=False), dtype=np.bool_)
+            valid[pos:end] = ok
+            values[pos:end][~ok] = 0.0
+        pos = end
     valid &= ~np.isnan(values)
     return values, valid
 
