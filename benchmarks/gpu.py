@@ -3,11 +3,13 @@ tokens/s, step time split into sampler wait and compute, peak memory, inference 
 
     python benchmarks/gpu.py [--store PATH] [--seconds 120] [--batch 32] [--seq 1024]
                              [--d-model 256] [--layers 6] [--heads 8] [--compile]
+                             [--attention sdpa|flex]
 
 Batches come as training makes them: the run's sampler (every task of ``--store``, labelled
 examples 25%, masked cells 30%) in a background thread a few batches ahead, pinned for a GPU,
 copied without blocking. A step is forward, backward and an AdamW update (bf16 autocast on a GPU
-that has it, as training does; ``--compile`` wraps the model in ``torch.compile``). Per
+that has it, as training does; ``--compile`` wraps the model in ``torch.compile``;
+``--attention flex`` runs FlexAttention block masks, meant for a GPU with ``--compile``). Per
 step it records how long the loop waited for its next batch and how long the step took after
 that (with a CUDA synchronize, so the device's work is counted where it happens). Training runs
 for ``--seconds`` or ``--steps``, whichever ends first, after ``--warmup`` steps; then inference
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--attention", choices=["sdpa", "flex"], default="sdpa",
+                        help="attention kernel (flex: FlexAttention block masks; with --compile "
+                             "on a GPU)")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args(argv)
 
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = TrainConfig(stores=[str(args.store)], batch_size=args.batch, seq_len=args.seq,
                          width=16, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                         icl_share=0.25, mask_share=0.3, example_pointer=True)
+                         icl_share=0.25, mask_share=0.3, example_pointer=True,
+                         attention=args.attention)
     torch.manual_seed(0)
     model = build_model(config, store.embedder.dimension).to(device)
     net = torch.compile(model) if args.compile else model
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "bf16": bf16, "compile": args.compile,
+        "attention": args.attention,
         "batch": args.batch, "seq": args.seq, "d_model": args.d_model, "layers": args.layers,
         "heads": args.heads, "steps": steps,
         "tokens_per_s": args.batch * args.seq * steps / total if total else 0.0,
@@ -141,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         "inference_seeds_per_s": infer,
     }
     print(f"{figures['device']}, {steps} steps of B={args.batch} x S={args.seq} "
-          f"(d_model {args.d_model}, {args.layers} layers, bf16 {bf16}, compile {args.compile}): "
+          f"(d_model {args.d_model}, {args.layers} layers, bf16 {bf16}, compile {args.compile}, "
+          f"attention {args.attention}): "
           f"{figures['tokens_per_s']:,.0f} tokens/s, {figures['cells_per_s']:,.0f} cells/s; "
           f"step {figures['step_ms_median']:.1f} ms (compute {figures['compute_ms_median']:.1f}, "
           f"waiting for the sampler {figures['wait_ms_median']:.1f}; "

@@ -444,3 +444,57 @@ def test_lightgbm_baseline_uses_visible_features_only(shop, tmp_path):
                                    "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["shop/big_order"]["labelled"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("full_attention", [False, True])
+def test_flex_attention_gives_the_dense_masks_outputs(shop, full_attention):
+    """FlexAttention with block masks (the GPU path) computes what the dense masked SDPA does:
+    the same loss and outputs for the same weights and batch (masked cells and labelled
+    examples included, log-scaled queries too). Uncompiled, on the CPU, where torch has no
+    backward for it: there it runs without gradients, and a training step keeps SDPA."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from tributary_core.train import model as model_module
+    from tributary_core.train.trainer import store_embeddings
+
+    config = small_config(shop, seq_len=48, n_heads=4, mask_share=0.3, icl_share=0.25,
+                          log_scale_attention=True, full_attention=full_attention)
+    torch.manual_seed(0)
+    model = build_model(config, shop.embedder.dimension)
+    sampler = Sampler([shop], batch_size=6, context_len=48, width=3, icl_share=0.25,
+                      mask_share=0.3)
+    batch = sampler.batch_at(0)
+    assert batch.is_masked.any() and not batch.is_padding.all()
+    embeddings = {shop.name: store_embeddings(shop, torch.device("cpu"))}
+    used = []
+    real = model_module.block_masks
+
+    def counting(allowed, *args, **kw):
+        used.append(len(allowed))
+        return real(allowed, *args, **kw)
+
+    model_module.block_masks = counting
+    try:
+        results = {}
+        for kernel in ("sdpa", "flex"):
+            model.set_attention(kernel)
+            with torch.no_grad():
+                loss, out = batch_loss(model, batch, embeddings, torch.device("cpu"), 0.1)
+            results[kernel] = (loss, out["prediction"], out["hidden"])
+        assert used == [4 if full_attention else 3]  # flex ran, once for all blocks
+        for a, b in zip(results["sdpa"], results["flex"], strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        model.train()  # with gradients on the CPU: SDPA, the same loss
+        loss, _ = batch_loss(model, batch, embeddings, torch.device("cpu"), 0.1)
+        loss.backward()
+        assert used == [4 if full_attention else 3]
+        torch.testing.assert_close(loss.detach(), results["sdpa"][0], rtol=1e-5, atol=1e-6)
+    finally:
+        model_module.block_masks = real
+    with pytest.raises(ValueError, match="attention kernel must be one of sdpa, flex"):
+        model.set_attention("dense")
+    assert build_model(small_config(shop, attention="flex"), shop.embedder.dimension).attention == "flex"
+    from tributary_core import TributaryError
+
+    with pytest.raises(TributaryError, match="--attention 'dense': must be one of sdpa, flex"):
+        small_config(shop, attention="dense").check()

@@ -187,6 +187,9 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
               help="Scale each query's attention logits by log(its keys) / log(256).")
 @click.option("--full-attention/--no-full-attention", default=False, show_default=True,
               help="A fourth head group attending to every cell of the context (--heads >= 4).")
+@click.option("--attention", type=click.Choice(["sdpa", "flex"]), default="sdpa", show_default=True,
+              help="Attention kernel: dense masked SDPA, or FlexAttention block masks (for a "
+                   "GPU; same results).")
 @click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw",
               show_default=True,
               help="muon: Muon for the blocks' weight matrices, AdamW for the rest.")
@@ -224,7 +227,8 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
                   seed: int, val_start: str | None, test_start: str | None, sampler_threads: int,
                   pretrain: bool, init_run: Path | None, freeze_backbone: bool,
                   qk_norm: bool, zero_init: bool, log_scale_attention: bool,
-                  full_attention: bool, optimizer: str, muon_lr: float, ema: float,
+                  full_attention: bool, attention: str, optimizer: str, muon_lr: float,
+                  ema: float,
                   numeric_encoding: str, icl_share: float, example_pointer: bool, mask_share: float,
                   mask_weight: float, nproc: int, out: Path,
                   force: bool) -> None:
@@ -259,7 +263,8 @@ def train_command(dbs: tuple[str, ...], corpora: tuple[Path, ...], val_corpus: P
         seed=seed, sampler_threads=sampler_threads, pretrain=pretrain,
         init=str(init_run) if init_run else None, freeze_backbone=freeze_backbone,
         qk_norm=qk_norm, zero_init=zero_init, log_scale_attention=log_scale_attention,
-        full_attention=full_attention, optimizer=optimizer, muon_lr=muon_lr, ema=ema,
+        full_attention=full_attention, attention=attention, optimizer=optimizer,
+        muon_lr=muon_lr, ema=ema,
         numeric_encoding=numeric_encoding, icl_share=icl_share, example_pointer=example_pointer,
         mask_share=mask_share, mask_weight=mask_weight,
         val_start=parse_time(val_start, "--val-start") if val_start else None,

@@ -110,6 +110,33 @@ def value_encoder(stype: SemanticType, d_model: int, d_text: int,
     return stype.value_encoder(d_model, d_text)
 
 
+#: Attention kernels a model can run (:meth:`RelationalTransformer.set_attention`).
+ATTENTION_KERNELS = ("sdpa", "flex")
+
+
+def _flex() -> tuple[Any, Any]:
+    """``(flex_attention, create_block_mask)`` from torch (2.5 and later)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return flex_attention, create_block_mask
+
+
+def block_masks(allowed: Sequence[torch.Tensor], block_size: int = 128) -> list[Any]:
+    """FlexAttention block masks of the ``(B, S, S)`` bool patterns ``allowed`` (True: may
+    attend): blocks of ``block_size`` queries by keys that a pattern masks whole are skipped
+    by the kernel, the rest masked cell by cell as the dense mask does."""
+    _, create = _flex()
+    out = []
+    for m in allowed:
+        B, S, _ = m.shape
+
+        def mask_mod(b, h, q_idx, kv_idx, m=m):
+            return m[b, q_idx, kv_idx]
+
+        out.append(create(mask_mod, B, None, S, S, device=m.device, BLOCK_SIZE=block_size))
+    return out
+
+
 class _Block(nn.Module):
     """A pre-LayerNorm block: attention with one head group per pattern, then a GELU
     feed-forward. ``qk_norm``: RMSNorm (learned gain, over the head dimension) of each head's
@@ -147,9 +174,13 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, masks: list[torch.Tensor],
                 scales: list[torch.Tensor] | None = None,
                 rows: torch.Tensor | None = None, keys: torch.Tensor | None = None,
-                key_valid: torch.Tensor | None = None) -> torch.Tensor:
+                key_valid: torch.Tensor | None = None,
+                block_masks: list[Any] | None = None) -> torch.Tensor:
         """``masks``: one additive ``(B, 1, S, S)`` mask per head group; ``scales`` (optional,
         :func:`log_scales`): one ``(B, 1, S, 1)`` factor per group for its queries.
+        ``block_masks`` (optional, without ``rows``): the same patterns as FlexAttention block
+        masks; each group then runs ``flex_attention``, which skips the blocks a pattern
+        masks whole, instead of the dense masked SDPA.
 
         ``rows`` (B, Q), optional: compute the outputs of these positions only, ``(B, Q, d)``;
         ``keys`` (B, N), optional with ``rows``: attend only to these positions (they must hold
@@ -186,6 +217,10 @@ class _Block(nn.Module):
         parts = []
         for g, ((lo, hi), mask) in enumerate(zip(self.groups, masks, strict=True)):
             qg = q[:, lo:hi] if scales is None else q[:, lo:hi] * scales[g]
+            if block_masks is not None and rows is None:
+                parts.append(_flex()[0](qg, k[:, lo:hi], v[:, lo:hi],
+                                        block_mask=block_masks[g]))  # (B, h, S, dh)
+                continue
             parts.append(nn.functional.scaled_dot_product_attention(
                 qg, k[:, lo:hi], v[:, lo:hi], attn_mask=mask.to(qg.dtype),
                 dropout_p=p_drop))  # (B, h, S or Q, dh); mask (B, 1, S or Q, S) additive
@@ -248,6 +283,10 @@ class RelationalTransformer(nn.Module):
         self.slots = [registry.semantic_type(n).batch_slot for n in self.stype_names]
         self.d_model, self.d_text = d_model, d_text
         self.full_attention, self.log_scale_attention = full_attention, log_scale_attention
+        self.dropout = dropout
+        #: The attention kernel (:meth:`set_attention`): not part of the weights or the config
+        #: of the architecture; the same weights give the same outputs with either.
+        self.attention = "sdpa"
         self.col_proj = nn.Linear(d_text, d_model)
         options = {"numeric_encoding": numeric_encoding}
         self.value = nn.ModuleDict({n: value_encoder(registry.semantic_type(n), d_model, d_text,
@@ -303,6 +342,26 @@ class RelationalTransformer(nn.Module):
         x = x + value
         return x.masked_fill(batch["is_padding"][..., None], 0.0)  # (B, S, d)
 
+    def set_attention(self, kernel: str) -> None:
+        """Run attention with ``kernel``: ``"sdpa"`` (the default: PyTorch's scaled dot-product
+        attention with each pattern as a dense additive mask) or ``"flex"`` (FlexAttention
+        with block masks built once per batch, skipping the blocks a pattern masks whole;
+        fast only under ``torch.compile`` and meant for a GPU; on the CPU, uncompiled, it
+        computes the same outputs slowly). Flex is used where it applies: not for inference
+        pruned to the target cells (``targets_only``), not for training with dropout, which
+        FlexAttention lacks, and on the CPU only without gradients (torch has no CPU backward
+        for it); those keep SDPA."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, "
+                             f"not {kernel!r}")
+        if kernel == "flex":
+            try:
+                _flex()
+            except ImportError as exc:
+                raise ValueError(f"attention kernel 'flex' needs torch >= 2.5 with "
+                                 f"FlexAttention (torch {torch.__version__}: {exc})") from None
+        self.attention = kernel
+
     def forward(self, batch: Mapping[str, Any], column_emb: torch.Tensor,
                 vocab_emb: torch.Tensor, *, targets_only: bool = False,
                 cells: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -332,9 +391,13 @@ class RelationalTransformer(nn.Module):
         plan = None
         if targets_only and not (masked is not None and bool(masked.any())):
             plan = self._needed(batch, pos, allowed)
+        flex = None
+        if (self.attention == "flex" and plan is None and not (self.training and self.dropout)
+                and (x.device.type != "cpu" or not torch.is_grad_enabled())):
+            flex = block_masks(allowed)  # once per batch, shared by every block
         for i, block in enumerate(self.blocks):
             if plan is None or plan[i] is None:
-                x = block(x, masks, scales)
+                x = block(x, masks, scales, block_masks=flex)
                 continue
             rows, keys, key_valid = plan[i]
             kept = block(x, masks, scales, rows, keys, key_valid)  # (B, Q, d)

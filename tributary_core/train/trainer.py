@@ -33,7 +33,7 @@ from tributary_core.sampler import HashSplit, Sampler, TemporalSplit, prefetch
 from tributary_core.sampler.batch import Batch
 from tributary_core.sampler.loader import LoadedOnUse
 from tributary_core.store import Store, open_store
-from tributary_core.train.model import RelationalTransformer
+from tributary_core.train.model import ATTENTION_KERNELS, RelationalTransformer
 
 __all__ = ["TrainConfig", "train", "load_run", "Run", "batch_loss", "latest_checkpoint", "read_config",
            "load_weights", "claim_run_folder"]
@@ -102,6 +102,9 @@ class TrainConfig:
     log_scale_attention: bool = False
     #: A fourth head group attending to every real cell (architecture; needs n_heads >= 4).
     full_attention: bool = False
+    #: The attention kernel, ``"sdpa"`` or ``"flex"`` (FlexAttention block masks; for a GPU,
+    #: with ``torch.compile``): same weights, same results; see model.set_attention.
+    attention: str = "sdpa"
     #: ``"adamw"``, or ``"muon"``: Muon (``muon_lr``) for the 2-d weights inside the blocks,
     #: AdamW (``lr``) for every other parameter.
     optimizer: str = "adamw"
@@ -171,6 +174,8 @@ class TrainConfig:
             raise TributaryError(f"--heads {self.n_heads}: --full-attention needs at least 4 "
                                  f"heads (one group per attention pattern: column, outbound, "
                                  f"inbound, full)")
+        if self.attention not in ATTENTION_KERNELS:
+            raise bad("attention", "--attention", f"must be one of {', '.join(ATTENTION_KERNELS)}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", "--optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         value = self.muon_lr
@@ -295,6 +300,10 @@ def build_model(config: TrainConfig, d_text: int) -> RelationalTransformer:
                                   full_attention=config.full_attention,
                                   numeric_encoding=config.numeric_encoding,
                                   example_pointer=config.example_pointer)
+    try:
+        model.set_attention(config.attention)
+    except ValueError as exc:  # flex on a torch without FlexAttention
+        raise TributaryError(f"--attention: {exc}") from None
     # a buffer, so it moves with the model to its device; not persistent: not in checkpoints
     model.register_buffer("code_map", torch.tensor(
         [names.index(n) if n in names else -1 for n in installed], dtype=torch.long),
@@ -891,7 +900,9 @@ def _prepare_folder(out: Path, config: TrainConfig, force: bool, rank: int, dist
             new = json.loads(json.dumps(config.to_json()))
             old = json.loads(json.dumps(old))
             # the step count may grow; the recorded types are not a setting the user chose
-            diff = sorted(k for k in new if k not in ("steps", "stypes") and old.get(k) != new[k])
+            # nor is the attention kernel, which changes no result
+            diff = sorted(k for k in new if k not in ("steps", "stypes", "attention")
+                          and old.get(k) != new[k])
             if diff:
                 raise TributaryError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                                      f"use another --out, or --force to start over")
