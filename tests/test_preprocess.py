@@ -330,3 +330,37 @@ def test_arrays_are_memory_mapped(store):
     other = s.tables["assignments"].valid("hours")
     base2 = mapping(s.tables["assignments"].file.raw(s.tables["assignments"].columns["hours"]["valid"]))
     assert base2 is base and len(other) == len(hours)  # every section shares that map
+
+
+def test_task_queries_run_once_and_their_kept_results_are_removed(odd, hashing, tmp_path,
+                                                                 monkeypatch):
+    """Validation runs each task query to the end anyway: it keeps the result (an Arrow IPC
+    file in a temporary folder) and the tasks stage reads it back instead of running the query
+    again. The store is the same as one whose tasks ran their queries; the folder goes."""
+    import tempfile
+
+    from tributary_core.preprocess import pipeline
+
+    md, raw = odd
+    validate = pipeline.validate_metadata
+
+    def keeping_nothing(*args, keep_results=None, **kwargs):
+        return validate(*args, **kwargs)
+
+    with monkeypatch.context() as patch:  # validation keeps nothing: the tasks stage runs them
+        patch.setattr(pipeline, "validate_metadata", keeping_nothing)
+        again = open_store(preprocess(md, raw, tmp_path / "again", embedder=hashing).path)
+    before = set(Path(tempfile.gettempdir()).glob("tributary-task-results-*"))
+
+    def no_second_run(*args, **kwargs):
+        raise AssertionError("the tasks stage ran a task query again")
+
+    monkeypatch.setattr(pipeline, "run_query", no_second_run)
+    once = open_store(preprocess(md, raw, tmp_path / "once", embedder=hashing).path)
+    assert set(Path(tempfile.gettempdir()).glob("tributary-task-results-*")) == before
+    assert list(once.tasks) == list(again.tasks) and once.tasks
+    for name, task in once.tasks.items():
+        for field in ("anchor_row", "observation_time", "target_valid"):
+            np.testing.assert_array_equal(getattr(task, field), getattr(again.tasks[name], field))
+    for rel in once.files:
+        assert (once.path / rel).read_bytes() == (again.path / rel).read_bytes(), rel

@@ -46,6 +46,9 @@ class ValidationReport:
     problems: list[Problem] = attrs.field(factory=list)
     #: Row counts per table, filled when the data was checked.
     rows: dict[str, int] = attrs.field(factory=dict)
+    #: With ``keep_results``: each task whose query ran to the end -> its result, an Arrow IPC
+    #: file in that folder.
+    task_results: dict[str, Path] = attrs.field(factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
@@ -73,6 +76,8 @@ def validate_metadata(
     registry: Registry | None = None,
     query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
     query_memory: str | None = None,
+    query_threads: int | None = None,
+    keep_results: str | Path | None = None,
 ) -> ValidationReport:
     """Check a metadata file (or loaded :class:`Metadata`) and, with ``raw_dir``, its data.
 
@@ -86,7 +91,10 @@ def validate_metadata(
     ``query_timeout_s`` seconds (``--query-timeout``; None: no limit) is interrupted and
     reported as a problem of that task; Ctrl-C interrupts it too. ``query_memory`` caps
     DuckDB's memory for the queries (``"2GB"``; ``--query-memory``; None: DuckDB's default),
-    spilling to a temporary folder past it.
+    spilling to a temporary folder past it. ``query_threads``: DuckDB's threads for them
+    (None: all cores). ``keep_results``: a folder where each query's result is written as it
+    streams by (an Arrow IPC file, listed in ``report.task_results``), so that preprocessing
+    reads it back instead of running the query a second time.
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -100,21 +108,34 @@ def validate_metadata(
     _StaticChecks(report.metadata, registry, report.problems).run()
     if raw_dir is not None and report.ok:
         _DataChecks(report.metadata, Path(raw_dir), registry, report,
-                    query_timeout_s=query_timeout_s, query_memory=query_memory).run()
+                    query_timeout_s=query_timeout_s, query_memory=query_memory,
+                    query_threads=query_threads,
+                    keep_results=Path(keep_results) if keep_results is not None else None).run()
     return report
 
 
 def run_task_query(con: duckdb.DuckDBPyConnection, query: str, *,
-                   timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S) -> pa.Schema:
+                   timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
+                   keep: Path | None = None) -> pa.Schema:
     """Run task SQL to the end on ``con`` (a :func:`~tributary_core.sql.sandbox_connection`, as
-    preprocessing uses), streaming its result away, and return the result's schema: an error
-    that needs the data (a failed cast, ``error()``) is raised here as a ``duckdb.Error``, a
-    query past ``timeout_s`` as :class:`~tributary_core.sql.QueryTimeout`."""
+    preprocessing uses), streaming its result away (or, with ``keep``, into that Arrow IPC
+    file), and return the result's schema: an error that needs the data (a failed cast,
+    ``error()``) is raised here as a ``duckdb.Error``, a query past ``timeout_s`` as
+    :class:`~tributary_core.sql.QueryTimeout`; a kept file is then removed."""
     def drain() -> pa.Schema:
         relation = con.sql(query)
         reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch)(65536)
-        for _batch in reader:
-            pass
+        if keep is None:
+            for _batch in reader:
+                pass
+            return reader.schema
+        try:
+            with pa.ipc.new_file(str(keep), reader.schema) as sink:
+                for batch in reader:
+                    sink.write_batch(batch)
+        except BaseException:
+            keep.unlink(missing_ok=True)
+            raise
         return reader.schema
 
     return run_interruptible(con, drain, timeout_s=timeout_s)
@@ -287,9 +308,12 @@ class _DataChecks:
 
     def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport, *,
                  query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
-                 query_memory: str | None = None):
+                 query_memory: str | None = None, query_threads: int | None = None,
+                 keep_results: Path | None = None):
         self.query_timeout_s = query_timeout_s
         self.query_memory = query_memory
+        self.query_threads = query_threads
+        self.keep_results = keep_results
         self.md = md
         self.raw = raw
         self.registry = registry
@@ -418,17 +442,20 @@ class _DataChecks:
     def check_tasks(self) -> None:
         tables = {name: pads.dataset(path) for name, path in self.paths.items()}
         with tempfile.TemporaryDirectory(prefix="tributary-duckdb-") as spill:
-            con = sandbox_connection(tables, memory_limit=self.query_memory, temp_directory=spill)
+            con = sandbox_connection(tables, threads=self.query_threads,
+                                     memory_limit=self.query_memory, temp_directory=spill)
             try:
-                for name, task in self.md.tasks.items():
-                    self.check_task(con, name, task)
+                for i, (name, task) in enumerate(self.md.tasks.items()):
+                    keep = None if self.keep_results is None else self.keep_results / f"{i}.arrow"
+                    self.check_task(con, name, task, keep)
             finally:
                 con.close()
 
-    def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any) -> None:
+    def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any,
+                   keep: Path | None = None) -> None:
         qpath = jpath("tasks", name, "query")
         try:
-            schema = run_task_query(con, task.query, timeout_s=self.query_timeout_s)
+            schema = run_task_query(con, task.query, timeout_s=self.query_timeout_s, keep=keep)
         except duckdb.Error as exc:
             self.error(qpath, f"SQL fails in DuckDB: {_first_line(exc)}")
             return
@@ -436,6 +463,8 @@ class _DataChecks:
             self.error(qpath, f"the query ran past the {exc.seconds:g} s limit and was stopped "
                               f"(raise it with --query-timeout)")
             return
+        if keep is not None:
+            self.report.task_results[name] = keep
         columns = ", ".join(schema.names)
         checks: list[tuple[str, str | None, Callable[[pa.DataType], str | None]]] = [
             ("anchor_key", task.anchor_key, lambda t: self.anchor_type_problem(task, t)),

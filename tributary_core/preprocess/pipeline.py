@@ -31,7 +31,7 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,57 +163,62 @@ def preprocess(
         if problem is not None:
             raise TributaryError(f"{out_dir}: {problem}")
     check_memory_limit(query_memory)
-    clock = _Clock()
-    with clock("validate"):
-        progress("validate", 0, 1)
-        report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
-                                   query_timeout_s=query_timeout_s, query_memory=query_memory)
-        md = report.raise_for_errors()
-        _release_memory()
-        progress("validate", 1, 1)
-    with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
-        cache = None
-        if use_cache and embedder.cacheable:
-            cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
-        db = _Database.of(md, raw_dir, registry)
-        writer = _StoreWriter(tmp, out_dir)
-        vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
-        cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
-        with clock("keys"):
-            keys = load_keys(db, cutoff, progress)
+    # each task query's result, kept by validation (which runs it to the end anyway) for the
+    # tasks stage to read back instead of running it again
+    with tempfile.TemporaryDirectory(prefix="tributary-task-results-") as kept:
+        clock = _Clock()
+        with clock("validate"):
+            progress("validate", 0, 1)
+            report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
+                                       query_timeout_s=query_timeout_s, query_memory=query_memory,
+                                       query_threads=query_threads, keep_results=kept)
+            md = report.raise_for_errors()
             _release_memory()
-        with clock("encode"):
-            tables = encode_tables(db, keys, vocab, cutoff, writer, progress)
-        with clock("graph"):
-            graph = build_graph(db, keys, tables.links, writer, progress)
-            _release_memory()
-        with clock("tasks"):
-            tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
-                                      query_timeout_s=query_timeout_s,
-                                      query_threads=query_threads, query_memory=query_memory)
-            _release_memory()
-        columns = tables.columns + tasks.columns  # the column-embedding table
-        with clock("embed"):
-            embedding = embed(embedder, cache, columns, vocab, writer, progress)
-        warnings = (keys.warnings + tables.warnings + tasks.warnings
-                    + _unfitted_warning(tables.unfitted + tasks.unfitted))
-        meta = _store_metadata(db, embedder, cutoff, keys, tables, graph, tasks, columns, vocab,
-                               writer.files)
-        with clock("sampler"):
-            progress("sampler", 0, 1)
-            write_sampler_file(writer.opened(meta), writer.write_chunked, registry)
-            # its pages, cached in small folios by the writes, go: samplers read them back in
-            # huge pages, as random reads across it need (store/format.py, _advise_huge)
-            drop_cached(writer.folder / "sampler.bin")
-            progress("sampler", 1, 1)
-        writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
-        result = PreprocessResult(
-            path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
-            dangling={f"{t}.{c}": link.n_dangling for (t, c), link in tables.links.items()},
-            null_keys={f"{t}.{c}": link.n_null for (t, c), link in tables.links.items()},
-            vocab_size=len(vocab), tasks=tasks.report, seconds=dict(clock.seconds),
-            store_bytes=sum(f["bytes"] for f in writer.files.values()),
-            warnings=[str(p) for p in report.warnings] + warnings, embedding=embedding)
+            progress("validate", 1, 1)
+        with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
+            cache = None
+            if use_cache and embedder.cacheable:
+                cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
+            db = _Database.of(md, raw_dir, registry)
+            writer = _StoreWriter(tmp, out_dir)
+            vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
+            cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
+            with clock("keys"):
+                keys = load_keys(db, cutoff, progress)
+                _release_memory()
+            with clock("encode"):
+                tables = encode_tables(db, keys, vocab, cutoff, writer, progress)
+            with clock("graph"):
+                graph = build_graph(db, keys, tables.links, writer, progress)
+                _release_memory()
+            with clock("tasks"):
+                tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
+                                          query_timeout_s=query_timeout_s,
+                                          query_threads=query_threads, query_memory=query_memory,
+                                          kept=report.task_results)
+                _release_memory()
+            columns = tables.columns + tasks.columns  # the column-embedding table
+            with clock("embed"):
+                embedding = embed(embedder, cache, columns, vocab, writer, progress)
+            warnings = (keys.warnings + tables.warnings + tasks.warnings
+                        + _unfitted_warning(tables.unfitted + tasks.unfitted))
+            meta = _store_metadata(db, embedder, cutoff, keys, tables, graph, tasks, columns, vocab,
+                                   writer.files)
+            with clock("sampler"):
+                progress("sampler", 0, 1)
+                write_sampler_file(writer.opened(meta), writer.write_chunked, registry)
+                # its pages, cached in small folios by the writes, go: samplers read them back in
+                # huge pages, as random reads across it need (store/format.py, _advise_huge)
+                drop_cached(writer.folder / "sampler.bin")
+                progress("sampler", 1, 1)
+            writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
+            result = PreprocessResult(
+                path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
+                dangling={f"{t}.{c}": link.n_dangling for (t, c), link in tables.links.items()},
+                null_keys={f"{t}.{c}": link.n_null for (t, c), link in tables.links.items()},
+                vocab_size=len(vocab), tasks=tasks.report, seconds=dict(clock.seconds),
+                store_bytes=sum(f["bytes"] for f in writer.files.values()),
+                warnings=[str(p) for p in report.warnings] + warnings, embedding=embedding)
     return result
 
 
@@ -641,7 +646,8 @@ class _Task:
 def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: Vocabulary,
                       cutoff: int | None, writer: _StoreWriter, progress: Progress, *,
                       query_timeout_s: float | None, query_threads: int | None,
-                      query_memory: str | None = None) -> Tasks:
+                      query_memory: str | None = None,
+                      kept: Mapping[str, Path] | None = None) -> Tasks:
     """Each task's SQL in a sandboxed DuckDB, anchors matched to rows, observation times
     resolved, targets encoded (categorical labels added to ``vocab``)."""
     meta: dict[str, Any] = {}
@@ -660,7 +666,8 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
             progress("tasks", i, len(db.md.tasks))
             done = _materialize_task(db, keys, tables, vocab, cutoff, writer, con, name, task,
                                      column_id=len(tables.columns) + len(columns),
-                                     query_timeout_s=query_timeout_s)
+                                     query_timeout_s=query_timeout_s,
+                                     kept=(kept or {}).get(name))
             meta[name], report[name] = done.meta, done.report
             if done.column is not None:
                 columns.append(done.column)
@@ -675,7 +682,11 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
 
 
 def _run_task_query(con: duckdb.DuckDBPyConnection, name: str, task: Any,
-                    timeout_s: float | None) -> pa.Table:
+                    timeout_s: float | None, kept: Path | None = None) -> pa.Table:
+    """The task query's result: the one validation kept (``kept``, an Arrow IPC file, mapped
+    rather than read) if there is one, else the query run again."""
+    if kept is not None and kept.is_file():
+        return pa.ipc.open_file(pa.memory_map(str(kept))).read_all()
     try:
         return run_query(con, task.query, timeout_s=timeout_s)
     except QueryTimeout as exc:
@@ -691,10 +702,10 @@ def _run_task_query(con: duckdb.DuckDBPyConnection, name: str, task: Any,
 def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: Vocabulary,
                       cutoff: int | None, writer: _StoreWriter, con: duckdb.DuckDBPyConnection,
                       name: str, task: Any, *, column_id: int,
-                      query_timeout_s: float | None) -> _Task:
+                      query_timeout_s: float | None, kept: Path | None = None) -> _Task:
     """Task ``name``: its seeds written to ``tasks/<name>.bin``; ``column_id`` is the id its
     target gets in the column-embedding table if it is no column of the anchor table."""
-    result = _run_task_query(con, name, task, query_timeout_s)
+    result = _run_task_query(con, name, task, query_timeout_s, kept)
     if result.num_rows == 0:
         raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
                              "seeds")
