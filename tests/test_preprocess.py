@@ -350,14 +350,14 @@ def test_task_queries_run_once_and_their_kept_results_are_removed(odd, hashing, 
     with monkeypatch.context() as patch:  # validation keeps nothing: the tasks stage runs them
         patch.setattr(pipeline, "validate_metadata", keeping_nothing)
         again = open_store(preprocess(md, raw, tmp_path / "again", embedder=hashing).path)
-    before = set(Path(tempfile.gettempdir()).glob("tributary-task-results-*"))
+    before = set(Path(tempfile.gettempdir()).glob(".tributary-task-results.*.tmp"))
 
     def no_second_run(*args, **kwargs):
         raise AssertionError("the tasks stage ran a task query again")
 
     monkeypatch.setattr(pipeline, "run_query", no_second_run)
     once = open_store(preprocess(md, raw, tmp_path / "once", embedder=hashing).path)
-    assert set(Path(tempfile.gettempdir()).glob("tributary-task-results-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob(".tributary-task-results.*.tmp")) == before
     assert list(once.tasks) == list(again.tasks) and once.tasks
     for name, task in once.tasks.items():
         for field in ("anchor_row", "observation_time", "target_valid"):

@@ -608,7 +608,7 @@ def test_query_memory_caps_duckdb_and_changes_no_result(tmp_path):
     tasks come out the same, and the spill folder is gone afterwards."""
     import tempfile
 
-    before = set(Path(tempfile.gettempdir()).glob("tributary-duckdb-*"))
+    before = set(Path(tempfile.gettempdir()).glob(".tributary-duckdb.*.tmp"))
     plain = open_store(build(tmp_path, copy.deepcopy(TINY_METADATA), out="plain").path)
     capped = open_store(build(tmp_path, copy.deepcopy(TINY_METADATA), out="capped",
                               query_memory="64MB").path)
@@ -618,7 +618,7 @@ def test_query_memory_caps_duckdb_and_changes_no_result(tmp_path):
         for field in ("anchor_row", "observation_time", "target_valid"):
             np.testing.assert_array_equal(getattr(task, field), getattr(other, field))
         assert task.meta["stats"] == other.meta["stats"]
-    assert set(Path(tempfile.gettempdir()).glob("tributary-duckdb-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob(".tributary-duckdb.*.tmp")) == before
     from tributary_core.sql import sandbox_connection
 
     con = sandbox_connection({"t": pa.table({"x": [1, 2]})}, memory_limit="64MB")
@@ -646,3 +646,28 @@ def test_a_bad_query_memory_is_one_line_naming_the_option(tmp_path):
     lines = [x for x in result.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "--query-memory: '12 parsecs' is not a memory size" in lines[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_scratch_folders_go_when_done_and_a_killed_runs_are_swept(tmp_path):
+    """Task results and DuckDB's spill files live in scratch folders named with the process's
+    PID and this machine's tag: removed when their block ends, however it ends, and, when a
+    process was killed outright, by the next one that makes such a folder here."""
+    import subprocess
+
+    from tributary_core.atomic import _host_tag, scratch_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    stale = tmp_path / f".tributary-task-results.{dead.pid}.{_host_tag()}.abcd1234.tmp"
+    stale.mkdir()
+    (stale / "0.arrow").write_bytes(b"left by a killed run")
+    alive = tmp_path / f".tributary-task-results.{os.getppid()}.{_host_tag()}.abcd1234.tmp"
+    alive.mkdir()  # a live process's: kept
+    other = tmp_path / "tributary-task-results-mine"
+    other.mkdir()  # not named as a scratch folder: never touched
+    with pytest.raises(KeyboardInterrupt):
+        with scratch_folder("tributary-task-results", tmp_path) as path:
+            assert path.is_dir() and path.name.startswith(f".tributary-task-results.{os.getpid()}.")
+            (path / "x").write_text("y")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tributary_core.errors import TributaryError
 
-__all__ = ["staged_folder", "atomic_write", "atomic_write_text", "atomic_write_bytes", "rename_noreplace"]
+__all__ = ["staged_folder", "scratch_folder", "atomic_write", "atomic_write_text",
+           "atomic_write_bytes", "rename_noreplace"]
 
 
 def _host_tag() -> str:
@@ -118,6 +119,22 @@ def rename_noreplace(src: str | Path, dst: str | Path) -> None:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from None
         raise
+
+
+@contextlib.contextmanager
+def scratch_folder(name: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """Yield a new private folder ``.NAME.PID.HOST.XXXXXXXX.tmp`` in ``parent`` (default: the
+    system's temporary directory), removed with its contents when the block ends, however it
+    ends. A process killed outright cannot remove its own: such folders left by processes of
+    this machine that no longer run are removed first, as :func:`staged_folder` does."""
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    _sweep_stale(parent / name)
+    path = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.{_host_tag()}.", suffix=".tmp",
+                                 dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _sweep_stale(out: Path) -> None:

@@ -8,7 +8,6 @@ databases have) are reported and counted but do not fail validation.
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from tributary_core.atomic import scratch_folder
 from tributary_core.errors import MetadataError, Problem
 from tributary_core.keys import as_key, key_kind
 from tributary_core.metadata.io import load_metadata
@@ -441,7 +441,7 @@ class _DataChecks:
 
     def check_tasks(self) -> None:
         tables = {name: pads.dataset(path) for name, path in self.paths.items()}
-        with tempfile.TemporaryDirectory(prefix="tributary-duckdb-") as spill:
+        with scratch_folder("tributary-duckdb") as spill:
             con = sandbox_connection(tables, threads=self.query_threads,
                                      memory_limit=self.query_memory, temp_directory=spill)
             try:

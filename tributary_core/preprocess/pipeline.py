@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -43,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from tributary_core.atomic import staged_folder
+from tributary_core.atomic import scratch_folder, staged_folder
 from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache_dir, embed_texts
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
@@ -165,7 +164,7 @@ def preprocess(
     check_memory_limit(query_memory)
     # each task query's result, kept by validation (which runs it to the end anyway) for the
     # tasks stage to read back instead of running it again
-    with tempfile.TemporaryDirectory(prefix="tributary-task-results-") as kept:
+    with scratch_folder("tributary-task-results") as kept:
         clock = _Clock()
         with clock("validate"):
             progress("validate", 0, 1)
@@ -658,9 +657,9 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
     datasets = {name: pads.dataset(path) for name, path in db.paths.items()}
-    spill = tempfile.TemporaryDirectory(prefix="tributary-duckdb-")
+    spill = contextlib.ExitStack()
     con = sandbox_connection(datasets, threads=query_threads, memory_limit=query_memory,
-                             temp_directory=spill.name)
+                             temp_directory=spill.enter_context(scratch_folder("tributary-duckdb")))
     try:
         for i, (name, task) in enumerate(db.md.tasks.items()):
             progress("tasks", i, len(db.md.tasks))
@@ -676,7 +675,7 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
                 unfitted.append(done.unfitted)
     finally:
         con.close()
-        spill.cleanup()
+        spill.close()
     progress("tasks", len(db.md.tasks), len(db.md.tasks))
     return Tasks(meta, report, columns, warnings, unfitted)
 
