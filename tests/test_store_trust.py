@@ -665,9 +665,8 @@ def test_scratch_folders_go_when_done_and_a_killed_runs_are_swept(tmp_path):
     alive.mkdir()  # a live process's: kept
     other = tmp_path / "tributary-task-results-mine"
     other.mkdir()  # not named as a scratch folder: never touched
-    with pytest.raises(KeyboardInterrupt):
-        with scratch_folder("tributary-task-results", tmp_path) as path:
-            assert path.is_dir() and path.name.startswith(f".tributary-task-results.{os.getpid()}.")
-            (path / "x").write_text("y")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), scratch_folder("tributary-task-results", tmp_path) as path:
+        assert path.is_dir() and path.name.startswith(f".tributary-task-results.{os.getpid()}.")
+        (path / "x").write_text("y")
+        raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
