@@ -56,18 +56,18 @@ out = {"imports_s": imports, "open_s": opened, "mapped": graph.mapped, "graph_by
 views = {"customer_spend_next_90d": graph.task("customer_spend_next_90d"),
          "lineitem rows": TaskView.for_rows(graph, "lineitem")}
 rng = np.random.default_rng(0)
+def round_of(view):  # seeds/s of the median batch over a round of random batches of 32
+    times = []
+    for k in range(int(sys.argv[2])):
+        seeds = rng.integers(0, len(view), 32)
+        t = time.perf_counter()
+        sample_batch(graph, view, seeds, context_len=1024, width=16, draw=k)
+        times.append(time.perf_counter() - t)
+    return round(32 / float(np.median(times)))
 for name, view in views.items():
     sample_batch(graph, view, np.arange(32), context_len=1024, width=16)  # compile / load
-    rates = []
-    for _ in range(3):  # rounds: the first faults the store's pages in, later ones less
-        times = []
-        for k in range(int(sys.argv[2])):
-            seeds = rng.integers(0, len(view), 32)
-            t = time.perf_counter()
-            sample_batch(graph, view, seeds, context_len=1024, width=16, draw=k)
-            times.append(time.perf_counter() - t)
-        rates.append(round(32 / float(np.median(times))))
-    out[name] = rates
+    # rounds: the first faults the store's pages in, later ones less
+    out[name] = [round_of(view) for _ in range(3)]
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 out["rss_anon_gb"] = int(status["RssAnon"].split()[0]) / 2**20
 out["rss_file_gb"] = int(status["RssFile"].split()[0]) / 2**20
@@ -75,13 +75,7 @@ start = time.perf_counter()  # warm: the whole sampler.bin read once (as open_st
 store.files["sampler.bin"].verify()
 out["read_sampler_bin_s"] = time.perf_counter() - start
 for name, view in views.items():
-    times = []
-    for k in range(int(sys.argv[2])):
-        seeds = rng.integers(0, len(view), 32)
-        t = time.perf_counter()
-        sample_batch(graph, view, seeds, context_len=1024, width=16, draw=k)
-        times.append(time.perf_counter() - t)
-    out[name + " warm"] = round(32 / float(np.median(times)))
+    out[name + " warm"] = round_of(view)
 print(json.dumps(out))
 """
 
