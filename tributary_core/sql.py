@@ -8,20 +8,23 @@ fail with a permission error.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
+from tributary_core.atomic import scratch_folder
 from tributary_core.errors import TributaryError
 
-__all__ = ["sandbox_connection", "check_memory_limit", "fetch_arrow", "quote_identifier", "run_query",
-           "run_interruptible", "QueryTimeout", "DEFAULT_QUERY_TIMEOUT_S"]
+__all__ = ["sandbox_connection", "sandboxed", "check_memory_limit", "fetch_arrow",
+           "quote_identifier", "run_query", "run_interruptible", "QueryTimeout",
+           "DEFAULT_QUERY_TIMEOUT_S"]
 
 T = TypeVar("T")
 
@@ -50,10 +53,14 @@ def fetch_arrow(relation: Any) -> pa.Table:
     return method()
 
 
+def _literal(value: Any) -> str:
+    """``value`` as a DuckDB string literal (SET takes no parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _set_memory_limit(con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
-    literal = "'" + str(memory_limit).replace("'", "''") + "'"
     try:
-        con.execute(f"SET memory_limit = {literal}")
+        con.execute(f"SET memory_limit = {_literal(memory_limit)}")
     except duckdb.Error as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TributaryError(f"--query-memory: {memory_limit!r} is not a memory size such as "
@@ -94,8 +101,7 @@ def sandbox_connection(tables: Mapping[str, Any], *, threads: int | None = None,
     if memory_limit is not None:
         _set_memory_limit(con, memory_limit)
         if temp_directory is not None:
-            literal = "'" + str(temp_directory).replace("'", "''") + "'"
-            con.execute(f"SET temp_directory = {literal}")
+            con.execute(f"SET temp_directory = {_literal(temp_directory)}")
     for name, data in tables.items():
         con.register(name, data)
         con.execute(f"CREATE VIEW {quote_identifier(name + '.parquet')} AS "
@@ -103,6 +109,20 @@ def sandbox_connection(tables: Mapping[str, Any], *, threads: int | None = None,
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+@contextlib.contextmanager
+def sandboxed(tables: Mapping[str, Any], *, threads: int | None = None,
+              memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A :func:`sandbox_connection` whose spill files (past ``memory_limit``) go to a scratch
+    folder of its own; the connection is closed and the folder removed when the block ends."""
+    with scratch_folder("tributary-duckdb") as spill:
+        con = sandbox_connection(tables, threads=threads, memory_limit=memory_limit,
+                                 temp_directory=spill)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def run_query(con: duckdb.DuckDBPyConnection, query: str, *,

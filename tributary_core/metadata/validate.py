@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from tributary_core.atomic import scratch_folder
 from tributary_core.errors import MetadataError, Problem
 from tributary_core.keys import as_key, key_kind
 from tributary_core.metadata.io import load_metadata
@@ -27,7 +26,7 @@ from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType
-from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_interruptible, sandbox_connection
+from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_interruptible, sandboxed
 from tributary_core.timeconv import parse_duration
 
 __all__ = ["ValidationReport", "validate_metadata"]
@@ -441,15 +440,10 @@ class _DataChecks:
 
     def check_tasks(self) -> None:
         tables = {name: pads.dataset(path) for name, path in self.paths.items()}
-        with scratch_folder("tributary-duckdb") as spill:
-            con = sandbox_connection(tables, threads=self.query_threads,
-                                     memory_limit=self.query_memory, temp_directory=spill)
-            try:
-                for i, (name, task) in enumerate(self.md.tasks.items()):
-                    keep = None if self.keep_results is None else self.keep_results / f"{i}.arrow"
-                    self.check_task(con, name, task, keep)
-            finally:
-                con.close()
+        with sandboxed(tables, threads=self.query_threads, memory_limit=self.query_memory) as con:
+            for i, (name, task) in enumerate(self.md.tasks.items()):
+                keep = None if self.keep_results is None else self.keep_results / f"{i}.arrow"
+                self.check_task(con, name, task, keep)
 
     def check_task(self, con: duckdb.DuckDBPyConnection, name: str, task: Any,
                    keep: Path | None = None) -> None:

@@ -59,7 +59,7 @@ from tributary_core.sql import (
     QueryTimeout,
     check_memory_limit,
     run_query,
-    sandbox_connection,
+    sandboxed,
 )
 from tributary_core.store.format import (
     FORMAT_VERSION,
@@ -657,10 +657,7 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
     datasets = {name: pads.dataset(path) for name, path in db.paths.items()}
-    spill = contextlib.ExitStack()
-    con = sandbox_connection(datasets, threads=query_threads, memory_limit=query_memory,
-                             temp_directory=spill.enter_context(scratch_folder("tributary-duckdb")))
-    try:
+    with sandboxed(datasets, threads=query_threads, memory_limit=query_memory) as con:
         for i, (name, task) in enumerate(db.md.tasks.items()):
             progress("tasks", i, len(db.md.tasks))
             done = _materialize_task(db, keys, tables, vocab, cutoff, writer, con, name, task,
@@ -673,9 +670,6 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
             warnings.extend(done.warnings)
             if done.unfitted is not None:
                 unfitted.append(done.unfitted)
-    finally:
-        con.close()
-        spill.close()
     progress("tasks", len(db.md.tasks), len(db.md.tasks))
     return Tasks(meta, report, columns, warnings, unfitted)
 
