@@ -171,7 +171,7 @@ class _Block(nn.Module):
         bounds = [(p * n_heads + n_patterns - 1) // n_patterns for p in range(n_patterns + 1)]
         self.groups = list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor],
+    def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None,
                 scales: list[torch.Tensor] | None = None,
                 rows: torch.Tensor | None = None, keys: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None,
@@ -180,7 +180,7 @@ class _Block(nn.Module):
         :func:`log_scales`): one ``(B, 1, S, 1)`` factor per group for its queries.
         ``block_masks`` (optional, without ``rows``): the same patterns as FlexAttention block
         masks; each group then runs ``flex_attention``, which skips the blocks a pattern
-        masks whole, instead of the dense masked SDPA.
+        masks whole, instead of the dense masked SDPA, and ``masks`` may be None.
 
         ``rows`` (B, Q), optional: compute the outputs of these positions only, ``(B, Q, d)``;
         ``keys`` (B, N), optional with ``rows``: attend only to these positions (they must hold
@@ -215,14 +215,14 @@ class _Block(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S or Q, dh)
         p_drop = self.dropout if self.training else 0.0
         parts = []
-        for g, ((lo, hi), mask) in enumerate(zip(self.groups, masks, strict=True)):
+        for g, (lo, hi) in enumerate(self.groups):
             qg = q[:, lo:hi] if scales is None else q[:, lo:hi] * scales[g]
             if block_masks is not None and rows is None:
                 parts.append(_flex()[0](qg, k[:, lo:hi], v[:, lo:hi],
                                         block_mask=block_masks[g]))  # (B, h, S, dh)
                 continue
             parts.append(nn.functional.scaled_dot_product_attention(
-                qg, k[:, lo:hi], v[:, lo:hi], attn_mask=mask.to(qg.dtype),
+                qg, k[:, lo:hi], v[:, lo:hi], attn_mask=masks[g].to(qg.dtype),
                 dropout_p=p_drop))  # (B, h, S or Q, dh); mask (B, 1, S or Q, S) additive
         a = torch.cat(parts, 1)  # (B, H, S or Q, dh)
         x = x_q + self.proj(a.transpose(1, 2).reshape(B, x_q.shape[1], d))  # (B, S or Q, d)
@@ -378,23 +378,23 @@ class RelationalTransformer(nn.Module):
         ``cells``: the input vectors :meth:`encode` gives, when the caller made them (e.g. to
         take gradients with respect to them)."""
         x = self.encode(batch, column_emb, vocab_emb) if cells is None else cells  # (B, S, d)
-        # additive masks, built once for all blocks: CPU and GPU kernels take them as fast as none
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        blocked = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
         allowed = _patterns(batch["row"], batch["row_parents"], batch["column_id"],
                             batch["is_padding"], self.full_attention)
-        masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 (or 4) x (B, 1, S, S)
-                 for m in allowed]
         scales = log_scales(allowed, x.dtype) if self.log_scale_attention else None
         pos = batch["target_pos"].long()  # (B,)
         masked = batch.get("is_masked")
         plan = None
         if targets_only and not (masked is not None and bool(masked.any())):
             plan = self._needed(batch, pos, allowed)
-        flex = None
+        flex, masks = None, None
         if (self.attention == "flex" and plan is None and not (self.training and self.dropout)
                 and (x.device.type != "cpu" or not torch.is_grad_enabled())):
             flex = block_masks(allowed)  # once per batch, shared by every block
+        else:  # additive masks, built once for all blocks: kernels take them as fast as none
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            blocked = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+            masks = [torch.where(m, zero, blocked).unsqueeze(1)  # 3 (or 4) x (B, 1, S, S)
+                     for m in allowed]
         for i, block in enumerate(self.blocks):
             if plan is None or plan[i] is None:
                 x = block(x, masks, scales, block_masks=flex)
