@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
 
-from ._arrow import is_number
+from ._arrow import _chunks, is_number
 
 #: Cells per partial sum: the statistics are summed in fixed chunks, so the result does not
 #: depend on how many threads ran.
@@ -153,7 +153,7 @@ def to_float64(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     values = np.empty(n, dtype=np.float64)
     valid = np.ones(n, dtype=np.bool_)
     pos = 0
-    for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
+    for chunk in _chunks(column):
         end = pos + len(chunk)
         if pa.types.is_dictionary(chunk.type):
             chunk = chunk.cast(chunk.type.value_type)
