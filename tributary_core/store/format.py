@@ -41,7 +41,7 @@ import numpy as np
 from tributary_core.errors import TributaryError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file", "FileWriter",
-           "StoreFile",
+           "StoreFile", "SectionWriter",
            "pack_bits", "unpack_bits", "dump_store_metadata", "load_store_metadata",
            "replace_problem", "drop_cached"]
 
@@ -186,6 +186,7 @@ class FileWriter:
         self._entries: list[dict[str, Any]] = []
         self._names: set[str] = set()
         self._closed = False
+        self._open_sections: set[str] = set()  # begun with begin_section, not yet finished
         self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close() / abort()
 
     def __enter__(self) -> FileWriter:
@@ -240,6 +241,33 @@ class FileWriter:
         self._names.add(name)
         self._offset = _align(self._offset + nbytes)
 
+    def begin_section(self, name: str, dtype: Any, shape: tuple[int, ...]) -> SectionWriter:
+        """Reserve section ``name`` of ``dtype`` and ``shape`` (a 1-d ``bool`` section is
+        stored as a bitmap) and return a :class:`SectionWriter` that writes its rows in pieces,
+        in order: a column encoded in row batches writes each batch's piece of every field, and
+        no field is ever whole in memory. Sections added after this one go after its reserved
+        bytes; :meth:`close` refuses a file with a section not written to its end."""
+        self._check_new(name)
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise ValueError(f"cannot store an object array ({dt})")
+        if dt == np.bool_:
+            if len(shape) != 1:
+                raise ValueError("only 1-d bool arrays are stored as bitmaps")
+            kind, nbytes = BITS, (int(shape[0]) + 7) // 8
+        else:
+            if dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE):
+                dt = dt.newbyteorder("<")
+            kind, nbytes = dt.str, dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        entry = {"name": name, "dtype": kind, "shape": [int(x) for x in shape],
+                 "offset": self._offset, "nbytes": nbytes, "crc32": 0}
+        section = SectionWriter(self, entry, dt)
+        self._entries.append(entry)
+        self._names.add(name)
+        self._open_sections.add(name)
+        self._offset = _align(self._offset + nbytes)
+        return section
+
     def _check_new(self, name: str) -> None:
         self._check_open()
         if name in self._names:
@@ -272,6 +300,9 @@ class FileWriter:
             raise
 
     def _finish(self, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+        if self._open_sections:
+            raise ValueError(f"{self.path}: section(s) {', '.join(sorted(self._open_sections))} "
+                             "begun but not written to their end")
         f = self._file
         meta = dict(meta or {})
         # The header holds the offsets and the offsets depend on the header's length: grow the
@@ -344,6 +375,68 @@ class FileWriter:
             self._file.close()
         finally:
             self.path.unlink(missing_ok=True)
+
+
+class SectionWriter:
+    """One section of a :class:`FileWriter`, written in pieces (:meth:`FileWriter.begin_section`).
+
+    :meth:`write` takes the next rows (any count; a bitmap section keeps the last few bits of a
+    piece whose length is not a multiple of 8 until the next); :meth:`finish` checks that every
+    row came and records the section's CRC-32. A failing write aborts the whole file."""
+
+    def __init__(self, file: FileWriter, entry: dict[str, Any], dtype: np.dtype) -> None:
+        self._file = file
+        self._entry = entry
+        self._dtype = dtype
+        self._bits = entry["dtype"] == BITS
+        self._written = 0  # bytes
+        self._crc = 0
+        self._pending = np.zeros(0, dtype=np.bool_)  # bits not yet making a whole byte
+
+    def write(self, piece: np.ndarray) -> None:
+        """Write the next rows of the section."""
+        self._file._check_open()
+        if self._bits:
+            bits = np.ascontiguousarray(piece, dtype=np.bool_).reshape(-1)
+            if len(self._pending):
+                bits = np.concatenate([self._pending, bits])
+            whole = len(bits) // 8 * 8
+            self._pending = bits[whole:].copy()
+            payload = pack_bits(bits[:whole])
+        else:
+            payload = np.ascontiguousarray(piece, dtype=self._dtype)
+        self._put(payload)
+
+    def _put(self, payload: np.ndarray) -> None:
+        view = memoryview(payload).cast("B")
+        if not view.nbytes:
+            return
+        if self._written + view.nbytes > self._entry["nbytes"]:
+            self._file.abort()
+            raise ValueError(f"{self._file.path}: section {self._entry['name']!r} of shape "
+                             f"{tuple(self._entry['shape'])} holds {self._entry['nbytes']} "
+                             f"bytes; its pieces give more")
+        try:
+            os.pwrite(self._file._file.fileno(), view, self._entry["offset"] + self._written)
+        except BaseException:
+            self._file.abort()
+            raise
+        self._crc = zlib.crc32(view, self._crc)
+        self._written += view.nbytes
+
+    def finish(self) -> None:
+        """Check that the section is whole and record its checksum."""
+        self._file._check_open()
+        if len(self._pending):
+            self._put(pack_bits(self._pending))
+            self._pending = self._pending[:0]
+        if self._written != self._entry["nbytes"]:
+            self._file.abort()
+            raise ValueError(f"{self._file.path}: section {self._entry['name']!r} of shape "
+                             f"{tuple(self._entry['shape'])} needs {self._entry['nbytes']} "
+                             f"bytes, its pieces gave {self._written}")
+        self._entry["crc32"] = self._crc
+        self._file._open_sections.discard(self._entry["name"])
 
 
 class StoreFile:
