@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tributary_core import get_registry
-from tributary_core.semantic_type import EncodedColumn
+from tributary_core.semantic_type import ColumnEncoder, EncodedColumn
 from tributary_core.testing import check_loss_head, check_semantic_type
 
 T = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
@@ -78,6 +78,56 @@ def test_the_kit_catches_broken_plugins():
 
     with pytest.raises(AssertionError, match="not strict JSON"):
         check_semantic_type(NanStats(), SAMPLES["numerical"])
+
+    class LastBatchStats(numerical):
+        name = "lastbatch"
+
+        def column_encoder(self, column_name):
+            whole = self
+
+            class Encoder(ColumnEncoder):
+                def fit(self, prepared, rows):
+                    super().fit(prepared, rows)
+                    self.last = whole.fit(prepared, rows=rows)
+
+                def stats(self):
+                    return self.last  # a bug: the last batch's statistics, not the column's
+
+                def encode(self, prepared, stats, vocab):
+                    return whole.encode(prepared, stats)
+
+            return Encoder()
+
+    with pytest.raises(AssertionError, match="column_encoder\\(\\) in batches of 1 gave the "
+                                             "statistics"):
+        check_semantic_type(LastBatchStats(), SAMPLES["numerical"])
+
+    categorical = type(get_registry().semantic_type("categorical"))
+
+    class BatchLocalIds(categorical):
+        name = "batchlocal"
+
+        def column_encoder(self, column_name):
+            column_encoder = super().column_encoder(column_name)
+
+            class Encoder(ColumnEncoder):
+                one_pass = True
+
+                def fit(self, prepared, rows):
+                    column_encoder.fit(prepared, rows)
+
+                def stats(self):
+                    return column_encoder.stats()
+
+                def encode(self, prepared, stats, vocab):  # a bug: the batch's own value codes
+                    index = prepared.values.astype(np.uint32)
+                    return EncodedColumn({"index": index}, prepared.valid.copy())
+
+            return Encoder()
+
+    with pytest.raises(AssertionError, match="column_encoder\\(\\) in batches of 1 built another "
+                                             "vocabulary"):
+        check_semantic_type(BatchLocalIds(), SAMPLES["categorical"])
 
     huber = type(get_registry().loss_head("huber"))
 

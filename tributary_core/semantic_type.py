@@ -39,8 +39,8 @@ import pyarrow as pa
 if TYPE_CHECKING:  # torch is heavy; only the model layer imports it for real
     import torch
 
-__all__ = ["SemanticType", "EncodedColumn", "Prepared", "Vocabulary", "SLOT_WIDTH",
-           "TIMESTAMP_WIDTH"]
+__all__ = ["SemanticType", "ColumnEncoder", "EncodedColumn", "Prepared", "Vocabulary",
+           "SLOT_WIDTH", "TIMESTAMP_WIDTH"]
 
 #: Features per cell of the ``timestamp`` batch slot: 14 cyclic features and the z-scored
 #: epoch, which comes last (DESIGN §3).
@@ -123,6 +123,50 @@ class Vocabulary:
         return len(self.texts)
 
 
+class ColumnEncoder:
+    """Fits and encodes one column in row batches, so preprocessing holds one batch of a large
+    column in memory, never the column (:meth:`SemanticType.column_encoder`).
+
+    Preprocessing reads the column's batches in row order (every batch but the last of one
+    size) and turns each into a :class:`Prepared` with :meth:`SemanticType.prepare`; ``rows``
+    is the batch's slice of the statistics window (None: every row counts). Then:
+
+    - with ``one_pass`` False, it calls :meth:`fit` on every batch, then :meth:`stats`, then
+      reads the column again and calls :meth:`encode` on every batch with those statistics
+      (a z-score needs the column's mean before its first cell);
+    - with ``one_pass`` True, it calls :meth:`fit` and then :meth:`encode` on each batch as it
+      reads it once, ``stats`` being None there (the encoding does not depend on the
+      statistics), and :meth:`stats` at the end.
+
+    ``vocab`` is the database's shared :class:`Vocabulary`: an embedded type adds each batch's
+    new distinct values to it (in order of first occurrence, so the ids are those the whole
+    column would get) and stores their ids. The statistics, the vocabulary and the encoded
+    cells must not depend on the batch size: a test preprocesses a database with batches of a
+    few rows and compares the stores byte for byte.
+
+    ``n_invalid`` counts the non-null cells that could not be read, over the batches seen; it
+    is the sum of the batches' ``Prepared.n_invalid`` unless a subclass says otherwise.
+    """
+
+    one_pass: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.n_invalid = 0
+
+    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
+        """Add one batch to the statistics."""
+        self.n_invalid += prepared.n_invalid
+
+    def stats(self) -> dict[str, Any]:
+        """The column's JSON-able statistics, as :meth:`SemanticType.fit` gives them."""
+        return {}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
+               vocab: Vocabulary) -> EncodedColumn:
+        """One batch's cells (the rows of ``prepared``)."""
+        raise NotImplementedError
+
+
 class SemanticType:
     """Base class of every semantic type. Subclasses set ``name`` and override the methods.
 
@@ -197,6 +241,13 @@ class SemanticType:
         """Encode using statistics from :meth:`fit` (and the ids :class:`Vocabulary` gave to
         :meth:`vocabulary`'s texts). Never modifies ``prepared``."""
         raise NotImplementedError(f"semantic type {self.name!r} does not implement encode()")
+
+    def column_encoder(self, column_name: str) -> ColumnEncoder | None:
+        """A :class:`ColumnEncoder` for one column of this type, or None (the default): the
+        column is then read whole and goes through :meth:`prepare`, :meth:`fit`,
+        :meth:`vocabulary` and :meth:`encode`, so its working set grows with the table. The
+        built-in types give one; their whole-column methods compute the same bytes."""
+        return None
 
     def check_encoded(self, prepared: Prepared, stats: Mapping[str, Any],
                       encoded: EncodedColumn) -> str | None:

@@ -20,7 +20,9 @@ it. What they check:
   JSON-able statistics, the same twice, also for a row subset; ``vocabulary`` returns one text
   and one value per entry; ``encode`` leaves ``prepared`` alone, returns arrays of one row per
   cell, finite where valid, the same twice (a ``timestamp``-slot type: int64 epoch µs, one per
-  cell); ``decode`` reads back each valid cell;
+  cell); ``decode`` reads back each valid cell; a type with a ``column_encoder`` gives, fed
+  batches of 1, 2 and 3 rows, the statistics (also for a row subset), vocabulary, invalid
+  count and cells of the whole-column methods;
   ``label_values`` gives one float per value of the sample's Python values, NaN for nulls,
   finite for every cell ``prepare`` accepts, the same twice; for a type that can be a target,
   ``decode_prediction`` turns the stored values (the last of the slot's values) into one Arrow
@@ -47,7 +49,14 @@ import numpy as np
 import pyarrow as pa
 
 from tributary_core.loss import LossHead
-from tributary_core.semantic_type import SLOT_WIDTH, TIMESTAMP_WIDTH, Prepared, SemanticType, Vocabulary
+from tributary_core.semantic_type import (
+    SLOT_WIDTH,
+    TIMESTAMP_WIDTH,
+    ColumnEncoder,
+    Prepared,
+    SemanticType,
+    Vocabulary,
+)
 from tributary_core.timefeatures import features
 
 __all__ = ["check_semantic_type", "check_loss_head", "fake_batch"]
@@ -159,10 +168,58 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
     for i in np.flatnonzero(encoded.valid):
         st.decode({f: a[i] for f, a in encoded.arrays.items()}, stats, vocab.values)
 
+    _check_column_encoder(st, who, column, prepared, stats, encoded, vocab)
     _check_label_values(st, who, before, prepared)
     if st.can_be_target:
         _check_decode_prediction(st, who, encoded, stats)
     _check_value_encoder(st, who, encoded, stats, d_model, d_text)
+
+
+def _check_column_encoder(st: SemanticType, who: str, column: pa.ChunkedArray, prepared: Prepared,
+                          stats: dict[str, Any], encoded: Any, vocab: Vocabulary) -> None:
+    """A type's :class:`ColumnEncoder`, given batches of 1, 2 and 3 rows, must give the
+    statistics, vocabulary and cells that the whole-column methods give."""
+    n = len(column)
+    rows = np.zeros(n, dtype=np.bool_)
+    rows[::2] = True
+    for size in (1, 2, 3):
+        for window in (None, rows):
+            encoder = st.column_encoder("sample")
+            if encoder is None:
+                return
+            assert isinstance(encoder, ColumnEncoder), \
+                f"{who}: column_encoder() must return a ColumnEncoder or None"
+            own = Vocabulary()
+            pieces: list[Any] = []
+            batches = [st.prepare(column.slice(lo, size)) for lo in range(0, n, size)]
+            for lo, batch in zip(range(0, n, size), batches, strict=True):
+                encoder.fit(batch, None if window is None else window[lo:lo + len(batch)])
+                if encoder.one_pass:
+                    pieces.append(encoder.encode(batch, None, own))
+            got = encoder.stats()
+            expected = st.fit(prepared, rows=window)
+            assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True), \
+                (f"{who}: column_encoder() in batches of {size} gave the statistics {got}, "
+                 f"fit() on the whole column {expected}")
+            if window is not None:
+                continue
+            assert encoder.n_invalid == prepared.n_invalid, \
+                (f"{who}: column_encoder() counted {encoder.n_invalid} invalid cells, prepare() "
+                 f"{prepared.n_invalid}")
+            if not encoder.one_pass:
+                full = {**got, **({"database": stats["database"]} if "database" in stats else {})}
+                pieces = [encoder.encode(batch, full, own) for batch in batches]
+            assert own.texts == vocab.texts and own.values == vocab.values, \
+                f"{who}: column_encoder() in batches of {size} built another vocabulary"
+            valid = np.concatenate([p.valid for p in pieces])
+            assert _same(valid, encoded.valid), \
+                f"{who}: column_encoder() in batches of {size} gave other validity"
+            for field, array in encoded.arrays.items():
+                assert all(field in p.arrays for p in pieces), \
+                    f"{who}: column_encoder() gave no field {field!r}"
+                joined = np.concatenate([p.arrays[field] for p in pieces])
+                assert joined.dtype == array.dtype and _same(joined, array), \
+                    f"{who}: column_encoder() in batches of {size} encoded {field!r} otherwise"
 
 
 def _check_label_values(st: SemanticType, who: str, raw: list[Any], prepared: Prepared) -> None:

@@ -12,7 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
+from tributary_core.semantic_type import (
+    ColumnEncoder,
+    EncodedColumn,
+    Prepared,
+    SemanticType,
+    Vocabulary,
+)
 
 from ._arrow import base_type, is_stringish, plain, validity
 
@@ -97,6 +103,9 @@ class Boolean(SemanticType):
                vocab_ids: np.ndarray | None = None) -> EncodedColumn:
         return EncodedColumn({"value": prepared.values.copy()}, prepared.valid.copy())
 
+    def column_encoder(self, column_name: str) -> ColumnEncoder:
+        return _BooleanColumn(self)
+
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         return bool(cell["value"])
@@ -113,3 +122,28 @@ class Boolean(SemanticType):
             elif isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
                 out[i] = float(value)
         return out
+
+
+class _BooleanColumn(ColumnEncoder):
+    """One pass: counts of valid and true cells, each cell its own bit."""
+
+    one_pass = True
+
+    def __init__(self, stype: Boolean) -> None:
+        super().__init__()
+        self._stype = stype
+        self._count = self._true = 0
+
+    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
+        super().fit(prepared, rows)
+        mask = prepared.valid if rows is None else prepared.valid & rows
+        self._count += int(mask.sum())
+        self._true += int((prepared.values & mask).sum())
+
+    def stats(self) -> dict[str, Any]:
+        return {"count": self._count,
+                "p_true": self._true / self._count if self._count else 0.0}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
+               vocab: Vocabulary) -> EncodedColumn:
+        return self._stype.encode(prepared, {})

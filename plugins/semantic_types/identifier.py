@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
+from tributary_core.semantic_type import (
+    ColumnEncoder,
+    EncodedColumn,
+    Prepared,
+    SemanticType,
+    Vocabulary,
+)
 
 from ._arrow import base_type, is_number, is_stringish, plain, validity
 
@@ -35,6 +41,9 @@ class Identifier(SemanticType):
                vocab_ids: np.ndarray | None = None) -> EncodedColumn:
         return EncodedColumn({}, prepared.valid.copy())
 
+    def column_encoder(self, column_name: str) -> ColumnEncoder:
+        return _IdentifierColumn(self)
+
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
         return "(present)"
@@ -42,3 +51,26 @@ class Identifier(SemanticType):
     def label_values(self, values: Sequence[Any]) -> np.ndarray:
         """1.0 where a key is present, NaN where it is null: as in the model, only presence."""
         return np.array([np.nan if v is None else 1.0 for v in values], dtype=np.float64)
+
+
+class _IdentifierColumn(ColumnEncoder):
+    """One pass: the count of present keys, each cell its presence."""
+
+    one_pass = True
+
+    def __init__(self, stype: Identifier) -> None:
+        super().__init__()
+        self._stype = stype
+        self._count = 0
+
+    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
+        super().fit(prepared, rows)
+        mask = prepared.valid if rows is None else prepared.valid & rows
+        self._count += int(mask.sum())
+
+    def stats(self) -> dict[str, Any]:
+        return {"count": self._count}
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
+               vocab: Vocabulary) -> EncodedColumn:
+        return self._stype.encode(prepared, {})

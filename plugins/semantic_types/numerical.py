@@ -21,7 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
+from tributary_core.semantic_type import (
+    ColumnEncoder,
+    EncodedColumn,
+    Prepared,
+    SemanticType,
+    Vocabulary,
+)
 
 from ._arrow import _chunks, is_number
 
@@ -75,6 +81,78 @@ def scaled_moments(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_
                 part += d * d
         m2 += part
     return count, mean, m2, scale
+
+
+@numba.njit(cache=True, nogil=True)
+def fold_chunks(values: np.ndarray, valid: np.ndarray, rows: np.ndarray, use_rows: bool,
+                state: np.ndarray) -> None:
+    """Fold the cells of ``values`` into ``state`` = ``[count, mean / scale, m2 / scale²,
+    scale]``, :data:`CHUNK` cells at a time (the last chunk may be shorter): each chunk's
+    moments are computed scaled by its own power of two (:func:`scaled_moments`), then merged
+    into the state in order (Chan et al.'s pairwise update), both brought to the larger of the
+    two scales first. Scaling by powers of two is exact, so the result depends only on the
+    cells and where the chunks start, never on how the caller split the column
+    (:class:`MomentFold` keeps the chunks' starts fixed)."""
+    n = values.shape[0]
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        nb, mb, m2b, sb = scaled_moments(values[lo:hi], valid[lo:hi], rows[lo:hi], use_rows)
+        if nb == 0:
+            continue
+        na = state[0]
+        if na == 0:
+            state[0], state[1], state[2], state[3] = nb, mb, m2b, sb
+            continue
+        sa = state[3]
+        scale = max(sa, sb)
+        ra, rb = sa / scale, sb / scale
+        ma, m2a = state[1] * ra, state[2] * ra * ra
+        mb, m2b = mb * rb, m2b * rb * rb
+        total = na + nb
+        delta = mb - ma
+        state[1] = ma + delta * (nb / total)
+        state[2] = m2a + m2b + delta * delta * (na * nb / total)
+        state[0] = total
+        state[3] = scale
+
+
+class MomentFold:
+    """Count, mean and sum of squared deviations of a column's valid, finite cells given in
+    pieces of any size, the same to the bit however the column was split: cells go through
+    :func:`fold_chunks` in chunks of :data:`CHUNK` that always start at a multiple of it, the
+    rows of a piece that do not fill a chunk waiting for the next piece. Overflow-safe like
+    :func:`scaled_moments` (every chunk's values are scaled into (-2, 2))."""
+
+    def __init__(self) -> None:
+        self._state = np.zeros(4)
+        self._state[3] = 1.0
+        self._tail: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._use_rows: bool | None = None
+
+    def add(self, values: np.ndarray, valid: np.ndarray, rows: np.ndarray | None) -> None:
+        use_rows = rows is not None
+        if self._use_rows is None:
+            self._use_rows = use_rows
+        elif self._use_rows != use_rows:
+            raise ValueError("every piece gives rows, or none does")
+        values = np.asarray(values, dtype=np.float64)
+        rows = valid if rows is None else rows
+        if self._tail is not None:
+            tv, tk, tr = self._tail
+            values, valid, rows = (np.concatenate([tv, values]), np.concatenate([tk, valid]),
+                                   np.concatenate([tr, rows]))
+        whole = len(values) // CHUNK * CHUNK
+        if whole:
+            fold_chunks(values[:whole], valid[:whole], rows[:whole], use_rows, self._state)
+        self._tail = (values[whole:].copy(), valid[whole:].copy(), rows[whole:].copy())
+
+    def result(self) -> tuple[int, float, float, float]:
+        """``(count, mean / scale, m2 / scale², scale)`` over every cell added."""
+        if self._tail is not None and len(self._tail[0]):
+            fold_chunks(*self._tail, bool(self._use_rows), self._state)
+            self._tail = None
+        count, mean, m2, scale = self._state
+        return int(count), float(mean), float(m2), float(scale)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -186,13 +264,9 @@ class Numerical(SemanticType):
         return Prepared(values, valid, n_invalid=n_inf)
 
     def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
-        use_rows = rows is not None
-        count, mean, m2, scale = scaled_moments(prepared.values, prepared.valid,
-                                                rows if use_rows else prepared.valid, use_rows)
-        # std <= the largest magnitude, so this cannot overflow either
-        std = float(np.sqrt(m2 / count)) * scale if count else 0.0
-        return {"count": int(count), "mean": float(mean * scale),
-                "std": std if std > 0 else 1.0}
+        fold = MomentFold()
+        fold.add(prepared.values, prepared.valid, rows)
+        return _numerical_stats(fold)
 
     def encode(self, prepared: Prepared, stats: Mapping[str, Any],
                vocab_ids: np.ndarray | None = None) -> EncodedColumn:
@@ -202,6 +276,9 @@ class Numerical(SemanticType):
         zscore(prepared.values, prepared.valid.view(np.uint8), float(stats["mean"]),
                float(stats["std"]), n_threads(), out, valid.view(np.uint8))
         return EncodedColumn({"value": out}, valid)
+
+    def column_encoder(self, column_name: str) -> ColumnEncoder:
+        return _NumericalColumn(self)
 
     def value_encoder(self, d_model: int, d_text: int, *,
                       options: Mapping[str, Any] | None = None) -> Any:
@@ -255,3 +332,31 @@ class Numerical(SemanticType):
         """Predicted z-scores in the column's units: ``z * std + mean`` as float64."""
         return pa.array(np.asarray(values, dtype=np.float64) * float(stats.get("std", 1.0))
                         + float(stats.get("mean", 0.0)))
+
+
+def _numerical_stats(fold: MomentFold) -> dict[str, Any]:
+    count, mean, m2, scale = fold.result()
+    # std <= the largest magnitude, so this cannot overflow either
+    std = float(np.sqrt(m2 / count)) * scale if count else 0.0
+    return {"count": count, "mean": mean * scale, "std": std if std > 0 else 1.0}
+
+
+class _NumericalColumn(ColumnEncoder):
+    """Two passes: the moments over every batch, then the z-scores."""
+
+    def __init__(self, stype: Numerical) -> None:
+        super().__init__()
+        self._stype = stype
+        self._fold = MomentFold()
+
+    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
+        super().fit(prepared, rows)
+        self._fold.add(prepared.values, prepared.valid, rows)
+
+    def stats(self) -> dict[str, Any]:
+        return _numerical_stats(self._fold)
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
+               vocab: Vocabulary) -> EncodedColumn:
+        assert stats is not None, "a z-score needs the column's statistics"
+        return self._stype.encode(prepared, stats)

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tributary_core.semantic_type import EncodedColumn, Prepared, SemanticType
+from tributary_core.semantic_type import (
+    ColumnEncoder,
+    EncodedColumn,
+    Prepared,
+    SemanticType,
+    Vocabulary,
+)
 from tributary_core.timeconv import format_epoch_us, is_time_like, to_epoch_us
 from tributary_core.timefeatures import (  # noqa: F401 - re-exported: their home before issue 19
     MAX_DAY_TABLE,
@@ -31,7 +37,7 @@ from tributary_core.timefeatures import (  # noqa: F401 - re-exported: their hom
     encode_times,
 )
 
-from .numerical import moments
+from .numerical import MomentFold
 
 
 class Timestamp(SemanticType):
@@ -57,11 +63,9 @@ class Timestamp(SemanticType):
         return Prepared(result.values, result.valid, n_invalid=result.n_unparsed)
 
     def fit(self, prepared: Prepared, *, rows: np.ndarray | None = None) -> dict[str, Any]:
-        use_rows = rows is not None
-        values = prepared.values.astype(np.float64)
-        count, mean, m2 = moments(values, prepared.valid,
-                                  rows if use_rows else prepared.valid, use_rows)
-        return {"count": int(count), "mean": float(mean), "m2": float(m2)}
+        fold = MomentFold()
+        fold.add(prepared.values, prepared.valid, rows)
+        return _timestamp_stats(fold)
 
     def combine(self, stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Pooled mean and std of all timestamp cells (Chan et al.'s parallel update)."""
@@ -84,6 +88,9 @@ class Timestamp(SemanticType):
         features with the database-wide statistics (``stats["database"]``)."""
         values = np.where(prepared.valid, np.asarray(prepared.values, dtype=np.int64), 0)
         return EncodedColumn({"value": values.astype(np.int64, copy=False)}, prepared.valid.copy())
+
+    def column_encoder(self, column_name: str) -> ColumnEncoder:
+        return _TimestampColumn(self)
 
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
@@ -120,3 +127,31 @@ class Timestamp(SemanticType):
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _timestamp_stats(fold: MomentFold) -> dict[str, Any]:
+    count, mean, m2, scale = fold.result()
+    return {"count": count, "mean": mean * scale, "m2": m2 * scale * scale}
+
+
+class _TimestampColumn(ColumnEncoder):
+    """One pass: a cell stores its own microseconds; the statistics only feed
+    :meth:`Timestamp.combine`."""
+
+    one_pass = True
+
+    def __init__(self, stype: Timestamp) -> None:
+        super().__init__()
+        self._stype = stype
+        self._fold = MomentFold()
+
+    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
+        super().fit(prepared, rows)
+        self._fold.add(prepared.values, prepared.valid, rows)
+
+    def stats(self) -> dict[str, Any]:
+        return _timestamp_stats(self._fold)
+
+    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
+               vocab: Vocabulary) -> EncodedColumn:
+        return self._stype.encode(prepared, {})
