@@ -50,8 +50,9 @@ def progress(name, done, total, note=""):
 threading.Thread(target=poll, daemon=True).start()
 start = time.perf_counter()
 memory = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None  # --query-memory
+batch = {"batch_rows": int(sys.argv[5])} if len(sys.argv) > 5 and sys.argv[5] else {}  # --batch-rows
 r = preprocess(sys.argv[1], sys.argv[2], sys.argv[3], embedder=emb, force=True, progress=progress,
-               query_memory=memory)
+               query_memory=memory, **batch)
 total = time.perf_counter() - start
 stop.set()
 print(json.dumps({"total": total, "seconds": r.seconds, "store_bytes": r.store_bytes,
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--raw", type=Path, help="TPC-H parquet folder [default: generate one]")
+    parser.add_argument("--batch-rows", type=int, default=None,
+                        help="preprocess's rows per batch [default: preprocess's own]")
     args = parser.parse_args()
 
     from tributary_core.datasets import fetch_dataset
@@ -119,8 +122,8 @@ def main() -> None:
         # One warm-up run compiles (or loads from cache) the Numba kernels.
         for i in range(args.repeats + 1):
             proc = subprocess.run([sys.executable, "-c", CHILD, str(METADATA), str(raw),
-                                   str(Path(out) / "tpch")], capture_output=True, text=True,
-                                  check=True)
+                                   str(Path(out) / "tpch"), "", str(args.batch_rows or "")],
+                                  capture_output=True, text=True, check=True)
             if i:
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     no_embed = statistics.median(r["total"] - r["seconds"]["embed"] for r in runs)

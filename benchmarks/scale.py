@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--query-memory", default="",
                         help="preprocess with this DuckDB memory limit (e.g. 1GB) [default: none]")
+    parser.add_argument("--batch-rows", default="",
+                        help="preprocess's rows per batch [default: preprocess's own]")
     parser.add_argument("--only", default="", help="comma-separated stages to run now "
                         "(fetch, preprocess, open, train) [default: every stage not done]")
     args = parser.parse_args()
@@ -143,7 +145,7 @@ def main() -> None:
           "--force"]),
         ("preprocess", store / "metadata.json",  # the pipeline, each stage's peak RSS polled
          [sys.executable, "-c", PREPROCESS_CHILD, str(ROOT / "data" / "metadata" / "tpch.json"),
-          str(raw / "tpch"), str(store), args.query_memory]),
+          str(raw / "tpch"), str(store), args.query_memory, args.batch_rows]),
         ("open + sample", None,
          [sys.executable, "-c", SAMPLE, str(store), str(args.batches)]),
         ("train", None,

@@ -58,12 +58,16 @@ def run() -> None:
 @click.option("--query-memory", default=None, metavar="SIZE",
               help="Memory limit of DuckDB for the task SQL, e.g. 2GB; past it, joins and "
                    "aggregates spill to a temporary folder [default: DuckDB's, 80% of memory].")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Rows per batch when a column is read, fitted and encoded in pieces; "
+                   "memory grows with it, the store's bytes do not change [default: 1048576].")
 @click.option("--force", is_flag=True, help="Replace an existing store (never another folder).")
 def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
                metadata_path: Path | None, out_dir: Path | None,
                embedder: str, model: str | None, dimension: int, stats_cutoff: str | None,
                embedder_options: tuple[str, ...], cache_dir: Path | None, no_cache: bool,
-               query_timeout: float, query_memory: str | None, force: bool) -> None:
+               query_timeout: float, query_memory: str | None, batch_rows: int | None,
+               force: bool) -> None:
     """Turn a raw database into a memory-mappable store.
 
     Reads parquet + metadata.json, encodes every column, builds the foreign-key graph,
@@ -81,8 +85,9 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
                                  "--raw, --metadata, --stats-cutoff and --no-cache do not apply")
         if out_dir is None:
             raise TributaryError("--corpus needs --out, the folder of stores to write")
-        if query_memory is not None:
-            raise TributaryError("--query-memory applies to one database (--db), not --corpus")
+        if query_memory is not None or batch_rows is not None:
+            raise TributaryError("--query-memory and --batch-rows apply to one database (--db), "
+                                 "not --corpus")
         from tributary_core.corpus import preprocess_corpus
 
         backend = make_embedder(embedder, model, dimension, embedder_options)
@@ -111,7 +116,8 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
         result = run_preprocess(metadata_path, raw_dir, out_dir, embedder=backend, force=force,
                                 stats_cutoff_us=cutoff_us, progress=bars, cache_dir=cache_dir,
                                 use_cache=not no_cache, query_timeout_s=query_timeout,
-                                query_memory=query_memory)
+                                query_memory=query_memory,
+                                **({} if batch_rows is None else {"batch_rows": batch_rows}))
     finally:
         bars.close()
         backend.close()

@@ -34,6 +34,8 @@ __all__ = ["ValidationReport", "validate_metadata"]
 _DB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _IDENTIFIER = "identifier"
 _TIMESTAMP = "timestamp"
+#: Rows per batch when the values of a column are checked (``SemanticType.check_column``).
+CHECK_BATCH_ROWS = 1 << 20
 
 
 @attrs.define
@@ -394,10 +396,27 @@ class _DataChecks:
             arrow_type = schema.field(cname).type
             reason = stype.check_arrow_type(arrow_type)
             if reason is None and _overrides(stype, "check_column"):
-                reason = stype.check_column(self.column(tname, cname))
+                reason = self.check_values(tname, cname, stype)
             if reason is not None:
                 self.error(jpath(*cpath, "stype"),
                            f"{path.name} column {cname!r} is not {col.stype}: {reason}")
+
+    def check_values(self, tname: str, cname: str, stype: SemanticType) -> str | None:
+        """``stype.check_column`` on the column's row batches, in order, never the whole column
+        at once; the first batch with a problem gives the reason (its rows named when the table
+        has more than one batch)."""
+        n = self.report.rows[tname]
+        lo = 0
+        with pq.ParquetFile(self.paths[tname]) as file:
+            for batch in file.iter_batches(batch_size=CHECK_BATCH_ROWS, columns=[cname],
+                                           use_threads=False):
+                reason = stype.check_column(pa.chunked_array([batch.column(0)]))
+                if reason is not None:
+                    if n > len(batch):
+                        reason = f"in rows {lo}-{lo + len(batch) - 1}, {reason}"
+                    return reason
+                lo += len(batch)
+        return None
 
     def check_keys(self, tname: str, table: Any) -> None:
         fname = self.paths[tname].name

@@ -53,7 +53,7 @@ from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
-from tributary_core.semantic_type import SemanticType, Vocabulary
+from tributary_core.semantic_type import ColumnEncoder, Prepared, SemanticType, Vocabulary
 from tributary_core.sql import (
     DEFAULT_QUERY_TIMEOUT_S,
     QueryTimeout,
@@ -65,6 +65,7 @@ from tributary_core.store.format import (
     FORMAT_VERSION,
     METADATA,
     FileWriter,
+    SectionWriter,
     StoreFile,
     drop_cached,
     dump_store_metadata,
@@ -76,6 +77,9 @@ from tributary_core.timeconv import format_epoch_us, parse_duration, to_epoch_us
 
 __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
 
+#: Rows per batch when a column is read in pieces (``--batch-rows``): with a few tens of
+#: bytes of working set per row, some tens of MB a batch.
+DEFAULT_BATCH_ROWS = 1 << 20
 #: Observation time of a seed with no cut-off: every row is visible.
 NO_CUTOFF = np.iinfo(np.int64).max
 #: ``progress(stage, done, total)``: called as work advances; ``total`` may be 0 if unknown.
@@ -120,6 +124,7 @@ def preprocess(
     query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
     query_threads: int | None = 1,
     query_memory: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> PreprocessResult:
     """Preprocess the database described by ``metadata`` with parquet files in ``raw_dir``.
 
@@ -140,6 +145,9 @@ def preprocess(
         query_memory: DuckDB's memory limit for the task SQL, e.g. ``"2GB"`` (None: DuckDB's
             default, 80% of the machine's memory); past it joins, aggregates and sorts spill to
             a temporary folder (``--query-memory``).
+        batch_rows: rows per batch when a column is read, fitted and encoded in pieces
+            (``--batch-rows``); the working set of the encode stage grows with it, not with
+            the tables. The store's bytes do not depend on it.
 
     Raises:
         TributaryError: invalid metadata or data, an unusable task, a failing or too slow
@@ -162,6 +170,9 @@ def preprocess(
         if problem is not None:
             raise TributaryError(f"{out_dir}: {problem}")
     check_memory_limit(query_memory)
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise TributaryError(f"--batch-rows: must be a whole number of rows >= 1, got "
+                             f"{batch_rows!r}")
     # each task query's result, kept by validation (which runs it to the end anyway) for the
     # tasks stage to read back instead of running it again
     with scratch_folder("tributary-task-results") as kept:
@@ -183,10 +194,11 @@ def preprocess(
             vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
             cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
             with clock("keys"):
-                keys = load_keys(db, cutoff, progress)
+                keys = load_keys(db, cutoff, progress, batch_rows=batch_rows)
                 _release_memory()
             with clock("encode"):
-                tables = encode_tables(db, keys, vocab, cutoff, writer, progress)
+                tables = encode_tables(db, keys, vocab, cutoff, writer, progress,
+                                       batch_rows=batch_rows)
             with clock("graph"):
                 graph = build_graph(db, keys, tables.links, writer, progress)
                 _release_memory()
@@ -238,6 +250,15 @@ class _Clock:
 
 def _read(path: Path, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)
+
+
+def _batches(path: Path, column: str, batch_rows: int) -> Iterator[pa.ChunkedArray]:
+    """Column ``column`` of a parquet file in row batches of at most ``batch_rows`` rows, in
+    order (one row group's pages decoded at a time, never the whole column)."""
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(batch_size=batch_rows, columns=[column],
+                                       use_threads=False):
+            yield pa.chunked_array([batch.column(0)])
 
 
 # -- what the stages share: the database they read and the store they write -------------------
@@ -354,13 +375,18 @@ def _fit(stype: SemanticType, prepared: Any, rows: np.ndarray | None,
     """``stype.fit`` with its statistics checked (finite numbers only), and whether the column
     has values but none inside the statistics window (noted for a warning)."""
     stats = stype.fit(prepared, rows=rows)
+    return stats, _checked(stype, stats, rows is not None, bool(prepared.valid.any()), where)
+
+
+def _checked(stype: SemanticType, stats: dict[str, Any], windowed: bool, any_valid: bool,
+             where: str) -> bool:
+    """Refuse statistics that are not finite; return whether the column has values but none
+    inside the statistics window (noted for a warning)."""
     bad = _non_finite(stats)
     if bad is not None:
         raise TributaryError(f"{where}: the {stype.name} statistics are not finite "
                              f"({bad}); the column cannot be encoded")
-    unfitted = (rows is not None and stats.get("count") == 0 and "mean" in stats
-                and bool(prepared.valid.any()))
-    return stats, unfitted
+    return windowed and stats.get("count") == 0 and "mean" in stats and any_valid
 
 
 def _match_parents(db: _Database, primary_keys: dict[str, pa.Array], tname: str, cname: str,
@@ -393,7 +419,8 @@ class Keys:
     warnings: list[str]
 
 
-def load_keys(db: _Database, cutoff: int | None, progress: Progress) -> Keys:
+def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
+              batch_rows: int = DEFAULT_BATCH_ROWS) -> Keys:
     """Primary keys and row times of every table (``temporal_from`` followed through its
     foreign keys), and the database-wide statistics of the types that ask for them."""
     md = db.md
@@ -441,12 +468,11 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress) -> Keys:
                 if db.stype(col.stype).combine([]) is not None]
         if not cols:
             continue
-        for cname in cols:  # one column at a time, as the encode stage reads them
+        window = _window(cutoff, times.get(tname))
+        for cname in cols:  # one column at a time, in row batches, as the encode stage reads them
             stype = db.stype(table.columns[cname].stype)
-            prepared = stype.prepare(_read(db.paths[tname], [cname]).column(cname))
             per_type.setdefault(stype.name, []).append(
-                stype.fit(prepared, rows=_window(cutoff, times.get(tname))))
-            del prepared
+                _column_stats(db, stype, tname, cname, window, rows[tname], batch_rows))
             _release_memory()
     warnings = _check_cutoff(cutoff, times)
     database_stats: dict[str, dict[str, Any]] = {}
@@ -460,6 +486,23 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress) -> Keys:
             database_stats[name] = combined
     progress("keys", len(md.tables), len(md.tables))
     return Keys(rows, primary_keys, times, links, database_stats, warnings)
+
+
+def _column_stats(db: _Database, stype: SemanticType, tname: str, cname: str,
+                  window: np.ndarray | None, n: int, batch_rows: int) -> dict[str, Any]:
+    """A column's statistics, fitted in row batches where its type has a column encoder."""
+    encoder = stype.column_encoder(cname) if n else None
+    if encoder is None:
+        return stype.fit(stype.prepare(_read(db.paths[tname], [cname]).column(cname)),
+                         rows=window)
+    lo = 0
+    for data in _batches(db.paths[tname], cname, batch_rows):
+        prepared = stype.prepare(data)
+        encoder.fit(prepared, None if window is None else window[lo:lo + len(prepared)])
+        lo += len(prepared)
+        del data, prepared
+    _check_rows(f"{tname}.{cname}", lo, n)
+    return encoder.stats()
 
 
 def _check_cutoff(cutoff: int | None, times: dict[str, np.ndarray]) -> list[str]:
@@ -496,12 +539,15 @@ class EncodedTables:
 
 
 def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | None,
-                  writer: _StoreWriter, progress: Progress) -> EncodedTables:
-    """Every table, one at a time, one column at a time: each column read from its parquet
-    file, through its semantic type (categorical and text values added to ``vocab``), written
-    to the table's file and let go before the next is read, so memory holds one column's
-    working set (plus the keys and row times of stage 2), not a table's. Foreign keys are
-    matched to parent rows (those ``keys`` has not matched already)."""
+                  writer: _StoreWriter, progress: Progress, *,
+                  batch_rows: int = DEFAULT_BATCH_ROWS) -> EncodedTables:
+    """Every table, one at a time, one column at a time, each column in row batches of
+    ``batch_rows`` (types with a :meth:`~SemanticType.column_encoder`; a type without one is
+    read whole): a batch is read from the parquet file, encoded and written into the column's
+    sections of the table's file before the next is read, so memory holds one batch's working
+    set (plus the keys and row times of stage 2), not a column's. Categorical and text values
+    are added to ``vocab``. Foreign keys are matched to parent rows (those ``keys`` has not
+    matched already), each key column read whole for it."""
     tables_meta: dict[str, Any] = {}
     columns: list[dict[str, Any]] = []
     links = dict(keys.links)
@@ -519,40 +565,30 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
         for j, cname in enumerate(names):
             col = table.columns[cname]
             stype = db.stype(col.stype)
-            data = _read(db.paths[tname], [cname]).column(cname)
-            prepared = stype.prepare(data)
             where = f"{tname}.{cname}"
-            stats, empty = _fit(stype, prepared, mask, where)
-            if empty:
+            encoder = stype.column_encoder(cname) if keys.rows[tname] else None
+            if encoder is None:
+                column = _encode_whole(db, keys, vocab, stype, tname, cname, mask, writer, out,
+                                       f"c{j}")
+            else:
+                column = _encode_batches(db, keys, vocab, stype, encoder, tname, cname, mask,
+                                         writer, out, f"c{j}", batch_rows)
+            if column.unfitted:
                 unfitted.append(where)
-            if stype.name in keys.database_stats:
-                stats["database"] = keys.database_stats[stype.name]
-            ids = None
-            values = stype.vocabulary(prepared, cname)
-            if values is not None:
-                ids = vocab.add(*values)
-            encoded = stype.encode(prepared, stats, ids)
-            note = stype.check_encoded(prepared, stats, encoded)
-            if note:
-                warnings.append(f"{tname}.{cname}: {note}")
-            prefix = f"c{j}"
-            fields = {}
-            for field, arr in encoded.arrays.items():
-                writer.add(out, f"{prefix}.{field}", arr)
-                fields[field] = f"{prefix}.{field}"
-            writer.add(out, f"{prefix}.valid", encoded.valid)
+            if column.note:
+                warnings.append(f"{where}: {column.note}")
             column_id = len(columns)
             text = f"{cname} : {col.description}" if col.description else cname
             columns.append({"table": tname, "column": cname, "text": text})
-            cols_meta[cname] = {"stype": stype.name, "column_id": column_id, "stats": stats,
-                                "fields": fields, "valid": f"{prefix}.valid",
-                                "n_invalid": prepared.n_invalid}
+            cols_meta[cname] = {"stype": stype.name, "column_id": column_id,
+                                "stats": column.stats, "fields": column.fields,
+                                "valid": f"c{j}.valid", "n_invalid": column.n_invalid}
             if col.foreign_key and (tname, cname) not in links:
-                links[(tname, cname)] = _match_parents(db, keys.primary_keys, tname, cname,
-                                                       data)
-            cells += int(encoded.valid.sum())
-            del data, prepared, encoded
-            _release_memory()
+                links[(tname, cname)] = _match_parents(
+                    db, keys.primary_keys, tname, cname,
+                    _read(db.paths[tname], [cname]).column(cname))
+                _release_memory()
+            cells += column.cells
         timed = tname in keys.times
         if timed:
             writer.add(out, "time", keys.times[tname])
@@ -572,6 +608,147 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
         }
     progress("encode", total, total)
     return EncodedTables(tables_meta, columns, links, cells, warnings, unfitted)
+
+
+@attrs.frozen
+class _Column:
+    """What encoding one column gave, besides the sections it wrote."""
+
+    stats: dict[str, Any]
+    fields: dict[str, str]  # field -> its section's name
+    n_invalid: int
+    cells: int  # valid encoded cells
+    note: str | None  # check_encoded's warning
+    unfitted: bool  # values, but none inside the statistics window
+
+
+def _encode_whole(db: _Database, keys: Keys, vocab: Vocabulary, stype: SemanticType,
+                  tname: str, cname: str, mask: np.ndarray | None, writer: _StoreWriter,
+                  out: FileWriter, prefix: str) -> _Column:
+    """A column read whole, through the type's whole-column methods (a type without a
+    column encoder, or a table without rows)."""
+    prepared = stype.prepare(_read(db.paths[tname], [cname]).column(cname))
+    stats, empty = _fit(stype, prepared, mask, f"{tname}.{cname}")
+    if stype.name in keys.database_stats:
+        stats["database"] = keys.database_stats[stype.name]
+    ids = None
+    values = stype.vocabulary(prepared, cname)
+    if values is not None:
+        ids = vocab.add(*values)
+    encoded = stype.encode(prepared, stats, ids)
+    note = stype.check_encoded(prepared, stats, encoded)
+    fields = {}
+    for field, arr in encoded.arrays.items():
+        writer.add(out, f"{prefix}.{field}", arr)
+        fields[field] = f"{prefix}.{field}"
+    writer.add(out, f"{prefix}.valid", encoded.valid)
+    column = _Column(stats, fields, prepared.n_invalid, int(encoded.valid.sum()), note, empty)
+    del prepared, encoded
+    _release_memory()
+    return column
+
+
+def _encode_batches(db: _Database, keys: Keys, vocab: Vocabulary, stype: SemanticType,
+                    encoder: ColumnEncoder, tname: str, cname: str, mask: np.ndarray | None,
+                    writer: _StoreWriter, out: FileWriter, prefix: str,
+                    batch_rows: int) -> _Column:
+    """A column in row batches through its :class:`ColumnEncoder`: read once when the encoding
+    needs no statistics (``one_pass``), else once to fit and once to encode. Each batch's cells
+    go straight into the column's sections, reserved whole when the first batch is encoded."""
+    where = f"{tname}.{cname}"
+    path = db.paths[tname]
+    n = keys.rows[tname]
+    sinks: dict[str, SectionWriter] = {}
+    fields: dict[str, str] = {}
+    notes: list[tuple[int, int, str]] = []
+    any_valid = False
+    cells = 0
+
+    def window(lo: int, hi: int) -> np.ndarray | None:
+        return None if mask is None else mask[lo:hi]
+
+    def put(prepared: Prepared, stats: dict[str, Any] | None, lo: int) -> None:
+        nonlocal cells
+        encoded = encoder.encode(prepared, stats, vocab)
+        hi = lo + len(prepared)
+        if not sinks:  # the first batch tells each field's dtype and cell shape
+            for field, arr in encoded.arrays.items():
+                name = f"{prefix}.{field}"
+                sinks[name] = _begin(writer, out, name, arr.dtype, (n, *arr.shape[1:]))
+                fields[field] = name
+            sinks[f"{prefix}.valid"] = _begin(writer, out, f"{prefix}.valid", np.bool_, (n,))
+        for field, arr in encoded.arrays.items():
+            _write(writer, out, sinks[f"{prefix}.{field}"], arr)
+        _write(writer, out, sinks[f"{prefix}.valid"], encoded.valid)
+        cells += int(encoded.valid.sum())
+        if stats is not None:
+            note = stype.check_encoded(prepared, stats, encoded)
+            if note:
+                notes.append((lo, hi, note))
+
+    lo = 0
+    for data in _batches(path, cname, batch_rows):
+        prepared = stype.prepare(data)
+        encoder.fit(prepared, window(lo, lo + len(prepared)))
+        any_valid = any_valid or bool(prepared.valid.any())
+        if encoder.one_pass:
+            put(prepared, None, lo)
+        lo += len(prepared)
+        del data, prepared
+        _release_memory()
+    _check_rows(where, lo, n)
+    stats = encoder.stats()
+    empty = _checked(stype, stats, mask is not None, any_valid, where)
+    if stype.name in keys.database_stats:
+        stats["database"] = keys.database_stats[stype.name]
+    if not encoder.one_pass:
+        lo = 0
+        for data in _batches(path, cname, batch_rows):
+            prepared = stype.prepare(data)
+            put(prepared, stats, lo)
+            lo += len(prepared)
+            del data, prepared
+            _release_memory()
+        _check_rows(where, lo, n)
+    for sink in sinks.values():
+        _finish(writer, out, sink)
+    note = None
+    if notes:
+        first_lo, first_hi, note = notes[0]
+        if lo > batch_rows:  # more than one batch: say which rows
+            note = f"in rows {first_lo}-{first_hi - 1}: {note}"
+            if len(notes) > 1:
+                note += (f" ({len(notes) - 1} more batch(es) of {batch_rows} rows warn "
+                         "likewise)")
+    return _Column(stats, fields, encoder.n_invalid, cells, note, empty)
+
+
+def _check_rows(where: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise TributaryError(f"{where}: read {got} rows, the parquet file's metadata says "
+                             f"{expected}")
+
+
+def _begin(writer: _StoreWriter, out: FileWriter, name: str, dtype: Any,
+           shape: tuple[int, ...]) -> SectionWriter:
+    try:
+        return out.begin_section(name, dtype, shape)
+    except OSError as exc:
+        raise writer.error(out.path.relative_to(writer.folder).as_posix(), exc) from None
+
+
+def _write(writer: _StoreWriter, out: FileWriter, sink: SectionWriter, arr: np.ndarray) -> None:
+    try:
+        sink.write(arr)
+    except OSError as exc:
+        raise writer.error(out.path.relative_to(writer.folder).as_posix(), exc) from None
+
+
+def _finish(writer: _StoreWriter, out: FileWriter, sink: SectionWriter) -> None:
+    try:
+        sink.finish()
+    except OSError as exc:
+        raise writer.error(out.path.relative_to(writer.folder).as_posix(), exc) from None
 
 
 # -- stage 4: graph ------------------------------------------------------------------------

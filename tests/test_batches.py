@@ -1,0 +1,328 @@
+"""Columns read, fitted and encoded in row batches (issue 19): the store's bytes do not depend on
+the batch size, nor on whether a type encodes in batches at all, and no value column is read
+whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tributary_plugins.semantic_types.numerical import CHUNK, MomentFold, scaled_moments
+
+from tributary_core import TributaryError, get_registry
+from tributary_core.preprocess import preprocess
+from tributary_core.semantic_type import SemanticType
+from tributary_core.store import open_store
+from tributary_core.store.format import FileWriter, StoreFile, write_file
+
+N = 41  # rows of the large table: not a multiple of any batch size tried
+
+
+def _tables() -> dict[str, pa.Table]:
+    rng = np.random.default_rng(7)
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    prefix = "x" * 520  # text values equal in their first 512 characters
+    shops = pa.table({
+        "shop_id": pa.array([1, 2, 3], pa.int64()),
+        "region": ["north", "south", None],
+        "opened": pa.array([start, start + dt.timedelta(days=3), None],
+                           pa.timestamp("us", tz="UTC")),
+    })
+    amount = rng.normal(50.0, 20.0, N)
+    amount[[3, 17]] = np.nan
+    amount[9] = np.inf
+    sales = pa.table({
+        "sale_id": pa.array(np.arange(N) * 7, pa.int64()),
+        "shop_id": pa.array([int(i % 4) + 1 if i % 10 else None for i in range(N)],
+                            pa.int64()),  # shop 4 dangles, some null
+        "amount": pa.array(amount, pa.float64()),
+        "units": pa.array([int(i * 37 % 11) for i in range(N)], pa.int32()),
+        "kind": pa.array([["a", "b", "c", None][i % 4] if i < 30 else "d"
+                          for i in range(N)]).dictionary_encode(),
+        "size": pa.array([i % 3 for i in range(N)], pa.int64()),  # an integer category
+        "note": [None if i % 6 == 0 else (prefix + str(i % 3) if i % 2 else f"note {i % 5}")
+                 for i in range(N)],
+        "paid": ["yes" if i % 3 else ("no" if i % 2 else None) for i in range(N)],
+        "at": pa.array([start + dt.timedelta(hours=13 * i) if i % 8 else None for i in range(N)],
+                       pa.timestamp("ms", tz="UTC")),
+    })
+    return {"shops": shops, "sales": sales}
+
+
+METADATA = {
+    "name": "batches",
+    "tables": {
+        "shops": {
+            "primary_key": "shop_id", "temporal_column": "opened",
+            "columns": {"shop_id": {"stype": "identifier"}, "region": {"stype": "categorical"},
+                        "opened": {"stype": "timestamp"}},
+        },
+        "sales": {
+            "primary_key": "sale_id", "temporal_column": "at",
+            "columns": {
+                "sale_id": {"stype": "identifier"},
+                "shop_id": {"stype": "identifier", "foreign_key": "shops.shop_id"},
+                "amount": {"stype": "numerical"}, "units": {"stype": "numerical"},
+                "kind": {"stype": "categorical"}, "size": {"stype": "categorical"},
+                "note": {"stype": "text"}, "paid": {"stype": "boolean"},
+                "at": {"stype": "timestamp"},
+            },
+        },
+    },
+    "tasks": {
+        "sale_paid": {
+            "query": "SELECT sale_id, paid FROM sales",
+            "anchor_table": "sales", "anchor_key": "sale_id", "target_column": "paid",
+            "target_stype": "boolean", "hidden_columns": ["sales.paid"],
+        },
+    },
+}
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> tuple[Path, Path]:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, table in _tables().items():
+        # small row groups, so batches cross them (and each has its own dictionary)
+        pq.write_table(table, raw / f"{name}.parquet", row_group_size=6)
+    md = tmp_path / "batches.json"
+    md.write_text(json.dumps(METADATA))
+    return md, raw
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("cutoff", [None, "2024-01-10"])
+def test_the_store_is_the_same_whatever_the_batch_size(database, tmp_path, monkeypatch, cutoff):
+    md, raw = database
+    hashing = get_registry().create_embedder("hashing", dimension=16)
+    cutoff_us = None
+    if cutoff is not None:
+        cutoff_us = int(dt.datetime.fromisoformat(cutoff).replace(tzinfo=dt.UTC).timestamp()
+                        * 1_000_000)
+    stores = {}
+    for rows in (1, 3, 8, 1 << 20):
+        result = preprocess(md, raw, tmp_path / f"b{rows}", embedder=hashing, batch_rows=rows,
+                            stats_cutoff_us=cutoff_us)
+        stores[rows] = _files(result.path)
+    # every built-in type read whole, through its whole-column methods
+    registry = get_registry()
+    for name in ("identifier", "numerical", "timestamp", "boolean", "categorical", "text"):
+        monkeypatch.setattr(type(registry.semantic_type(name)), "column_encoder",
+                            SemanticType.column_encoder)
+    whole = preprocess(md, raw, tmp_path / "whole", embedder=hashing, stats_cutoff_us=cutoff_us)
+    stores["whole"] = _files(whole.path)
+    first = stores[1]
+    assert any(rel.startswith("tables/") for rel in first)
+    for rows, files in stores.items():
+        assert files.keys() == first.keys(), rows
+        for rel, data in files.items():
+            assert data == first[rel], f"{rel} differs with batches of {rows}"
+    store = open_store(whole.path)
+    sales = store.tables["sales"]
+    note = sales.columns["note"]
+    assert note["stats"]["n_distinct"] >= 4  # the two long values cut alike stay two values
+    assert sales.columns["amount"]["n_invalid"] == 1  # the inf
+    assert sales.columns["amount"]["stats"]["count"] > 0
+
+
+def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
+    """The encode stage reads value columns in batches; only key and time columns (kept for
+    the graph and the sampler anyway) are read whole."""
+    from tributary_core.preprocess import pipeline
+
+    md, raw = database
+    whole: list[str] = []
+    read = pipeline._read
+
+    def spy(path, columns):
+        whole.extend(f"{path.stem}.{c}" for c in columns)
+        return read(path, columns)
+
+    batch_lengths: list[int] = []
+    batches = pipeline._batches
+
+    def counted(path, column, batch_rows):
+        for data in batches(path, column, batch_rows):
+            batch_lengths.append(len(data))
+            yield data
+
+    monkeypatch.setattr(pipeline, "_read", spy)
+    monkeypatch.setattr(pipeline, "_batches", counted)
+    preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
+               batch_rows=4)
+    keys = {"shops.shop_id", "shops.opened", "sales.sale_id", "sales.shop_id", "sales.at"}
+    assert set(whole) <= keys
+    assert batch_lengths and max(batch_lengths) <= 4
+    # encode: one pass for every type but numerical, which reads its column twice; keys: the
+    # timestamp columns once more, for the database-wide statistics
+    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3)
+
+
+def test_a_warning_from_a_batch_names_its_rows(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    values = np.arange(40, dtype=np.float64)
+    values[25] = 1e300  # dominates mean and std: the others collapse onto one z-score
+    pq.write_table(pa.table({"id": np.arange(40), "x": values}), raw / "t.parquet")
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({"name": "w", "tables": {"t": {"primary_key": "id", "columns": {
+        "id": {"stype": "identifier"}, "x": {"stype": "numerical"}}}}}))
+    hashing = get_registry().create_embedder("hashing")
+    one = preprocess(md, raw, tmp_path / "one", embedder=hashing)
+    many = preprocess(md, raw, tmp_path / "many", embedder=hashing, batch_rows=16)
+    assert [w for w in one.warnings if "t.x" in w and "dominate" in w]
+    found = [w for w in many.warnings if w.startswith("t.x: in rows ")]
+    assert len(found) == 1 and "dominate mean and std" in found[0]
+    assert "more batch(es) of 16 rows warn likewise" in found[0]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_a_bad_batch_size_is_refused(database, tmp_path, bad):
+    md, raw = database
+    with pytest.raises(TributaryError, match="--batch-rows: must be a whole number"):
+        preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
+                   batch_rows=bad)
+    assert not (tmp_path / "s").exists()
+
+
+def test_validation_checks_values_batch_by_batch_and_names_the_rows(tmp_path, monkeypatch):
+    from tributary_core.metadata import validate, validate_metadata
+
+    monkeypatch.setattr(validate, "CHECK_BATCH_ROWS", 4)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    times = [f"2024-01-{d:02d}" for d in range(1, 11)]
+    times[6] = "not a time"
+    pq.write_table(pa.table({"id": list(range(10)), "t": times}), raw / "t.parquet")
+    md = {"name": "v", "tables": {"t": {"primary_key": "id", "columns": {
+        "id": {"stype": "identifier"}, "t": {"stype": "timestamp"}}}}}
+    md_file = tmp_path / "md.json"
+    md_file.write_text(json.dumps(md))
+    report = validate_metadata(md_file, raw_dir=raw)
+    errors = [str(p) for p in report.errors]
+    assert len(errors) == 1
+    assert "column 't' is not timestamp: in rows 4-7, 1 value(s) are not a time" in errors[0]
+    assert "'not a time'" in errors[0]
+
+
+# -- the pieces underneath ---------------------------------------------------------------------
+
+
+def test_a_section_written_in_pieces_is_the_section_written_whole(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "f": rng.normal(size=(37, 3)).astype(np.float32),
+        "bits": rng.random(37) > 0.5,
+        "i": rng.integers(-9, 9, 37),
+        "empty": np.zeros(0, np.uint32),
+        "after": np.arange(5, dtype=np.int16),
+    }
+    write_file(tmp_path / "whole.bin", "table", arrays, {"k": 1})
+    with FileWriter(tmp_path / "pieces.bin", "table", reserve=4096) as out:
+        sinks = {name: out.begin_section(name, arr.dtype, arr.shape)
+                 for name, arr in arrays.items() if name != "after"}
+        cuts = [0, 1, 4, 11, 12, 30, 37]  # pieces of 1, 3, 7, 1, 18 and 7 rows
+        for lo, hi in zip(cuts, cuts[1:], strict=False):
+            for name, sink in sinks.items():
+                if name != "empty":
+                    sink.write(arrays[name][lo:hi])
+        for sink in sinks.values():
+            sink.finish()
+        out.add("after", arrays["after"])
+        out.close({"k": 1})
+    assert (tmp_path / "pieces.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
+    StoreFile(tmp_path / "pieces.bin").verify()
+
+
+def test_a_section_short_or_long_of_its_shape_removes_the_file(tmp_path):
+    path = tmp_path / "t.bin"
+    out = FileWriter(path, "table")
+    sink = out.begin_section("v", np.float32, (10,))
+    sink.write(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"section 'v' of shape \(10,\) needs 40 bytes, its "
+                                         r"pieces gave 16"):
+        sink.finish()
+    assert not path.exists()
+    out = FileWriter(path, "table")
+    sink = out.begin_section("v", np.bool_, (10,))
+    with pytest.raises(ValueError, match="holds 2 bytes; its pieces give more"):
+        sink.write(np.ones(24, np.bool_))
+    assert not path.exists()
+    out = FileWriter(path, "table")
+    out.begin_section("v", np.int64, (3,))
+    with pytest.raises(ValueError, match="section\\(s\\) v begun but not written to their end"):
+        out.close()
+    assert not path.exists()
+
+
+def test_moments_do_not_depend_on_how_the_column_is_split():
+    rng = np.random.default_rng(11)
+    n = 3 * CHUNK + 1234
+    values = rng.normal(1e6, 3.0, n)
+    values[rng.integers(0, n, 50)] = np.nan
+    valid = rng.random(n) > 0.05
+    rows = rng.random(n) > 0.3
+    for window in (None, rows):
+        whole = MomentFold()
+        whole.add(values, valid, window)
+        expected = whole.result()
+        for _ in range(5):
+            cuts = np.unique(np.concatenate([[0, n], rng.integers(0, n, 7)]))
+            fold = MomentFold()
+            for lo, hi in zip(cuts, cuts[1:], strict=False):
+                fold.add(values[lo:hi], valid[lo:hi], None if window is None else window[lo:hi])
+            assert fold.result() == expected
+        count, mean, m2, scale = expected
+        keep = valid & np.isfinite(values) & (True if window is None else window)
+        assert count == keep.sum()
+        np.testing.assert_allclose(mean * scale, values[keep].mean(), rtol=1e-14)
+        np.testing.assert_allclose(m2 * scale * scale, ((values[keep] - values[keep].mean())
+                                                        ** 2).sum(), rtol=1e-9)
+        # the same numbers as the three-pass kernel, to rounding
+        c3, m3, s3, sc3 = scaled_moments(values, valid, valid if window is None else window,
+                                         window is not None)
+        assert c3 == count
+        np.testing.assert_allclose(m3 * sc3, mean * scale, rtol=1e-14)
+
+
+def test_moments_of_huge_values_stay_finite():
+    values = np.array([1.7e308, -1.6e308, 1e308] * 30000)
+    fold = MomentFold()
+    fold.add(values[:12345], np.ones(12345, bool), None)
+    fold.add(values[12345:], np.ones(len(values) - 12345, bool), None)
+    count, mean, m2, scale = fold.result()
+    assert count == len(values) and np.isfinite(mean * scale) and np.isfinite(m2)
+    std = np.sqrt(m2 / count) * scale
+    assert np.isfinite(std) and 1e308 < std < 1.8e308
+
+
+def test_the_cli_takes_batch_rows(database, tmp_path):
+    from click.testing import CliRunner
+
+    from tributary_core.cli import cli
+
+    md, raw = database
+    base = ["run", "preprocess", "--db", "batches", "--metadata", str(md), "--raw", str(raw),
+            "--embedder", "hashing", "--dimension", "16"]
+    done = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "a"), "--batch-rows", "5"])
+    assert done.exit_code == 0, done.output
+    default = preprocess(md, raw, tmp_path / "b",
+                         embedder=get_registry().create_embedder("hashing", dimension=16))
+    assert _files(tmp_path / "a") == _files(default.path)
+    bad = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "c"), "--batch-rows", "0"])
+    assert bad.exit_code == 2 and "--batch-rows" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "c").exists()
+    corpus = CliRunner().invoke(cli, ["run", "preprocess", "--corpus", str(tmp_path), "--out",
+                                      str(tmp_path / "d"), "--embedder", "hashing",
+                                      "--batch-rows", "5"])
+    assert corpus.exit_code != 0 and "--batch-rows apply to one database" in corpus.output
