@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["key_kind", "as_key", "KeyMatch", "match_keys"]
+__all__ = ["key_kind", "as_key", "KeyMatch", "match_keys", "KeyIndex"]
 
 
 def key_kind(t: pa.DataType) -> str:
@@ -58,3 +60,94 @@ def match_keys(values: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Ar
         present = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
         example = values[int(np.argmax(missing & present))].as_py()
     return KeyMatch(rows, n_null, n_dangling, example)
+
+
+#: An integer key column whose values span at most this many times its length (plus a little)
+#: is indexed by a table of one row number per value in the span; a sparser one is sorted.
+_DENSE_SPAN = 4
+
+
+class KeyIndex:
+    """The row of each value of a unique key column, built once and looked up batch by batch,
+    so a foreign-key column of any length is matched one batch at a time against it.
+
+    Integer keys: a direct table over the keys' span (4 bytes a value of the span) when the
+    keys are dense, as numbered keys are, else the keys sorted (12 bytes a key) and a binary
+    search. String keys keep Arrow's hash lookup, whose table is built anew for each call:
+    :meth:`lookup` a string column whole. Lookups give what :func:`match_keys` gives."""
+
+    def __init__(self, keys: pa.ChunkedArray | pa.Array) -> None:
+        self.kind = key_kind(keys.type)
+        keys = as_key(keys)
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        self._keys = keys
+        self._table: np.ndarray | None = None
+        self._sorted: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+        self._low = 0
+        if self.kind != "integer":
+            return
+        valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
+        values = np.asarray(keys.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        rows = np.flatnonzero(valid).astype(np.int32)
+        values = values[valid]
+        if not len(values):
+            self._sorted, self._order = values, rows
+            return
+        low, high = int(values.min()), int(values.max())
+        if high - low < _DENSE_SPAN * len(values) + 1024:
+            table = np.full(high - low + 1, -1, dtype=np.int32)
+            table[(values - low)[::-1]] = rows[::-1]  # a repeated key: its first row, as Arrow
+            self._table, self._low = table, low
+        else:
+            order = np.argsort(values, kind="stable")
+            self._sorted, self._order = values[order], rows[order]
+
+    def lookup(self, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """Per value, the row of the equal key (int32), -1 where null or not found."""
+        values = as_key(values)
+        if self.kind != "integer" or key_kind(values.type) != "integer":
+            if isinstance(values, pa.ChunkedArray):
+                values = values.combine_chunks()
+            found = pc.index_in(values, value_set=self._keys)
+            return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+        ints = np.asarray(values.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        out = np.full(len(ints), -1, dtype=np.int32)
+        if self._table is not None:
+            table = self._table
+            inside = valid & (ints >= self._low) & (ints <= self._low + len(table) - 1)
+            out[inside] = table[ints[inside] - self._low]
+            return out
+        assert self._sorted is not None and self._order is not None
+        if not len(self._sorted):
+            return out
+        pos = np.minimum(np.searchsorted(self._sorted, ints), len(self._sorted) - 1)
+        hit = valid & (self._sorted[pos] == ints)
+        out[hit] = self._order[pos[hit]]
+        return out
+
+    def match(self, batches: Iterable[pa.ChunkedArray | pa.Array], n: int) -> KeyMatch:
+        """:func:`match_keys` of the ``n`` values given in ``batches``, in order."""
+        rows = np.empty(n, dtype=np.int32)
+        n_null = n_dangling = 0
+        example = None
+        pos = 0
+        for batch in batches:
+            found = self.lookup(batch)
+            end = pos + len(found)
+            if end > n:
+                raise ValueError(f"the batches hold more than the {n} values announced")
+            rows[pos:end] = found
+            nulls = batch.null_count
+            missing = int((found < 0).sum()) - nulls
+            if missing and example is None:
+                present = np.asarray(pc.is_valid(batch).to_numpy(zero_copy_only=False), dtype=bool)
+                example = batch[int(np.argmax((found < 0) & present))].as_py()
+            n_null += nulls
+            n_dangling += missing
+            pos = end
+        if pos != n:
+            raise ValueError(f"the batches hold {pos} values, not the {n} announced")
+        return KeyMatch(rows, n_null, n_dangling, example)
