@@ -160,12 +160,12 @@ def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_batches", counted)
     preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
                batch_rows=4)
-    keys = {"shops.shop_id", "shops.opened", "sales.sale_id", "sales.shop_id", "sales.at"}
-    assert set(whole) <= keys
+    # primary keys and row times; the integer foreign key is matched in batches too
+    assert set(whole) == {"shops.shop_id", "shops.opened", "sales.sale_id", "sales.at"}
     assert batch_lengths and max(batch_lengths) <= 4
     # encode: one pass for every type but numerical, which reads its column twice; keys: the
-    # timestamp columns once more, for the database-wide statistics
-    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3)
+    # timestamp columns once more, for the database-wide statistics; graph: the foreign key
+    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3) + N
 
 
 def test_a_warning_from_a_batch_names_its_rows(tmp_path):
@@ -326,3 +326,62 @@ def test_the_cli_takes_batch_rows(database, tmp_path):
                                       str(tmp_path / "d"), "--embedder", "hashing",
                                       "--batch-rows", "5"])
     assert corpus.exit_code != 0 and "--batch-rows apply to one database" in corpus.output
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse", "strings", "empty", "negative"])
+def test_a_key_index_matches_as_match_keys_batch_by_batch(layout):
+    from tributary_core.keys import KeyIndex, match_keys
+
+    rng = np.random.default_rng(5)
+    if layout == "dense":
+        parent = pa.array(rng.permutation(np.arange(100, 600)), pa.int64())
+    elif layout == "sparse":
+        parent = pa.array(rng.choice(2**40, 300, replace=False) - 2**39, pa.int64())
+    elif layout == "negative":
+        parent = pa.array(np.arange(-50, 50)[::-1], pa.int32())
+    elif layout == "strings":
+        parent = pa.array([f"k{i}" for i in rng.permutation(200)])
+    else:
+        parent = pa.array([], pa.int64())
+    keys = parent.to_pylist()
+    picks = [keys[i] for i in rng.integers(0, len(keys), 900)] if keys else [1] * 900
+    child = [None if i % 13 == 0 else (-7 if i % 17 == 0 and layout != "strings" else v)
+             for i, v in enumerate(picks)]
+    child[5] = "nope" if layout == "strings" else 2**62  # dangling, beyond every span
+    child_array = pa.array(child, pa.string() if layout == "strings" else pa.int64())
+    expected = match_keys(child_array, parent)
+    index = KeyIndex(parent)
+    for size in (1, 7, 900):
+        got = index.match([child_array.slice(lo, size) for lo in range(0, 900, size)], 900)
+        np.testing.assert_array_equal(got.rows, expected.rows)
+        assert (got.n_null, got.n_dangling, got.example_dangling) == \
+            (expected.n_null, expected.n_dangling, expected.example_dangling)
+    assert expected.n_dangling >= 1 and expected.n_null >= 1
+    with pytest.raises(ValueError, match="not the 901 announced"):
+        index.match([child_array], 901)
+
+
+def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
+    from tributary_core.metadata import validate, validate_metadata
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(pa.table({"id": pa.array([1, 2, 3], pa.int32())}), raw / "p.parquet")
+    refs = [1, 2, 99, None, 3, 1, 2, 98, 3, 99, None, 1]  # 99 twice and 98: 3 values, 2 distinct
+    pq.write_table(pa.table({"cid": list(range(12)), "ref": pa.array(refs, pa.int64())}),
+                   raw / "c.parquet")
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({"name": "fk", "tables": {
+        "p": {"primary_key": "id", "columns": {"id": {"stype": "identifier"}}},
+        "c": {"primary_key": "cid", "columns": {
+            "cid": {"stype": "identifier"},
+            "ref": {"stype": "identifier", "foreign_key": "p.id"}}}}}))
+    warnings = {}
+    for rows in (1 << 20, 5, 1):
+        monkeypatch.setattr(validate, "CHECK_BATCH_ROWS", rows)
+        report = validate_metadata(md, raw_dir=raw)
+        assert report.ok
+        warnings[rows] = [str(p) for p in report.warnings]
+    assert warnings[5] == warnings[1] == warnings[1 << 20]
+    assert len(warnings[1]) == 1
+    assert "3 value(s) (2 distinct) of c.ref have no row in p.id, e.g. 99" in warnings[1][0]

@@ -378,8 +378,15 @@ def test_full_disk_names_the_store_and_cleans_up(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pipeline.FileWriter, "add", full)  # tables are written section by section
-    monkeypatch.setattr(pipeline, "write_file", full)
+    with monkeypatch.context() as patch:  # the graph is written first, section by section
+        patch.setattr(pipeline.FileWriter, "add", full)
+        patch.setattr(pipeline, "write_file", full)
+        with pytest.raises(TributaryError, match=r"store: cannot write graph\.bin .*"
+                                                 r"No space left on device"):
+            build(tmp_path, copy.deepcopy(TINY_METADATA))
+    assert not (tmp_path / "store").exists() and leftovers(tmp_path) == []
+    # a table's columns are written batch by batch into their sections
+    monkeypatch.setattr(pipeline.SectionWriter, "write", full)
     with pytest.raises(TributaryError, match=r"store: cannot write tables/customers\.bin .*"
                                              r"No space left on device"):
         build(tmp_path, copy.deepcopy(TINY_METADATA))

@@ -5,16 +5,17 @@ Stages, each timed and reported:
 1. ``validate``: the metadata against the data (``tributary metadata validate --raw``).
 2. ``keys``: primary keys and row times of every table (``temporal_from`` followed through its
    foreign keys), and the database-wide timestamp statistics.
-3. ``encode``: every table, one at a time: each column through its semantic type, foreign keys
-   matched to parent rows; ``tables/<table>.bin``.
-4. ``graph``: a CSR both ways per foreign-key column; ``graph.bin``.
+3. ``graph``: per foreign-key column, its values matched to parent rows and a CSR both ways;
+   ``graph.bin``.
+4. ``encode``: every table, one at a time, each column in row batches through its semantic
+   type; ``tables/<table>.bin``.
 5. ``tasks``: each task's SQL in a sandboxed DuckDB, anchors matched to rows, observation times
    resolved, targets encoded; ``tasks/<task>.bin``.
 6. ``embed``: column names and the shared vocabulary through the embedder; the two
    ``*_embeddings.bin`` files.
 
 Each stage from 2 on is a function that takes what it reads and returns what it produces
-(:class:`Keys`, :class:`EncodedTables`, :class:`Graph`, :class:`Tasks`, the embedding
+(:class:`Keys`, :class:`Graph`, :class:`EncodedTables`, :class:`Tasks`, the embedding
 statistics), and :func:`preprocess` passes the products along. Besides its inputs, a stage may
 write files through the one ``_StoreWriter`` (which keeps the table of files for
 ``metadata.json``), and ``encode`` and ``tasks`` add strings to the one shared
@@ -47,7 +48,7 @@ from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.folders import is_protected
-from tributary_core.keys import KeyMatch, as_key, match_keys
+from tributary_core.keys import KeyIndex, KeyMatch, as_key, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.preprocess.graph import NO_TIME, build_csr
@@ -196,12 +197,12 @@ def preprocess(
             with clock("keys"):
                 keys = load_keys(db, cutoff, progress, batch_rows=batch_rows)
                 _release_memory()
+            with clock("graph"):
+                graph = build_graph(db, keys, writer, progress, batch_rows=batch_rows)
+                _release_memory()
             with clock("encode"):
                 tables = encode_tables(db, keys, vocab, cutoff, writer, progress,
                                        batch_rows=batch_rows)
-            with clock("graph"):
-                graph = build_graph(db, keys, tables.links, writer, progress)
-                _release_memory()
             with clock("tasks"):
                 tasks = materialize_tasks(db, keys, tables, vocab, cutoff, writer, progress,
                                           query_timeout_s=query_timeout_s,
@@ -225,8 +226,8 @@ def preprocess(
             writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
             result = PreprocessResult(
                 path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
-                dangling={f"{t}.{c}": link.n_dangling for (t, c), link in tables.links.items()},
-                null_keys={f"{t}.{c}": link.n_null for (t, c), link in tables.links.items()},
+                dangling={f"{t}.{c}": link.n_dangling for (t, c), link in graph.links.items()},
+                null_keys={f"{t}.{c}": link.n_null for (t, c), link in graph.links.items()},
                 vocab_size=len(vocab), tasks=tasks.report, seconds=dict(clock.seconds),
                 store_bytes=sum(f["bytes"] for f in writer.files.values()),
                 warnings=[str(p) for p in report.warnings] + warnings, embedding=embedding)
@@ -523,16 +524,78 @@ def _check_cutoff(cutoff: int | None, times: dict[str, np.ndarray]) -> list[str]
     return []
 
 
-# -- stage 3: encode -----------------------------------------------------------------------
+# -- stage 3: graph ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Graph:
+    """The graph stage's product; the CSRs themselves are in ``graph.bin``."""
+
+    foreign_keys: list[dict[str, Any]]  # their entries in metadata.json
+    edges: int
+    links: dict[tuple[str, str], KeyMatch]  # per foreign key its counts (its rows let go)
+
+
+def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progress, *,
+                batch_rows: int = DEFAULT_BATCH_ROWS) -> Graph:
+    """A CSR both ways per foreign-key column: the column matched to its parent's rows (in row
+    batches against a :class:`KeyIndex` of the parent's keys where the keys are integers; a
+    string key column is read whole; the ``temporal_from`` columns ``keys`` matched already),
+    the CSR built and written, and the match let go before the next, so one foreign key's
+    arrays are in memory at a time, not every foreign key's."""
+    fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
+           for c, col in table.columns.items() if col.foreign_key]
+    file = writer.open("graph.bin", "graph")
+    out = []
+    links: dict[tuple[str, str], KeyMatch] = {}
+    indexes: dict[str, KeyIndex] = {}  # parent table -> its keys, indexed once
+    edges = 0
+    for i, (tname, cname, ref) in enumerate(fks):
+        progress("graph", i, len(fks))
+        ptable, pcol = split_ref(ref)  # type: ignore[misc]
+        link = keys.links.get((tname, cname))
+        if link is None:
+            if ptable not in indexes:
+                indexes[ptable] = KeyIndex(keys.primary_keys[ptable])
+            index = indexes[ptable]
+            path = db.paths[tname]
+            if index.kind == "integer":
+                batches: Iterable[pa.ChunkedArray] = _batches(path, cname, batch_rows)
+            else:
+                batches = [_read(path, [cname]).column(cname)]
+            link = index.match(batches, keys.rows[tname])
+        parent = link.rows
+        child_time = keys.times.get(tname)
+        if child_time is None:
+            child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
+        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable])
+        for name, arr in (("parent", parent), ("indptr", indptr), ("children", children),
+                          ("child_time", times)):
+            writer.add(file, f"fk{i}.{name}", arr)  # written now: one FK in memory at a time
+        out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
+                    "parent_column": pcol, "edges": int(len(children)),
+                    "dangling": link.n_dangling, "null": link.n_null,
+                    "sections": {k: f"fk{i}.{k}" for k in
+                                 ("parent", "indptr", "children", "child_time")}})
+        edges += int(len(children))
+        links[(tname, cname)] = attrs.evolve(link, rows=np.zeros(0, dtype=np.int32))
+        del parent, child_time, indptr, children, times, link
+        _release_memory()
+    keys.links.clear()  # the temporal_from matches, in graph.bin now
+    progress("graph", len(fks), len(fks))
+    writer.close("graph.bin", file, {"foreign_keys": len(fks)})
+    return Graph(out, edges, links)
+
+
+# -- stage 4: encode -----------------------------------------------------------------------
 
 
 @attrs.frozen
 class EncodedTables:
-    """Stage 3's product; the tables themselves are in ``tables/<table>.bin``."""
+    """Stage 4's product; the tables themselves are in ``tables/<table>.bin``."""
 
     meta: dict[str, Any]  # table -> its entry in metadata.json
     columns: list[dict[str, Any]]  # the column-embedding table: one entry per encoded column
-    links: dict[tuple[str, str], KeyMatch]  # every foreign-key column, matched to parent rows
     cells: int  # non-null encoded cells
     warnings: list[str]
     unfitted: list[str]  # columns with values but none inside the statistics window
@@ -546,11 +609,9 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
     read whole): a batch is read from the parquet file, encoded and written into the column's
     sections of the table's file before the next is read, so memory holds one batch's working
     set (plus the keys and row times of stage 2), not a column's. Categorical and text values
-    are added to ``vocab``. Foreign keys are matched to parent rows (those ``keys`` has not
-    matched already), each key column read whole for it."""
+    are added to ``vocab``."""
     tables_meta: dict[str, Any] = {}
     columns: list[dict[str, Any]] = []
-    links = dict(keys.links)
     cells = 0
     warnings: list[str] = []
     unfitted: list[str] = []
@@ -583,11 +644,6 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
             cols_meta[cname] = {"stype": stype.name, "column_id": column_id,
                                 "stats": column.stats, "fields": column.fields,
                                 "valid": f"c{j}.valid", "n_invalid": column.n_invalid}
-            if col.foreign_key and (tname, cname) not in links:
-                links[(tname, cname)] = _match_parents(
-                    db, keys.primary_keys, tname, cname,
-                    _read(db.paths[tname], [cname]).column(cname))
-                _release_memory()
             cells += column.cells
         timed = tname in keys.times
         if timed:
@@ -607,7 +663,7 @@ def encode_tables(db: _Database, keys: Keys, vocab: Vocabulary, cutoff: int | No
             "columns": cols_meta,
         }
     progress("encode", total, total)
-    return EncodedTables(tables_meta, columns, links, cells, warnings, unfitted)
+    return EncodedTables(tables_meta, columns, cells, warnings, unfitted)
 
 
 @attrs.frozen
@@ -749,48 +805,6 @@ def _finish(writer: _StoreWriter, out: FileWriter, sink: SectionWriter) -> None:
         sink.finish()
     except OSError as exc:
         raise writer.error(out.path.relative_to(writer.folder).as_posix(), exc) from None
-
-
-# -- stage 4: graph ------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Graph:
-    """Stage 4's product; the CSRs themselves are in ``graph.bin``."""
-
-    foreign_keys: list[dict[str, Any]]  # their entries in metadata.json
-    edges: int
-
-
-def build_graph(db: _Database, keys: Keys, links: dict[tuple[str, str], KeyMatch],
-                writer: _StoreWriter, progress: Progress) -> Graph:
-    """A CSR both ways per foreign-key column, from the parent rows matched in ``links``."""
-    fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
-           for c, col in table.columns.items() if col.foreign_key]
-    file = writer.open("graph.bin", "graph")
-    out = []
-    edges = 0
-    for i, (tname, cname, ref) in enumerate(fks):
-        progress("graph", i, len(fks))
-        ptable, pcol = split_ref(ref)  # type: ignore[misc]
-        link = links[(tname, cname)]  # matched while encoding (FKs are identifiers)
-        parent = link.rows
-        child_time = keys.times.get(tname)
-        if child_time is None:
-            child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
-        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable])
-        for name, arr in (("parent", parent), ("indptr", indptr), ("children", children),
-                          ("child_time", times)):
-            writer.add(file, f"fk{i}.{name}", arr)  # written now: one FK in memory at a time
-        out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
-                    "parent_column": pcol, "edges": int(len(children)),
-                    "dangling": link.n_dangling, "null": link.n_null,
-                    "sections": {k: f"fk{i}.{k}" for k in
-                                 ("parent", "indptr", "children", "child_time")}})
-        edges += int(len(children))
-    progress("graph", len(fks), len(fks))
-    writer.close("graph.bin", file, {"foreign_keys": len(fks)})
-    return Graph(out, edges)
 
 
 # -- stage 5: tasks ------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def materialize_question(store: Store, name: str, spec: dict[str, Any], raw_dir:
                 times={t: np.asarray(store.tables[t].time) for t in md.tables
                        if store.tables[t].time is not None},
                 links={}, database_stats=store.meta.get("database_stats") or {}, warnings=[])
-    tables = EncodedTables(meta=store.meta["tables"], columns=store.meta["columns"], links={},
+    tables = EncodedTables(meta=store.meta["tables"], columns=store.meta["columns"],
                            cells=0, warnings=[], unfitted=[])
     vocab = Vocabulary()
     known = len(store.vocab_texts)
