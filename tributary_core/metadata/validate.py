@@ -8,19 +8,20 @@ databases have) are reported and counted but do not fail validation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tributary_core.errors import MetadataError, Problem
-from tributary_core.keys import as_key, key_kind
+from tributary_core.keys import KeyIndex, as_key, key_kind
 from tributary_core.metadata.io import load_metadata
 from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
@@ -300,6 +301,14 @@ class _StaticChecks:
             self.error(path, f"expected a SELECT query, found {statements[0].type.name}")
 
 
+def _column_batches(path: Path, column: str) -> Iterator[pa.ChunkedArray]:
+    """Column ``column`` of a parquet file in batches of :data:`CHECK_BATCH_ROWS` rows."""
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(batch_size=CHECK_BATCH_ROWS, columns=[column],
+                                       use_threads=False):
+            yield pa.chunked_array([batch.column(0)])
+
+
 def _overrides(stype: SemanticType, method: str) -> bool:
     return getattr(type(stype), method) is not getattr(SemanticType, method)
 
@@ -321,7 +330,7 @@ class _DataChecks:
         self.report = report
         self.paths: dict[str, Path] = {}
         self.schemas: dict[str, pa.Schema] = {}
-        self._parent_keys: dict[tuple[str, str], pa.Array] = {}
+        self._parent_keys: dict[tuple[str, str], KeyIndex] = {}
 
     def error(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
@@ -334,12 +343,12 @@ class _DataChecks:
         (keys, timestamps) until the task queries ran held most of a large database at once."""
         return pq.read_table(self.paths[table], columns=[name]).column(0)
 
-    def parent_keys(self, table: str, name: str) -> pa.Array:
-        """The distinct non-null values of a referenced key, kept for the other foreign keys
-        that reference it."""
+    def parent_keys(self, table: str, name: str) -> KeyIndex:
+        """The distinct non-null values of a referenced key, indexed, kept for the other foreign
+        keys that reference it."""
         key = (table, name)
         if key not in self._parent_keys:
-            self._parent_keys[key] = as_key(self.column(table, name)).drop_null().unique()
+            self._parent_keys[key] = KeyIndex(as_key(self.column(table, name)).drop_null().unique())
         return self._parent_keys[key]
 
     def run(self) -> None:
@@ -407,15 +416,13 @@ class _DataChecks:
         has more than one batch)."""
         n = self.report.rows[tname]
         lo = 0
-        with pq.ParquetFile(self.paths[tname]) as file:
-            for batch in file.iter_batches(batch_size=CHECK_BATCH_ROWS, columns=[cname],
-                                           use_threads=False):
-                reason = stype.check_column(pa.chunked_array([batch.column(0)]))
-                if reason is not None:
-                    if n > len(batch):
-                        reason = f"in rows {lo}-{lo + len(batch) - 1}, {reason}"
-                    return reason
-                lo += len(batch)
+        for batch in _column_batches(self.paths[tname], cname):
+            reason = stype.check_column(batch)
+            if reason is not None:
+                if n > len(batch):
+                    reason = f"in rows {lo}-{lo + len(batch) - 1}, {reason}"
+                return reason
+            lo += len(batch)
         return None
 
     def check_keys(self, tname: str, table: Any) -> None:
@@ -448,10 +455,19 @@ class _DataChecks:
             self.error(path, f"{tname}.{cname} is {child_t} but {ptable}.{pcol} is {parent_t}: "
                              "keys must both be integers or both strings")
             return
-        child = as_key(self.column(tname, cname)).drop_null()
         parent = self.parent_keys(ptable, pcol)
-        dangling = pc.filter(child, pc.invert(pc.is_in(child, value_set=parent)))
-        if len(dangling):
+        if parent.kind == "integer":  # the child column batch by batch
+            batches: Any = _column_batches(self.paths[tname], cname)
+        else:
+            batches = [self.column(tname, cname)]
+        parts = []
+        for batch in batches:
+            missing = (parent.lookup(batch) < 0) & np.asarray(
+                pc.is_valid(batch).to_numpy(zero_copy_only=False), dtype=bool)
+            if missing.any():
+                parts.append(as_key(batch.filter(pa.array(missing))))
+        if parts:
+            dangling = pa.chunked_array([c for p in parts for c in p.chunks])
             distinct = pc.count_distinct(dangling).as_py()
             self.warning(path, f"{len(dangling)} value(s) ({distinct} distinct) of {tname}.{cname} "
                                f"have no row in {ptable}.{pcol}, e.g. {dangling[0].as_py()!r}; "
