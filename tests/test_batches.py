@@ -160,12 +160,14 @@ def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_batches", counted)
     preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
                batch_rows=4)
-    # primary keys and row times; the integer foreign key is matched in batches too
-    assert set(whole) == {"shops.shop_id", "shops.opened", "sales.sale_id", "sales.at"}
+    # only the primary keys (kept whole for the graph and the tasks); the row times and the
+    # integer foreign key are read in batches too
+    assert set(whole) == {"shops.shop_id", "sales.sale_id"}
     assert batch_lengths and max(batch_lengths) <= 4
     # encode: one pass for every type but numerical, which reads its column twice; keys: the
-    # timestamp columns once more, for the database-wide statistics; graph: the foreign key
-    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3) + N
+    # time columns twice (row times, and the database-wide timestamp statistics); graph: the
+    # foreign key
+    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + 2 * (N + 3) + N
 
 
 def test_a_warning_from_a_batch_names_its_rows(tmp_path):

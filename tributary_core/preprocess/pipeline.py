@@ -433,17 +433,18 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
     for i, (tname, table) in enumerate(md.tables.items()):
         progress("keys", i, len(md.tables))
         rows[tname] = pq.ParquetFile(db.paths[tname]).metadata.num_rows
-        wanted = [c for c in (table.primary_key, table.temporal_column, table.temporal_from) if c]
-        if not wanted:
-            continue
-        data = _read(db.paths[tname], list(dict.fromkeys(wanted)))
-        if table.primary_key:
-            primary_keys[tname] = data.column(table.primary_key).combine_chunks()
-        if table.temporal_column:
-            conv = to_epoch_us(data.column(table.temporal_column))
-            times[tname] = np.where(conv.valid, conv.values, NO_TIME)
-        if table.temporal_from:
-            via[tname] = data.column(table.temporal_from)
+        wanted = [c for c in (table.primary_key, table.temporal_from) if c]
+        if wanted:
+            data = _read(db.paths[tname], list(dict.fromkeys(wanted)))
+            if table.primary_key:
+                primary_keys[tname] = data.column(table.primary_key).combine_chunks()
+            if table.temporal_from:
+                via[tname] = data.column(table.temporal_from)
+            del data
+        if table.temporal_column:  # converted batch by batch into the kept array
+            times[tname] = _row_times(db.paths[tname], table.temporal_column, rows[tname],
+                                      batch_rows)
+        _release_memory()
 
     def time_of(tname: str) -> np.ndarray | None:
         # Validation refuses temporal_from cycles, so this recursion ends.
@@ -487,6 +488,23 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
             database_stats[name] = combined
     progress("keys", len(md.tables), len(md.tables))
     return Keys(rows, primary_keys, times, links, database_stats, warnings)
+
+
+def _row_times(path: Path, column: str, n: int, batch_rows: int) -> np.ndarray:
+    """A table's row times (int64 epoch µs, :data:`NO_TIME` where null or not a time), the
+    time column read in row batches."""
+    where = f"{path.stem}.{column}"
+    out = np.empty(n, dtype=np.int64)
+    lo = 0
+    for data in _batches(path, column, batch_rows):
+        hi = lo + len(data)
+        if hi > n:
+            _check_rows(where, hi, n)
+        conv = to_epoch_us(data)
+        out[lo:hi] = np.where(conv.valid, conv.values, NO_TIME)
+        lo = hi
+    _check_rows(where, lo, n)
+    return out
 
 
 def _column_stats(db: _Database, stype: SemanticType, tname: str, cname: str,
@@ -894,7 +912,7 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
                              "seeds")
     anchor_keys = result.column(task.anchor_key)
-    match = match_keys(anchor_keys, keys.primary_keys[task.anchor_table])
+    match = KeyIndex(keys.primary_keys[task.anchor_table]).match([anchor_keys], len(anchor_keys))
     keep = match.rows >= 0
     if not keep.any():
         example = next((v for v in anchor_keys.to_pylist() if v is not None), None)
