@@ -13,7 +13,7 @@ std like any other.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numba
@@ -278,7 +278,7 @@ class Numerical(SemanticType):
         return EncodedColumn({"value": out}, valid)
 
     def column_encoder(self, column_name: str) -> ColumnEncoder:
-        return _NumericalColumn(self)
+        return MomentColumn(self, _numerical_stats)
 
     def value_encoder(self, d_model: int, d_text: int, *,
                       options: Mapping[str, Any] | None = None) -> Any:
@@ -341,12 +341,17 @@ def _numerical_stats(fold: MomentFold) -> dict[str, Any]:
     return {"count": count, "mean": mean * scale, "std": std if std > 0 else 1.0}
 
 
-class _NumericalColumn(ColumnEncoder):
-    """Two passes: the moments over every batch, then the z-scores."""
+class MomentColumn(ColumnEncoder):
+    """A column whose statistics are its moments (:class:`MomentFold`), turned into the type's
+    statistics by ``stats_of``, and whose cells the type's own ``encode`` gives batch by batch.
+    Two passes (numerical: a z-score needs the mean); a subclass whose encoding ignores the
+    statistics sets ``one_pass`` (timestamps)."""
 
-    def __init__(self, stype: Numerical) -> None:
+    def __init__(self, stype: SemanticType,
+                 stats_of: Callable[[MomentFold], dict[str, Any]]) -> None:
         super().__init__()
         self._stype = stype
+        self._stats_of = stats_of
         self._fold = MomentFold()
 
     def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
@@ -354,9 +359,9 @@ class _NumericalColumn(ColumnEncoder):
         self._fold.add(prepared.values, prepared.valid, rows)
 
     def stats(self) -> dict[str, Any]:
-        return _numerical_stats(self._fold)
+        return self._stats_of(self._fold)
 
     def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
                vocab: Vocabulary) -> EncodedColumn:
-        assert stats is not None, "a z-score needs the column's statistics"
-        return self._stype.encode(prepared, stats)
+        assert stats is not None or self.one_pass, "a two-pass encoding needs the statistics"
+        return self._stype.encode(prepared, stats if stats is not None else {})

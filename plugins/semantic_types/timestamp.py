@@ -24,7 +24,6 @@ from tributary_core.semantic_type import (
     EncodedColumn,
     Prepared,
     SemanticType,
-    Vocabulary,
 )
 from tributary_core.timeconv import format_epoch_us, is_time_like, to_epoch_us
 from tributary_core.timefeatures import (  # noqa: F401 - re-exported: their home before issue 19
@@ -37,7 +36,7 @@ from tributary_core.timefeatures import (  # noqa: F401 - re-exported: their hom
     encode_times,
 )
 
-from .numerical import MomentFold
+from .numerical import MomentColumn, MomentFold
 
 
 class Timestamp(SemanticType):
@@ -90,7 +89,7 @@ class Timestamp(SemanticType):
         return EncodedColumn({"value": values.astype(np.int64, copy=False)}, prepared.valid.copy())
 
     def column_encoder(self, column_name: str) -> ColumnEncoder:
-        return _TimestampColumn(self)
+        return _TimestampColumn(self, _timestamp_stats)
 
     def decode(self, cell: Mapping[str, Any], stats: Mapping[str, Any],
                vocab_values: Sequence[str]) -> Any:
@@ -134,24 +133,8 @@ def _timestamp_stats(fold: MomentFold) -> dict[str, Any]:
     return {"count": count, "mean": mean * scale, "m2": m2 * scale * scale}
 
 
-class _TimestampColumn(ColumnEncoder):
+class _TimestampColumn(MomentColumn):
     """One pass: a cell stores its own microseconds; the statistics only feed
     :meth:`Timestamp.combine`."""
 
     one_pass = True
-
-    def __init__(self, stype: Timestamp) -> None:
-        super().__init__()
-        self._stype = stype
-        self._fold = MomentFold()
-
-    def fit(self, prepared: Prepared, rows: np.ndarray | None) -> None:
-        super().fit(prepared, rows)
-        self._fold.add(prepared.values, prepared.valid, rows)
-
-    def stats(self) -> dict[str, Any]:
-        return _timestamp_stats(self._fold)
-
-    def encode(self, prepared: Prepared, stats: Mapping[str, Any] | None,
-               vocab: Vocabulary) -> EncodedColumn:
-        return self._stype.encode(prepared, {})
