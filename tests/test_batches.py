@@ -149,7 +149,7 @@ def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
         return read(path, columns)
 
     batch_lengths: list[int] = []
-    batches = pipeline._batches
+    batches = pipeline.column_batches
 
     def counted(path, column, batch_rows):
         for data in batches(path, column, batch_rows):
@@ -157,7 +157,7 @@ def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
             yield data
 
     monkeypatch.setattr(pipeline, "_read", spy)
-    monkeypatch.setattr(pipeline, "_batches", counted)
+    monkeypatch.setattr(pipeline, "column_batches", counted)
     preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
                batch_rows=4)
     # only the primary keys (kept whole for the graph and the tasks); the row times and the

@@ -301,11 +301,14 @@ class _StaticChecks:
             self.error(path, f"expected a SELECT query, found {statements[0].type.name}")
 
 
-def _column_batches(path: Path, column: str) -> Iterator[pa.ChunkedArray]:
-    """Column ``column`` of a parquet file in batches of :data:`CHECK_BATCH_ROWS` rows."""
+def column_batches(path: Path, column: str,
+                   batch_rows: int | None = None) -> Iterator[pa.ChunkedArray]:
+    """Column ``column`` of a parquet file in row batches of at most ``batch_rows`` rows
+    (None: :data:`CHECK_BATCH_ROWS`), in order: one row group's pages decoded at a time, never
+    the whole column. Validation and preprocessing both read columns through it."""
+    size = CHECK_BATCH_ROWS if batch_rows is None else batch_rows
     with pq.ParquetFile(path) as file:
-        for batch in file.iter_batches(batch_size=CHECK_BATCH_ROWS, columns=[column],
-                                       use_threads=False):
+        for batch in file.iter_batches(batch_size=size, columns=[column], use_threads=False):
             yield pa.chunked_array([batch.column(0)])
 
 
@@ -416,7 +419,7 @@ class _DataChecks:
         has more than one batch)."""
         n = self.report.rows[tname]
         lo = 0
-        for batch in _column_batches(self.paths[tname], cname):
+        for batch in column_batches(self.paths[tname], cname):
             reason = stype.check_column(batch)
             if reason is not None:
                 if n > len(batch):
@@ -457,7 +460,7 @@ class _DataChecks:
             return
         parent = self.parent_keys(ptable, pcol)
         if parent.kind == "integer":  # the child column batch by batch
-            batches: Any = _column_batches(self.paths[tname], cname)
+            batches: Any = column_batches(self.paths[tname], cname)
         else:
             batches = [self.column(tname, cname)]
         parts = []

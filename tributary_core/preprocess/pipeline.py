@@ -51,6 +51,7 @@ from tributary_core.folders import is_protected
 from tributary_core.keys import KeyIndex, KeyMatch, as_key, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
+from tributary_core.metadata.validate import column_batches
 from tributary_core.preprocess.graph import NO_TIME, build_csr
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
@@ -253,13 +254,6 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
-def _batches(path: Path, column: str, batch_rows: int) -> Iterator[pa.ChunkedArray]:
-    """Column ``column`` of a parquet file in row batches of at most ``batch_rows`` rows, in
-    order (one row group's pages decoded at a time, never the whole column)."""
-    with pq.ParquetFile(path) as file:
-        for batch in file.iter_batches(batch_size=batch_rows, columns=[column],
-                                       use_threads=False):
-            yield pa.chunked_array([batch.column(0)])
 
 
 # -- what the stages share: the database they read and the store they write -------------------
@@ -496,7 +490,7 @@ def _row_times(path: Path, column: str, n: int, batch_rows: int) -> np.ndarray:
     where = f"{path.stem}.{column}"
     out = np.empty(n, dtype=np.int64)
     lo = 0
-    for data in _batches(path, column, batch_rows):
+    for data in column_batches(path, column, batch_rows):
         hi = lo + len(data)
         if hi > n:
             _check_rows(where, hi, n)
@@ -515,7 +509,7 @@ def _column_stats(db: _Database, stype: SemanticType, tname: str, cname: str,
         return stype.fit(stype.prepare(_read(db.paths[tname], [cname]).column(cname)),
                          rows=window)
     lo = 0
-    for data in _batches(db.paths[tname], cname, batch_rows):
+    for data in column_batches(db.paths[tname], cname, batch_rows):
         prepared = stype.prepare(data)
         encoder.fit(prepared, None if window is None else window[lo:lo + len(prepared)])
         lo += len(prepared)
@@ -578,7 +572,7 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
             index = indexes[ptable]
             path = db.paths[tname]
             if index.kind == "integer":
-                batches: Iterable[pa.ChunkedArray] = _batches(path, cname, batch_rows)
+                batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
             else:
                 batches = [_read(path, [cname]).column(cname)]
             link = index.match(batches, keys.rows[tname])
@@ -761,7 +755,7 @@ def _encode_batches(db: _Database, keys: Keys, vocab: Vocabulary, stype: Semanti
                 notes.append((lo, hi, note))
 
     lo = 0
-    for data in _batches(path, cname, batch_rows):
+    for data in column_batches(path, cname, batch_rows):
         prepared = stype.prepare(data)
         encoder.fit(prepared, window(lo, lo + len(prepared)))
         any_valid = any_valid or bool(prepared.valid.any())
@@ -777,7 +771,7 @@ def _encode_batches(db: _Database, keys: Keys, vocab: Vocabulary, stype: Semanti
         stats["database"] = keys.database_stats[stype.name]
     if not encoder.one_pass:
         lo = 0
-        for data in _batches(path, cname, batch_rows):
+        for data in column_batches(path, cname, batch_rows):
             prepared = stype.prepare(data)
             put(prepared, stats, lo)
             lo += len(prepared)
