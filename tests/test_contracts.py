@@ -129,6 +129,16 @@ def test_the_kit_catches_broken_plugins():
                                              "vocabulary"):
         check_semantic_type(BatchLocalIds(), SAMPLES["categorical"])
 
+    class WarnsInOnePass(categorical):
+        name = "warnsinonepass"
+
+        def check_encoded(self, prepared, stats, encoded):
+            return "never seen in one pass"
+
+    with pytest.raises(AssertionError, match="one-pass column_encoder\\(\\) encodes before the "
+                                             "statistics exist"):
+        check_semantic_type(WarnsInOnePass(), SAMPLES["categorical"])
+
     huber = type(get_registry().loss_head("huber"))
 
     class Exploding(huber):

@@ -136,7 +136,9 @@ class ColumnEncoder:
       (a z-score needs the column's mean before its first cell);
     - with ``one_pass`` True, it calls :meth:`fit` and then :meth:`encode` on each batch as it
       reads it once, ``stats`` being None there (the encoding does not depend on the
-      statistics), and :meth:`stats` at the end.
+      statistics), and :meth:`stats` at the end. :meth:`SemanticType.check_encoded`, which
+      needs the statistics, is called only in two passes: a type that overrides it keeps
+      ``one_pass`` False (the contract kit checks this).
 
     ``vocab`` is the database's shared :class:`Vocabulary`: an embedded type adds each batch's
     new distinct values to it (in order of first occurrence, so the ids are those the whole

@@ -22,7 +22,8 @@ it. What they check:
   cell, finite where valid, the same twice (a ``timestamp``-slot type: int64 epoch µs, one per
   cell); ``decode`` reads back each valid cell; a type with a ``column_encoder`` gives, fed
   batches of 1, 2 and 3 rows, the statistics (also for a row subset), vocabulary, invalid
-  count and cells of the whole-column methods;
+  count and cells of the whole-column methods (a type with its own ``check_encoded`` must
+  encode in two passes, where the statistics are known);
   ``label_values`` gives one float per value of the sample's Python values, NaN for nulls,
   finite for every cell ``prepare`` accepts, the same twice; for a type that can be a target,
   ``decode_prediction`` turns the stored values (the last of the slot's values) into one Arrow
@@ -189,6 +190,9 @@ def _check_column_encoder(st: SemanticType, who: str, column: pa.ChunkedArray, p
                 return
             assert isinstance(encoder, ColumnEncoder), \
                 f"{who}: column_encoder() must return a ColumnEncoder or None"
+            assert not (encoder.one_pass and type(st).check_encoded is not SemanticType.check_encoded), \
+                (f"{who}: a one-pass column_encoder() encodes before the statistics exist, so "
+                 "preprocessing never calls its check_encoded(); make it two-pass")
             own = Vocabulary()
             pieces: list[Any] = []
             batches = [st.prepare(column.slice(lo, size)) for lo in range(0, n, size)]
