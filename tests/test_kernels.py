@@ -144,12 +144,12 @@ def graphs(draw):
     return n_parent, parent, time
 
 
-@given(graphs())
-def test_csr_matches_reference(graph):
+@given(graphs(), st.integers(1, 4))
+def test_csr_matches_reference(graph, n_threads):
     n_parent, parent, time = graph
     n = len(parent)
     child_time = time if time is not None else np.full(n, NO_TIME, np.int64)
-    indptr, children, times = build_csr(parent, child_time, n_parent)
+    indptr, children, times = build_csr(parent, child_time, n_parent, n_threads)
     for p in range(n_parent):
         mine = [c for c in range(n) if parent[c] == p]
         mine.sort(key=lambda c: (child_time[c], c))  # by time, ties by row number

@@ -37,6 +37,7 @@ from typing import Any
 
 import attrs
 import duckdb
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -580,7 +581,8 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
         child_time = keys.times.get(tname)
         if child_time is None:
             child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
-        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable])
+        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable],
+                                            numba.get_num_threads())
         for name, arr in (("parent", parent), ("indptr", indptr), ("children", children),
                           ("child_time", times)):
             writer.add(file, f"fk{i}.{name}", arr)  # written now: one FK in memory at a time
