@@ -127,6 +127,7 @@ def test_the_store_is_the_same_whatever_the_batch_size(database, tmp_path, monke
         assert files.keys() == first.keys(), rows
         for rel, data in files.items():
             assert data == first[rel], f"{rel} differs with batches of {rows}"
+    assert not any(".spill" in rel for rel in first)  # the scratch files are removed
     store = open_store(whole.path)
     sales = store.tables["sales"]
     note = sales.columns["note"]
@@ -135,9 +136,9 @@ def test_the_store_is_the_same_whatever_the_batch_size(database, tmp_path, monke
     assert sales.columns["amount"]["stats"]["count"] > 0
 
 
-def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
-    """The encode stage reads value columns in batches; only key and time columns (kept for
-    the graph and the sampler anyway) are read whole."""
+def test_no_column_is_read_whole(database, tmp_path, monkeypatch):
+    """Every column is read in batches: value columns, time columns, integer foreign keys and
+    integer primary keys (the last two kept, spilled, for the graph and the tasks)."""
     from tributary_core.preprocess import pipeline
 
     md, raw = database
@@ -160,14 +161,69 @@ def test_no_value_column_is_read_whole(database, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "column_batches", counted)
     preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
                batch_rows=4)
-    # only the primary keys (kept whole for the graph and the tasks); the row times and the
-    # integer foreign key are read in batches too
-    assert set(whole) == {"shops.shop_id", "sales.sale_id"}
+    assert whole == []
     assert batch_lengths and max(batch_lengths) <= 4
     # encode: one pass for every type but numerical, which reads its column twice; keys: the
-    # time columns twice (row times, and the database-wide timestamp statistics); graph: the
-    # foreign key
-    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + 2 * (N + 3) + N
+    # primary keys, the time columns twice (row times, and the database-wide timestamp
+    # statistics); graph: the foreign key
+    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3) + 2 * (N + 3) + N
+
+
+def test_row_times_and_keys_are_kept_in_scratch_files(database, tmp_path):
+    """load_keys keeps row times and integer primary keys in memory-mapped scratch files (page
+    cache, not the process's own memory), with the values plain arrays would hold."""
+    from tributary_core.metadata import load_metadata
+    from tributary_core.preprocess import pipeline
+
+    md, raw = database
+    db = pipeline._Database.of(load_metadata(md), raw, get_registry())
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    plain = pipeline.load_keys(db, None, quiet, batch_rows=4)
+    spill = pipeline._Spill(tmp_path / "spill", tmp_path / "store")
+    spilled = pipeline.load_keys(db, None, quiet, batch_rows=4, spill=spill)
+    files = sorted((tmp_path / "spill").iterdir())
+    assert len(files) == 4  # two tables: row times and primary keys
+    for table in ("shops", "sales"):
+        for address in (spilled.times[table].ctypes.data,
+                        spilled.primary_keys[table].buffers()[1].address):
+            assert _mapped_file(address) in files
+        np.testing.assert_array_equal(spilled.times[table], plain.times[table])
+        key = pq.read_table(raw / f"{table}.parquet").column(f"{table[:-1]}_id")
+        assert spilled.primary_keys[table].to_pylist() == key.to_pylist()
+        assert plain.primary_keys[table].to_pylist() == key.to_pylist()
+    at = dt.datetime(2024, 1, 1, 13, tzinfo=dt.UTC)
+    assert spilled.times["sales"][1] == int(at.timestamp()) * 1_000_000  # row 0's time is null
+    spill.remove()
+    assert not (tmp_path / "spill").exists()
+    assert spilled.times["sales"][1] == int(at.timestamp()) * 1_000_000  # mapped, still readable
+
+
+def _mapped_file(address: int) -> Path | None:
+    """The file mapped at ``address`` in this process (Linux /proc/self/maps), if any."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return Path(fields[5]) if len(fields) == 6 and fields[5].startswith("/") else None
+    return None
+
+
+def test_no_scratch_space_is_one_line_and_leaves_nothing(database, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    md, raw = database
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(TributaryError, match=r"^\S*out/s: cannot reserve \d+ bytes of scratch "
+                                             r"space for row times and keys: No space left"):
+        preprocess(md, raw, out / "s", embedder=get_registry().create_embedder("hashing"))
+    assert list(out.iterdir()) == []
 
 
 def test_a_warning_from_a_batch_names_its_rows(tmp_path):

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -49,7 +51,7 @@ from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.folders import is_protected
-from tributary_core.keys import KeyIndex, KeyMatch, as_key, match_keys
+from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.metadata.validate import column_batches
@@ -194,10 +196,11 @@ def preprocess(
                 cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
             db = _Database.of(md, raw_dir, registry)
             writer = _StoreWriter(tmp, out_dir)
+            spill = _Spill(tmp / ".spill", out_dir)  # row times and keys; removed before publishing
             vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
             cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
             with clock("keys"):
-                keys = load_keys(db, cutoff, progress, batch_rows=batch_rows)
+                keys = load_keys(db, cutoff, progress, batch_rows=batch_rows, spill=spill)
                 _release_memory()
             with clock("graph"):
                 graph = build_graph(db, keys, writer, progress, batch_rows=batch_rows)
@@ -225,6 +228,7 @@ def preprocess(
                 # huge pages, as random reads across it need (store/format.py, _advise_huge)
                 drop_cached(writer.folder / "sampler.bin")
                 progress("sampler", 1, 1)
+            spill.remove()
             writer.write_metadata(meta)  # its "files" is writer.files: sampler.bin included
             result = PreprocessResult(
                 path=out_dir, rows=dict(keys.rows), cells=tables.cells, edges=graph.edges,
@@ -403,6 +407,43 @@ def _release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
+class _Spill:
+    """Arrays kept through the run (row times, integer primary keys) in files of the staged
+    folder instead of the process's own memory. Their pages belong to the page cache, which
+    the kernel writes back and drops under pressure, so they do not add to the anonymous memory
+    preprocessing needs. The files are reserved whole before they are mapped, so a full disk is
+    an error naming the store (``final``), not a bus error on a later write. ``folder`` None:
+    plain arrays."""
+
+    def __init__(self, folder: Path | None, final: Path | None = None) -> None:
+        self.folder, self.final = folder, final
+        self._count = 0
+
+    def empty(self, n: int, dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        if self.folder is None or n == 0:
+            return np.empty(n, dtype=dtype)
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{self._count}.bin"
+        self._count += 1
+        with open(path, "wb") as f:
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, n * dtype.itemsize)
+                else:
+                    f.truncate(n * dtype.itemsize)
+            except OSError as exc:
+                raise TributaryError(
+                    f"{self.final or self.folder}: cannot reserve {n * dtype.itemsize:,} bytes of "
+                    f"scratch space for row times and keys: {exc.strerror or exc}") from None
+        return np.asarray(np.memmap(path, dtype=dtype, mode="r+", shape=(n,)))
+
+    def remove(self) -> None:
+        """Remove the files (arrays still mapped stay readable until dropped)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @attrs.frozen
 class Keys:
     """Stage 2's product: what the later stages need to know of every table's rows."""
@@ -416,9 +457,11 @@ class Keys:
 
 
 def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
-              batch_rows: int = DEFAULT_BATCH_ROWS) -> Keys:
+              batch_rows: int = DEFAULT_BATCH_ROWS, spill: _Spill | None = None) -> Keys:
     """Primary keys and row times of every table (``temporal_from`` followed through its
-    foreign keys), and the database-wide statistics of the types that ask for them."""
+    foreign keys), and the database-wide statistics of the types that ask for them. Row times
+    and integer primary keys are read in row batches into ``spill``'s arrays."""
+    spill = spill or _Spill(None)
     md = db.md
     rows: dict[str, int] = {}
     primary_keys: dict[str, pa.Array] = {}
@@ -428,17 +471,14 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
     for i, (tname, table) in enumerate(md.tables.items()):
         progress("keys", i, len(md.tables))
         rows[tname] = pq.ParquetFile(db.paths[tname]).metadata.num_rows
-        wanted = [c for c in (table.primary_key, table.temporal_from) if c]
-        if wanted:
-            data = _read(db.paths[tname], list(dict.fromkeys(wanted)))
-            if table.primary_key:
-                primary_keys[tname] = data.column(table.primary_key).combine_chunks()
-            if table.temporal_from:
-                via[tname] = data.column(table.temporal_from)
-            del data
+        if table.primary_key:
+            primary_keys[tname] = _primary_key(db.paths[tname], table.primary_key,
+                                               rows[tname], batch_rows, spill)
+        if table.temporal_from:
+            via[tname] = _read(db.paths[tname], [table.temporal_from]).column(0)
         if table.temporal_column:  # converted batch by batch into the kept array
             times[tname] = _row_times(db.paths[tname], table.temporal_column, rows[tname],
-                                      batch_rows)
+                                      batch_rows, spill)
         _release_memory()
 
     def time_of(tname: str) -> np.ndarray | None:
@@ -453,8 +493,12 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
             links[key] = _match_parents(db, primary_keys, tname, table.temporal_from, via[tname])
         parent = links[key].rows
         assert ptime is not None
-        times[tname] = np.where(parent >= 0, ptime[np.maximum(parent, 0)], NO_TIME)
-        return times[tname]
+        out = spill.empty(len(parent), np.int64)
+        for lo in range(0, len(parent), batch_rows):
+            part = parent[lo:lo + batch_rows]
+            out[lo:lo + len(part)] = np.where(part >= 0, ptime[np.maximum(part, 0)], NO_TIME)
+        times[tname] = out
+        return out
 
     for tname in md.tables:
         time_of(tname)
@@ -485,11 +529,11 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
     return Keys(rows, primary_keys, times, links, database_stats, warnings)
 
 
-def _row_times(path: Path, column: str, n: int, batch_rows: int) -> np.ndarray:
+def _row_times(path: Path, column: str, n: int, batch_rows: int, spill: _Spill) -> np.ndarray:
     """A table's row times (int64 epoch µs, :data:`NO_TIME` where null or not a time), the
     time column read in row batches."""
     where = f"{path.stem}.{column}"
-    out = np.empty(n, dtype=np.int64)
+    out = spill.empty(n, np.int64)
     lo = 0
     for data in column_batches(path, column, batch_rows):
         hi = lo + len(data)
@@ -500,6 +544,27 @@ def _row_times(path: Path, column: str, n: int, batch_rows: int) -> np.ndarray:
         lo = hi
     _check_rows(where, lo, n)
     return out
+
+
+def _primary_key(path: Path, column: str, n: int, batch_rows: int,
+                 spill: _Spill) -> pa.Array:
+    """A table's primary-key column. An integer key without nulls is read in row batches into
+    a spilled int64 array (Arrow wraps it without a copy); any other is read whole."""
+    if key_kind(pq.ParquetFile(path).schema_arrow.field(column).type) == "integer":
+        out = spill.empty(n, np.int64)
+        lo = 0
+        for data in column_batches(path, column, batch_rows):
+            if data.null_count:  # validation refuses these; read whole, as before
+                break
+            hi = lo + len(data)
+            if hi > n:
+                _check_rows(f"{path.stem}.{column}", hi, n)
+            out[lo:hi] = as_key(data).to_numpy()
+            lo = hi
+        else:
+            _check_rows(f"{path.stem}.{column}", lo, n)
+            return pa.array(out)
+    return _read(path, [column]).column(column).combine_chunks()
 
 
 def _column_stats(db: _Database, stype: SemanticType, tname: str, cname: str,
@@ -524,12 +589,12 @@ def _check_cutoff(cutoff: int | None, times: dict[str, np.ndarray]) -> list[str]
     refuse it (a typo in the year, most likely). Returns the warnings."""
     if cutoff is None:
         return []
-    present = [t[t != NO_TIME] for t in times.values()]
-    present = [t for t in present if len(t)]
-    if not present:
+    none = np.iinfo(np.int64).max
+    earliest = min((int(np.min(t, where=t != NO_TIME, initial=none)) for t in times.values()),
+                   default=none)  # no copy of the times
+    if earliest == none:
         return ["--stats-cutoff has no effect: no row of the database has a time, so "
                 "statistics are fitted on every row"]
-    earliest = min(int(t.min()) for t in present)
     if earliest > cutoff:
         raise TributaryError(f"--stats-cutoff {format_epoch_us(cutoff)} is before every "
                              f"row time of the database (the earliest is "
