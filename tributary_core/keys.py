@@ -128,9 +128,13 @@ class KeyIndex:
         out[hit] = self._order[pos[hit]]
         return out
 
-    def match(self, batches: Iterable[pa.ChunkedArray | pa.Array], n: int) -> KeyMatch:
-        """:func:`match_keys` of the ``n`` values given in ``batches``, in order."""
-        rows = np.empty(n, dtype=np.int32)
+    def match(self, batches: Iterable[pa.ChunkedArray | pa.Array], n: int,
+              out: np.ndarray | None = None) -> KeyMatch:
+        """:func:`match_keys` of the ``n`` values given in ``batches``, in order; the rows
+        written into ``out`` (int32, ``n``; e.g. a mapped store section) if given."""
+        if out is not None and (out.dtype != np.int32 or out.shape != (n,)):
+            raise ValueError(f"out must be int32 of shape ({n},), not {out.dtype} {out.shape}")
+        rows = np.empty(n, dtype=np.int32) if out is None else out
         n_null = n_dangling = 0
         example = None
         pos = 0

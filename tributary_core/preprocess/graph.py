@@ -41,17 +41,34 @@ def build_csr(parent: np.ndarray, child_time: np.ndarray, n_parent: int,
     kernel to back large arrays with huge pages: first touching pages that Numba allocated
     cost about half the build (TPC-H SF1, lineitem -> orders).
     """
-    indptr = np.zeros(n_parent + 1, dtype=np.int64)
-    _count(parent, indptr)
+    indptr = csr_offsets(parent, n_parent)
     n_edges = int(indptr[n_parent])
     children = np.empty(n_edges, dtype=np.int32)
     times = np.empty(n_edges, dtype=np.int64)
+    csr_fill(parent, child_time, indptr, children, times, n_threads)
+    return indptr, children, times
+
+
+def csr_offsets(parent: np.ndarray, n_parent: int) -> np.ndarray:
+    """The CSR's ``indptr`` (int64, ``n_parent + 1``): where each parent's children start."""
+    indptr = np.zeros(n_parent + 1, dtype=np.int64)
+    _count(parent, indptr)
+    return indptr
+
+
+def csr_fill(parent: np.ndarray, child_time: np.ndarray, indptr: np.ndarray,
+             children: np.ndarray, times: np.ndarray, n_threads: int = 1) -> None:
+    """Fill ``children`` (int32) and ``times`` (int64), each ``indptr[-1]`` long and possibly
+    mapped store sections, as :func:`build_csr` returns them."""
+    n_parent = len(indptr) - 1
+    n_edges = int(indptr[n_parent])
+    if len(children) != n_edges or len(times) != n_edges:
+        raise ValueError(f"children and times must hold {n_edges} edges")
     n_threads = max(1, int(n_threads))
     bounds = np.searchsorted(indptr, np.arange(n_threads + 1, dtype=np.int64) * n_edges // n_threads)
     bounds[0], bounds[n_threads] = 0, n_parent
     fill = indptr[:-1].copy()  # each parent's write cursor
     _fill(parent, child_time, indptr, fill, children, times, bounds)
-    return indptr, children, times
 
 
 @numba.njit(cache=True, nogil=True)

@@ -55,7 +55,7 @@ from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind, match_keys
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.metadata.validate import column_batches
-from tributary_core.preprocess.graph import NO_TIME, build_csr
+from tributary_core.preprocess.graph import NO_TIME, csr_fill, csr_offsets
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
 from tributary_core.semantic_type import ColumnEncoder, Prepared, SemanticType, Vocabulary
@@ -70,6 +70,7 @@ from tributary_core.store.format import (
     FORMAT_VERSION,
     METADATA,
     FileWriter,
+    MappedSection,
     SectionWriter,
     StoreFile,
     drop_cached,
@@ -322,6 +323,19 @@ class _StoreWriter:
     def add(self, file: FileWriter, name: str, array: np.ndarray) -> None:
         try:
             file.add(name, array)
+        except OSError as exc:
+            raise self.error(file.path.relative_to(self.folder).as_posix(), exc) from None
+
+    def map(self, file: FileWriter, name: str, dtype: Any,
+            shape: tuple[int, ...]) -> MappedSection:
+        try:
+            return file.map_section(name, dtype, shape)
+        except OSError as exc:
+            raise self.error(file.path.relative_to(self.folder).as_posix(), exc) from None
+
+    def finish(self, file: FileWriter, section: MappedSection) -> None:
+        try:
+            section.finish()
         except OSError as exc:
             raise self.error(file.path.relative_to(self.folder).as_posix(), exc) from None
 
@@ -631,6 +645,10 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
     for i, (tname, cname, ref) in enumerate(fks):
         progress("graph", i, len(fks))
         ptable, pcol = split_ref(ref)  # type: ignore[misc]
+        n_child = keys.rows[tname]
+        # the match and the CSR are written in place into mapped sections of graph.bin: page
+        # cache, not the process's own memory (sections in the order they always had)
+        parent = writer.map(file, f"fk{i}.parent", np.int32, (n_child,))
         link = keys.links.get((tname, cname))
         if link is None:
             if ptable not in indexes:
@@ -641,22 +659,27 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
                 batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
             else:
                 batches = [_read(path, [cname]).column(cname)]
-            link = index.match(batches, keys.rows[tname])
-        parent = link.rows
+            link = index.match(batches, n_child, out=parent.array)
+        else:
+            parent.array[:] = link.rows
         child_time = keys.times.get(tname)
         if child_time is None:
-            child_time = np.full(keys.rows[tname], NO_TIME, dtype=np.int64)
-        indptr, children, times = build_csr(parent, child_time, keys.rows[ptable],
-                                            numba.get_num_threads())
-        for name, arr in (("parent", parent), ("indptr", indptr), ("children", children),
-                          ("child_time", times)):
-            writer.add(file, f"fk{i}.{name}", arr)  # written now: one FK in memory at a time
+            child_time = np.full(n_child, NO_TIME, dtype=np.int64)
+        indptr = csr_offsets(parent.array, keys.rows[ptable])
+        writer.add(file, f"fk{i}.indptr", indptr)
+        n_edges = int(indptr[-1])
+        children = writer.map(file, f"fk{i}.children", np.int32, (n_edges,))
+        times = writer.map(file, f"fk{i}.child_time", np.int64, (n_edges,))
+        csr_fill(parent.array, child_time, indptr, children.array, times.array,
+                 numba.get_num_threads())
+        for section in (parent, children, times):
+            writer.finish(file, section)
         out.append({"id": i, "child_table": tname, "column": cname, "parent_table": ptable,
-                    "parent_column": pcol, "edges": int(len(children)),
+                    "parent_column": pcol, "edges": n_edges,
                     "dangling": link.n_dangling, "null": link.n_null,
                     "sections": {k: f"fk{i}.{k}" for k in
                                  ("parent", "indptr", "children", "child_time")}})
-        edges += int(len(children))
+        edges += n_edges
         links[(tname, cname)] = attrs.evolve(link, rows=np.zeros(0, dtype=np.int32))
         del parent, child_time, indptr, children, times, link
         _release_memory()

@@ -268,6 +268,43 @@ class FileWriter:
         self._offset = _align(self._offset + nbytes)
         return section
 
+    def map_section(self, name: str, dtype: Any, shape: tuple[int, ...]) -> MappedSection:
+        """Reserve section ``name`` of ``dtype`` and ``shape`` (not ``bool``) on disk and map
+        it, so a kernel writes the section in place, in any order (a CSR's children land one by
+        one in their parents' slices); the pages are the page cache's, not the process's own
+        memory. The bytes are allocated before the map (a full disk is an OSError now, not a
+        bus error on a later write). :meth:`MappedSection.finish` records the checksum; sections
+        added after this one go after its bytes."""
+        self._check_new(name)
+        dt = np.dtype(dtype)
+        if dt.hasobject or dt == np.bool_:
+            raise ValueError(f"cannot map a section of {dt}")
+        if dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE):
+            dt = dt.newbyteorder("<")
+        nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+        entry = {"name": name, "dtype": dt.str, "shape": [int(x) for x in shape],
+                 "offset": self._offset, "nbytes": nbytes, "crc32": 0}
+        try:
+            if nbytes:
+                self._file.flush()
+                fd = self._file.fileno()
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, self._offset, nbytes)
+                elif os.fstat(fd).st_size < self._offset + nbytes:
+                    os.ftruncate(fd, self._offset + nbytes)
+                array = np.asarray(np.memmap(self._file, dtype=dt, mode="r+",
+                                             offset=self._offset, shape=tuple(shape)))
+            else:
+                array = np.zeros(shape, dtype=dt)
+        except BaseException:
+            self.abort()
+            raise
+        self._entries.append(entry)
+        self._names.add(name)
+        self._open_sections.add(name)
+        self._offset = _align(self._offset + nbytes)
+        return MappedSection(self, entry, array)
+
     def _check_new(self, name: str) -> None:
         self._check_open()
         if name in self._names:
@@ -436,6 +473,25 @@ class SectionWriter:
                              f"{tuple(self._entry['shape'])} needs {self._entry['nbytes']} "
                              f"bytes, its pieces gave {self._written}")
         self._entry["crc32"] = self._crc
+        self._file._open_sections.discard(self._entry["name"])
+
+
+class MappedSection:
+    """One section of a :class:`FileWriter` mapped for writing in place
+    (:meth:`FileWriter.map_section`): fill :attr:`array`, then :meth:`finish`."""
+
+    def __init__(self, file: FileWriter, entry: dict[str, Any], array: np.ndarray) -> None:
+        self._file = file
+        self._entry = entry
+        #: The section's bytes on disk as a writable array of its dtype and shape.
+        self.array = array
+
+    def finish(self) -> None:
+        """Record the section's checksum (read back through the map) and let the map go; the
+        file's :meth:`FileWriter.close` fsyncs its pages with the rest."""
+        self._file._check_open()
+        self._entry["crc32"] = _crc(memoryview(np.ascontiguousarray(self.array)))
+        self.array = np.zeros(0, dtype=self.array.dtype)
         self._file._open_sections.discard(self._entry["name"])
 
 
