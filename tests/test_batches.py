@@ -478,6 +478,12 @@ def test_a_key_index_matches_as_match_keys_batch_by_batch(layout):
     assert expected.n_dangling >= 1 and expected.n_null >= 1
     with pytest.raises(ValueError, match="not the 901 announced"):
         index.match([child_array], 901)
+    out = np.full(900, 12345, np.int32)  # rows written into a given array (a mapped section)
+    got = index.match([child_array.slice(0, 400), child_array.slice(400)], 900, out=out)
+    assert got.rows is out
+    np.testing.assert_array_equal(out, expected.rows)
+    with pytest.raises(ValueError, match=r"out must be int32 of shape \(900,\)"):
+        index.match([child_array], 900, out=np.zeros(900, np.int64))
 
 
 def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
