@@ -486,6 +486,20 @@ def test_a_key_index_matches_as_match_keys_batch_by_batch(layout):
         index.match([child_array], 900, out=np.zeros(900, np.int64))
 
 
+@pytest.mark.parametrize("with_null", [False, True])
+def test_a_key_index_built_in_pieces_keeps_a_repeated_keys_first_row(monkeypatch, with_null):
+    from tributary_core import keys as keys_module
+    from tributary_core.keys import KeyIndex, match_keys
+
+    monkeypatch.setattr(keys_module, "_PIECE", 2)
+    parent = pa.array([5, 3, None if with_null else 8, 5, 9, 3, 5], pa.int64())
+    child = pa.array([5, 3, 9, 8, 4, None], pa.int64())
+    got = KeyIndex(parent).match([child], 6)
+    # (a null child matches nothing; Arrow's lookup would match it to a null parent key)
+    np.testing.assert_array_equal(got.rows[:5], match_keys(child, parent).rows[:5])
+    assert got.rows.tolist() == [0, 1, 4, -1 if with_null else 2, -1, -1]
+
+
 def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
     from tributary_core.metadata import validate, validate_metadata
 

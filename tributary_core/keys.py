@@ -67,6 +67,10 @@ def match_keys(values: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Ar
 _DENSE_SPAN = 4
 
 
+#: Keys put in a table this many at a time (bounds the temporary arrays of a build).
+_PIECE = 1 << 20
+
+
 class KeyIndex:
     """The row of each value of a unique key column, built once and looked up batch by batch,
     so a foreign-key column of any length is matched one batch at a time against it.
@@ -88,17 +92,24 @@ class KeyIndex:
         self._low = 0
         if self.kind != "integer":
             return
-        valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
-        values = np.asarray(keys.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
-        rows = np.flatnonzero(valid).astype(np.int32)
-        values = values[valid]
+        if keys.null_count:
+            valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
+            values = np.asarray(keys.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            rows = np.flatnonzero(valid).astype(np.int32)
+            values = values[valid]
+        else:  # primary keys: no copy of the values (they may be a spilled, mapped array)
+            values = np.asarray(keys.to_numpy(zero_copy_only=False), dtype=np.int64)
+            rows = np.arange(len(values), dtype=np.int32)
         if not len(values):
             self._sorted, self._order = values, rows
             return
         low, high = int(values.min()), int(values.max())
         if high - low < _DENSE_SPAN * len(values) + 1024:
             table = np.full(high - low + 1, -1, dtype=np.int32)
-            table[(values - low)[::-1]] = rows[::-1]  # a repeated key: its first row, as Arrow
+            # last piece first, each reversed: a repeated key keeps its first row, as Arrow's
+            for stop in range(len(values), 0, -_PIECE):
+                start = max(stop - _PIECE, 0)
+                table[(values[start:stop] - low)[::-1]] = rows[start:stop][::-1]
             self._table, self._low = table, low
         else:
             order = np.argsort(values, kind="stable")

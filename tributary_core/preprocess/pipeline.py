@@ -996,9 +996,11 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         raise TributaryError(f"task {name!r}: the query returns no rows, so the task has no "
                              "seeds")
     anchor_keys = result.column(task.anchor_key)
-    match = KeyIndex(keys.primary_keys[task.anchor_table]).match([anchor_keys], len(anchor_keys))
-    keep = match.rows >= 0
-    if not keep.any():
+    rows = KeyIndex(keys.primary_keys[task.anchor_table]).match(
+        [anchor_keys], len(anchor_keys)).rows
+    keep = rows >= 0
+    n_unmatched = len(keep) - int(np.count_nonzero(keep))
+    if n_unmatched == len(keep):
         example = next((v for v in anchor_keys.to_pylist() if v is not None), None)
         pk = db.md.tables[task.anchor_table].primary_key
         raise TributaryError(
@@ -1009,23 +1011,34 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         conv = to_epoch_us(result.column(task.observation_time_column))
         obs_all = np.where(conv.valid, conv.values, NO_CUTOFF)
         n_null_obs = int((~conv.valid & keep).sum())
+        del conv
     elif task.anchor_table in keys.times:
-        obs_all = keys.times[task.anchor_table][np.maximum(match.rows, 0)]
-        obs_all = np.where(obs_all == NO_TIME, NO_CUTOFF, obs_all)
+        obs_all = keys.times[task.anchor_table][np.maximum(rows, 0)]
+        obs_all[obs_all == NO_TIME] = NO_CUTOFF
         n_null_obs = 0
     else:
         obs_all = np.full(result.num_rows, NO_CUTOFF, dtype=np.int64)
         n_null_obs = 0
     # Seeds in a fixed order whatever order DuckDB returned the rows in: by anchor row,
-    # then observation time, then label (ties are identical seeds).
+    # then observation time, then label (ties are identical seeds). Each array is let go as
+    # soon as the next is made: a task's seeds are the tasks stage's memory.
     label_rank = _rank(result.column(task.target_column))
-    matched = np.flatnonzero(keep)
-    order = matched[np.lexsort((label_rank[matched], obs_all[matched], match.rows[matched]))]
-    anchor = match.rows[order]
+    matched = None if n_unmatched == 0 else np.flatnonzero(keep)
+    del keep
+    if matched is not None:
+        rows, obs_all, label_rank = rows[matched], obs_all[matched], label_rank[matched]
+    order = np.lexsort((label_rank, obs_all, rows))  # among the matched seeds
+    anchor = rows[order]
+    del rows
     obs = obs_all[order]
+    del obs_all
     label_rank = label_rank[order]
+    if matched is not None:
+        order = matched[order]  # among the query's rows
+        del matched
     stype = db.stype(task.target_stype)
     target = result.column(task.target_column).take(pa.array(order))
+    del order
     prepared = stype.prepare(target)
     reason = stype.check_column(target)
     # with a statistics window, the target's own normalisation sees only seeds observed in it
@@ -1063,7 +1076,7 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     rel = f"tasks/{name}.bin"
     writer.write(rel, "task", sections, {"task": name, "seeds": int(len(anchor))})
     n_null_target = int((~encoded.valid).sum())
-    report = {"seeds": int(len(anchor)), "unmatched": int((~keep).sum()),
+    report = {"seeds": int(len(anchor)), "unmatched": n_unmatched,
               "null_targets": n_null_target, "null_observation_times": n_null_obs}
     meta = {
         "file": rel, "anchor_table": task.anchor_table, "anchor_key": task.anchor_key,
@@ -1074,7 +1087,7 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         "horizon": task.horizon,
         "horizon_us": parse_duration(task.horizon) if task.horizon is not None else 0,
         "valid": "target_valid", "seeds": int(len(anchor)),
-        "unmatched_anchor_keys": int((~keep).sum()),
+        "unmatched_anchor_keys": n_unmatched,
         "candidates": "candidates" if ids is not None else None,
     }
     return _Task(meta, report, column, warnings, where if empty else None)
@@ -1238,7 +1251,8 @@ def _rank(column: pa.ChunkedArray) -> np.ndarray:
             if candidate is None:
                 candidate = arr.cast(pa.string())
             ranks = pc.rank(candidate, sort_keys="ascending", tiebreaker="dense")
-            return np.asarray(ranks.to_numpy(zero_copy_only=False), dtype=np.int64)
+            # ranks are 1..n (uint64): read as int64 in place rather than copied
+            return ranks.to_numpy(zero_copy_only=False).view(np.int64)
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
             continue
     return np.zeros(len(arr), dtype=np.int64)
