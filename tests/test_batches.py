@@ -500,6 +500,36 @@ def test_a_key_index_built_in_pieces_keeps_a_repeated_keys_first_row(monkeypatch
     assert got.rows.tolist() == [0, 1, 4, -1 if with_null else 2, -1, -1]
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse", "nulls", "strings", "unique", "empty"])
+def test_key_repeats_are_what_value_counts_finds(monkeypatch, layout):
+    """A primary key's uniqueness check: the number of repeated values and the first of them,
+    as Arrow's value_counts gives them (in pieces of 3 keys, so repeats cross pieces)."""
+    import pyarrow.compute as pc
+
+    from tributary_core import keys as keys_module
+    from tributary_core.keys import KeyIndex
+
+    monkeypatch.setattr(keys_module, "_PIECE", 3)
+    rng = np.random.default_rng(9)
+    values: list = [int(v) for v in rng.integers(0, 40, 60)]
+    if layout == "sparse":
+        values = [v * 2**35 - 2**36 for v in values]
+    elif layout == "nulls":
+        values = [None if i % 7 == 0 else v for i, v in enumerate(values)]
+    elif layout == "strings":
+        values = [f"s{v}" for v in values]
+    elif layout == "unique":
+        values = [int(v) for v in rng.permutation(60)]
+    elif layout == "empty":
+        values = []
+    keys = pa.array(values, pa.string() if layout == "strings" else pa.int64())
+    counts = pc.value_counts(keys.drop_null())
+    dupes = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    expected = (len(dupes), dupes[0].as_py() if len(dupes) else None)
+    assert KeyIndex(keys).repeats() == expected
+    assert (expected[0] > 0) == (layout not in ("unique", "empty"))
+
+
 def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
     from tributary_core.metadata import validate, validate_metadata
 

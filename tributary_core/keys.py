@@ -92,14 +92,8 @@ class KeyIndex:
         self._low = 0
         if self.kind != "integer":
             return
-        if keys.null_count:
-            valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
-            values = np.asarray(keys.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
-            rows = np.flatnonzero(valid).astype(np.int32)
-            values = values[valid]
-        else:  # primary keys: no copy of the values (they may be a spilled, mapped array)
-            values = np.asarray(keys.to_numpy(zero_copy_only=False), dtype=np.int64)
-            rows = np.arange(len(values), dtype=np.int32)
+        # without nulls (primary keys) the values are not copied: they may be a spilled map
+        values, rows = self._keys_values(), self._rows()
         if not len(values):
             self._sorted, self._order = values, rows
             return
@@ -114,6 +108,47 @@ class KeyIndex:
         else:
             order = np.argsort(values, kind="stable")
             self._sorted, self._order = values[order], rows[order]
+
+    def repeats(self) -> tuple[int, object]:
+        """How many distinct non-null keys occur more than once, and the one whose first row
+        comes first (None if none): what ``pc.value_counts`` finds, for integer keys without
+        its hash table of every key (a primary key's uniqueness check at any size)."""
+        if self.kind != "integer":
+            counts = pc.value_counts(self._keys.drop_null())
+            dupes = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+            return len(dupes), (dupes[0].as_py() if len(dupes) else None)
+        values = self._keys_values()
+        later: list[np.ndarray] = []  # per piece, the values of rows that are not their key's first
+        if self._table is not None:
+            rows = self._rows()
+            for start in range(0, len(values), _PIECE):
+                piece = values[start:start + _PIECE]
+                first = self._table[piece - self._low]
+                later.append(piece[first != rows[start:start + len(piece)]])
+        else:
+            assert self._sorted is not None
+            same = self._sorted[1:] == self._sorted[:-1]
+            later.append(self._sorted[1:][same])
+        repeated = np.unique(np.concatenate(later)) if later else np.zeros(0, np.int64)
+        if not len(repeated):
+            return 0, None
+        first_rows = self.lookup(pa.array(repeated))
+        return len(repeated), int(repeated[int(np.argmin(first_rows))])
+
+    def _keys_values(self) -> np.ndarray:
+        """The non-null keys in row order (int64; no copy where the keys have no nulls)."""
+        keys = self._keys
+        if keys.null_count:
+            return np.asarray(keys.drop_null().to_numpy(zero_copy_only=False), dtype=np.int64)
+        return np.asarray(keys.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def _rows(self) -> np.ndarray:
+        """The row of each of :meth:`_keys_values`."""
+        keys = self._keys
+        if keys.null_count:
+            valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
+            return np.flatnonzero(valid).astype(np.int32)
+        return np.arange(len(keys), dtype=np.int32)
 
     def lookup(self, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Per value, the row of the equal key (int32), -1 where null or not found."""

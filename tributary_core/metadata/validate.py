@@ -334,6 +334,9 @@ class _DataChecks:
         self.paths: dict[str, Path] = {}
         self.schemas: dict[str, pa.Schema] = {}
         self._parent_keys: dict[tuple[str, str], KeyIndex] = {}
+        #: (table, column) of every key a foreign key references
+        self._referenced = {split_ref(col.foreign_key) for table in md.tables.values()
+                            for col in table.columns.values() if col.foreign_key}
 
     def error(self, path: str, message: str) -> None:
         self.report.problems.append(Problem(path, message))
@@ -351,7 +354,10 @@ class _DataChecks:
         keys that reference it."""
         key = (table, name)
         if key not in self._parent_keys:
-            self._parent_keys[key] = KeyIndex(as_key(self.column(table, name)).drop_null().unique())
+            values = as_key(self.column(table, name))
+            if key_kind(values.type) != "integer":  # Arrow's lookup: its value set distinct
+                values = values.drop_null().unique()
+            self._parent_keys[key] = KeyIndex(values)
         return self._parent_keys[key]
 
     def run(self) -> None:
@@ -369,7 +375,9 @@ class _DataChecks:
                     self.error(jpath("tables", tname), f"{self.paths[tname]} is not a readable "
                                                        f"parquet file: {_first_line(exc)}")
                     del self.schemas[tname]
+                pa.default_memory_pool().release_unused()  # what Arrow keeps for reuse
         self._parent_keys.clear()
+        pa.default_memory_pool().release_unused()  # before DuckDB runs the task queries
         if self.md.tasks and len(self.schemas) == len(self.md.tables):
             self.check_tasks()
 
@@ -436,12 +444,16 @@ class _DataChecks:
             if values.null_count:
                 self.error(jpath("tables", tname, "primary_key"),
                            f"primary key {pk!r} of {fname} has {values.null_count} null value(s)")
-            counts = pc.value_counts(values.drop_null())
-            dupes = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-            if len(dupes):
+            index = KeyIndex(values)  # integer keys: no hash table of every key
+            del values
+            n_repeated, example = index.repeats()
+            if n_repeated:
                 self.error(jpath("tables", tname, "primary_key"),
-                           f"primary key {pk!r} of {fname} is not unique: {len(dupes)} value(s) "
-                           f"repeat, e.g. {dupes[0].as_py()!r}")
+                           f"primary key {pk!r} of {fname} is not unique: {n_repeated} value(s) "
+                           f"repeat, e.g. {example!r}")
+            if index.kind == "integer" and (tname, pk) in self._referenced:
+                self._parent_keys.setdefault((tname, pk), index)  # for the foreign keys
+            del index
         for cname, col in table.columns.items():
             if col.foreign_key is None or cname not in self.schemas[tname].names:
                 continue
