@@ -107,3 +107,46 @@ def test_parse_duration_refuses(text):
 
     with pytest.raises(ValueError, match="duration|longer"):
         parse_duration(text)
+
+
+def test_a_sequential_dataset_is_scanned_by_duckdb_through_it_with_the_same_rows(tmp_path):
+    """Under --query-memory the task queries read parquet through parquet_dataset(sequential=
+    True): DuckDB asks it for scanners (its columns and filter pushed down), which decode on
+    the reading thread, and the query's rows are those of the plain dataset."""
+    import pyarrow.dataset  # noqa: F401 - pa.dataset
+    import pyarrow.parquet as pq
+
+    from tributary_core import sql
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"k": np.arange(5000), "v": np.arange(5000) % 7 * 1.5,
+                             "s": [f"x{i % 3}" for i in range(5000)]}), path, row_group_size=512)
+    calls: list[dict] = []
+
+    class Arrow(pa.dataset.FileSystemDataset):  # records what reaches Arrow's scanner
+        def scanner(self, *args, **kwargs):
+            calls.append(kwargs)
+            return super().scanner(*args, **kwargs)
+
+    class Recording(sql._SequentialDataset, Arrow):
+        pass
+
+    plain = sql.parquet_dataset(path)
+    sequential = sql.parquet_dataset(path, sequential=True)
+    assert type(sequential) is sql._SequentialDataset and type(plain) is not type(sequential)
+    recording = Recording(list(plain.get_fragments()), plain.schema, plain.format,
+                          plain.filesystem)
+    query = "SELECT s, count(*) AS n, sum(v) AS total FROM t WHERE k >= 100 GROUP BY s ORDER BY s"
+    results = []
+    for data in (plain, sequential, recording):
+        con = sandbox_connection({"t": data}, threads=1, memory_limit="64MB")
+        try:
+            results.append(con.execute(query).fetchall())
+        finally:
+            con.close()
+    assert results[0] == results[1] == results[2] and len(results[0]) == 3
+    assert calls  # DuckDB scanned through the dataset's own scanner()
+    for kwargs in calls:
+        assert set(kwargs.get("columns") or ()) <= {"k", "v", "s"}  # pushed down
+        assert (kwargs["use_threads"], kwargs["batch_readahead"],
+                kwargs["fragment_readahead"]) == (False, 1, 1)

@@ -17,7 +17,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tributary_core.errors import MetadataError, Problem
@@ -27,7 +26,13 @@ from tributary_core.metadata.model import Metadata, split_ref
 from tributary_core.metadata.paths import jpath
 from tributary_core.registry import Registry, get_registry
 from tributary_core.semantic_type import SemanticType
-from tributary_core.sql import DEFAULT_QUERY_TIMEOUT_S, QueryTimeout, run_interruptible, sandboxed
+from tributary_core.sql import (
+    DEFAULT_QUERY_TIMEOUT_S,
+    QueryTimeout,
+    parquet_dataset,
+    run_interruptible,
+    sandboxed,
+)
 from tributary_core.timeconv import parse_duration
 
 __all__ = ["ValidationReport", "validate_metadata"]
@@ -489,7 +494,9 @@ class _DataChecks:
                                "they load as missing parents")
 
     def check_tasks(self) -> None:
-        tables = {name: pads.dataset(path) for name, path in self.paths.items()}
+        # under a memory limit, scans that do not decode ahead (the limit does not count them)
+        tables = {name: parquet_dataset(path, sequential=self.query_memory is not None)
+                  for name, path in self.paths.items()}
         with sandboxed(tables, threads=self.query_threads, memory_limit=self.query_memory) as con:
             for i, (name, task) in enumerate(self.md.tasks.items()):
                 keep = None if self.keep_results is None else self.keep_results / f"{i}.arrow"

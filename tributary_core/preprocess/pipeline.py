@@ -43,7 +43,6 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from tributary_core.atomic import scratch_folder, staged_folder
@@ -63,6 +62,7 @@ from tributary_core.sql import (
     DEFAULT_QUERY_TIMEOUT_S,
     QueryTimeout,
     check_memory_limit,
+    parquet_dataset,
     run_query,
     sandboxed,
 )
@@ -949,7 +949,9 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     unfitted: list[str] = []
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
-    datasets = {name: pads.dataset(path) for name, path in db.paths.items()}
+    # under a memory limit, scans that do not decode ahead (the limit does not count them)
+    datasets = {name: parquet_dataset(path, sequential=query_memory is not None)
+                for name, path in db.paths.items()}
     with sandboxed(datasets, threads=query_threads, memory_limit=query_memory) as con:
         for i, (name, task) in enumerate(db.md.tasks.items()):
             progress("tasks", i, len(db.md.tasks))
