@@ -179,7 +179,10 @@ def test_row_times_and_keys_are_kept_in_scratch_files(database, tmp_path):
     db = pipeline._Database.of(load_metadata(md), raw, get_registry())
     quiet = lambda *args, **kwargs: None  # noqa: E731
     plain = pipeline.load_keys(db, None, quiet, batch_rows=4)
-    spill = pipeline._Spill(tmp_path / "spill", tmp_path / "store")
+    small = pipeline._Spill(tmp_path / "small", tmp_path / "store")  # the default threshold
+    pipeline.load_keys(db, None, quiet, batch_rows=4, spill=small)
+    assert not (tmp_path / "small").exists()  # 41 rows stay in memory: no file held open
+    spill = pipeline._Spill(tmp_path / "spill", tmp_path / "store", min_bytes=0)
     spilled = pipeline.load_keys(db, None, quiet, batch_rows=4, spill=spill)
     files = sorted((tmp_path / "spill").iterdir())
     assert len(files) == 4  # two tables: row times and primary keys
@@ -212,6 +215,8 @@ def test_no_scratch_space_is_one_line_and_leaves_nothing(database, tmp_path, mon
     import errno
     import os
 
+    from tributary_core.preprocess import pipeline
+
     md, raw = database
     out = tmp_path / "out"
     out.mkdir()
@@ -219,11 +224,37 @@ def test_no_scratch_space_is_one_line_and_leaves_nothing(database, tmp_path, mon
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    monkeypatch.setattr(pipeline, "SPILL_MIN_BYTES", 0)
     monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
-    with pytest.raises(TributaryError, match=r"^\S*out/s: cannot reserve \d+ bytes of scratch "
-                                             r"space for row times and keys: No space left"):
+    with pytest.raises(TributaryError, match=r"^\S*out/s: cannot keep \d+ bytes of row times or "
+                                             r"keys in a scratch file: No space left"):
         preprocess(md, raw, out / "s", embedder=get_registry().create_embedder("hashing"))
     assert list(out.iterdir()) == []
+
+
+def test_space_is_reserved_by_writing_zeros_where_fallocate_is_not_supported(tmp_path,
+                                                                           monkeypatch):
+    import errno
+    import os
+
+    from tributary_core.store import format as store_format
+
+    def unsupported(*args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    monkeypatch.setattr(store_format, "_ZEROS", 7)  # several writes, the last one short
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"abc")
+    with open(path, "r+b") as f:
+        store_format.reserve_bytes(f.fileno(), 5, 30)
+    assert path.read_bytes() == b"abc" + bytes(32)  # the hole before the range reads as zeros
+    with FileWriter(tmp_path / "m.bin", "graph") as out:  # and a mapped section works on it
+        section = out.map_section("m", np.int64, (9,))
+        section.array[:] = np.arange(9)
+        section.finish()
+        out.close()
+    np.testing.assert_array_equal(StoreFile(tmp_path / "m.bin").array("m"), np.arange(9))
 
 
 def test_a_warning_from_a_batch_names_its_rows(tmp_path):

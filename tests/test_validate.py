@@ -216,6 +216,9 @@ DATA_CASES = [
      "$.tables.orders.primary_key", "1 null value(s)"),
     ("pk-duplicate", _with_table("orders", _orders(order_id=[1, 2, 2, 4, 5])), None,
      "$.tables.orders.primary_key", "is not unique: 1 value(s) repeat, e.g. 2"),
+    ("pk-past-int64", _with_table("orders", tiny_tables()["orders"].set_column(
+        0, "order_id", pa.array([1, 2, 2**63 + 5, 4, 5], pa.uint64()))), None,
+     "$.tables.orders.primary_key", "does not fit a 64-bit signed integer"),
     ("fk-kind-mismatch", _with_table("orders", _orders(customer_id=[1, 1, 2, 3, 9])), None,
      "$.tables.orders.columns.customer_id.foreign_key", "orders.customer_id is int64"),
     ("sql-binds", None, _set(f"{TASK}/query", "SELECT order_id, returned FROM order_lines"),

@@ -354,12 +354,16 @@ class _DataChecks:
         (keys, timestamps) until the task queries ran held most of a large database at once."""
         return pq.read_table(self.paths[table], columns=[name]).column(0)
 
-    def parent_keys(self, table: str, name: str) -> KeyIndex:
+    def parent_keys(self, table: str, name: str) -> KeyIndex | None:
         """The distinct non-null values of a referenced key, indexed, kept for the other foreign
-        keys that reference it."""
+        keys that reference it; None for keys that are no 64-bit signed integers (uint64 past
+        its range: the primary key's own check says so)."""
         key = (table, name)
         if key not in self._parent_keys:
-            values = as_key(self.column(table, name))
+            try:
+                values = as_key(self.column(table, name))
+            except pa.ArrowInvalid:
+                return None
             if key_kind(values.type) != "integer":  # Arrow's lookup: its value set distinct
                 values = values.drop_null().unique()
             self._parent_keys[key] = KeyIndex(values)
@@ -449,14 +453,20 @@ class _DataChecks:
             if values.null_count:
                 self.error(jpath("tables", tname, "primary_key"),
                            f"primary key {pk!r} of {fname} has {values.null_count} null value(s)")
-            index = KeyIndex(values)  # integer keys: no hash table of every key
+            try:
+                index: KeyIndex | None = KeyIndex(values)  # integers: no hash table of every key
+            except pa.ArrowInvalid as exc:  # uint64 keys past int64
+                index = None
+                self.error(jpath("tables", tname, "primary_key"),
+                           f"primary key {pk!r} of {fname} does not fit a 64-bit signed integer: "
+                           f"{_first_line(exc)}")
             del values
-            n_repeated, example = index.repeats()
+            n_repeated, example = index.repeats() if index is not None else (0, None)
             if n_repeated:
                 self.error(jpath("tables", tname, "primary_key"),
                            f"primary key {pk!r} of {fname} is not unique: {n_repeated} value(s) "
                            f"repeat, e.g. {example!r}")
-            if index.kind == "integer" and (tname, pk) in self._referenced:
+            if index is not None and index.kind == "integer" and (tname, pk) in self._referenced:
                 self._parent_keys.setdefault((tname, pk), index)  # for the foreign keys
             del index
         for cname, col in table.columns.items():
@@ -476,6 +486,8 @@ class _DataChecks:
                              "keys must both be integers or both strings")
             return
         parent = self.parent_keys(ptable, pcol)
+        if parent is None:
+            return
         if parent.kind == "integer":  # the child column batch by batch
             batches: Any = column_batches(self.paths[tname], cname)
         else:

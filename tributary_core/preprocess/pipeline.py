@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -76,6 +75,7 @@ from tributary_core.store.format import (
     drop_cached,
     dump_store_metadata,
     replace_problem,
+    reserve_bytes,
     write_file,
 )
 from tributary_core.store.reader import Store
@@ -86,6 +86,9 @@ __all__ = ["preprocess", "PreprocessResult", "NO_CUTOFF", "Progress"]
 #: Rows per batch when a column is read in pieces (``--batch-rows``): with a few tens of
 #: bytes of working set per row, some tens of MB a batch.
 DEFAULT_BATCH_ROWS = 1 << 20
+#: Row times and primary keys of at least this many bytes are kept in mapped scratch files
+#: (512 Ki rows of 8 bytes), smaller ones in memory.
+SPILL_MIN_BYTES = 1 << 22
 #: Observation time of a seed with no cut-off: every row is visible.
 NO_CUTOFF = np.iinfo(np.int64).max
 #: ``progress(stage, done, total)``: called as work advances; ``total`` may be 0 if unknown.
@@ -425,37 +428,43 @@ class _Spill:
     """Arrays kept through the run (row times, integer primary keys) in files of the staged
     folder instead of the process's own memory. Their pages belong to the page cache, which
     the kernel writes back and drops under pressure, so they do not add to the anonymous memory
-    preprocessing needs. The files are reserved whole before they are mapped, so a full disk is
-    an error naming the store (``final``), not a bus error on a later write. ``folder`` None:
-    plain arrays."""
+    preprocessing needs. The files are reserved whole before they are mapped
+    (:func:`reserve_bytes`), so a full disk is an error naming the store (``final``), not a
+    bus error on a later write. Arrays under ``min_bytes`` stay plain arrays: each map holds a
+    file open, and small tables gain nothing from it. ``folder`` None: plain arrays."""
 
-    def __init__(self, folder: Path | None, final: Path | None = None) -> None:
+    def __init__(self, folder: Path | None, final: Path | None = None, *,
+                 min_bytes: int | None = None) -> None:
         self.folder, self.final = folder, final
+        self.min_bytes = SPILL_MIN_BYTES if min_bytes is None else min_bytes
         self._count = 0
 
     def empty(self, n: int, dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
-        if self.folder is None or n == 0:
+        nbytes = n * dtype.itemsize
+        if self.folder is None or n == 0 or nbytes < self.min_bytes:
             return np.empty(n, dtype=dtype)
-        self.folder.mkdir(exist_ok=True)
         path = self.folder / f"{self._count}.bin"
         self._count += 1
-        with open(path, "wb") as f:
-            try:
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(f.fileno(), 0, n * dtype.itemsize)
-                else:
-                    f.truncate(n * dtype.itemsize)
-            except OSError as exc:
-                raise TributaryError(
-                    f"{self.final or self.folder}: cannot reserve {n * dtype.itemsize:,} bytes of "
-                    f"scratch space for row times and keys: {exc.strerror or exc}") from None
-        return np.asarray(np.memmap(path, dtype=dtype, mode="r+", shape=(n,)))
+        try:
+            self.folder.mkdir(exist_ok=True)
+            with open(path, "wb") as f:
+                reserve_bytes(f.fileno(), 0, nbytes)
+            return np.asarray(np.memmap(path, dtype=dtype, mode="r+", shape=(n,)))
+        except OSError as exc:
+            raise TributaryError(
+                f"{self.final or self.folder}: cannot keep {nbytes:,} bytes of row times or "
+                f"keys in a scratch file: {exc.strerror or exc}") from None
 
     def remove(self) -> None:
         """Remove the files (arrays still mapped stay readable until dropped)."""
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is None or not self.folder.exists():
+            return
+        try:
+            shutil.rmtree(self.folder)
+        except OSError as exc:
+            raise TributaryError(f"{self.final or self.folder}: cannot remove the scratch files "
+                                 f"of row times and keys: {exc.strerror or exc}") from None
 
 
 @attrs.frozen
@@ -568,12 +577,13 @@ def _primary_key(path: Path, column: str, n: int, batch_rows: int,
         out = spill.empty(n, np.int64)
         lo = 0
         for data in column_batches(path, column, batch_rows):
+            data = as_key(data)
             if data.null_count:  # validation refuses these; read whole, as before
                 break
             hi = lo + len(data)
             if hi > n:
                 _check_rows(f"{path.stem}.{column}", hi, n)
-            out[lo:hi] = as_key(data).to_numpy()
+            out[lo:hi] = data.to_numpy()
             lo = hi
         else:
             _check_rows(f"{path.stem}.{column}", lo, n)

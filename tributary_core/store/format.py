@@ -25,6 +25,7 @@ The store's ``metadata.json`` carries its own SHA-256 (:func:`dump_store_metadat
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import mmap
@@ -159,6 +160,30 @@ _WRITE_FILE_RESERVE = 4096
 _MOVE_BLOCK = 1 << 24
 
 
+#: Zeros written at a time where the file system cannot allocate space without writing it.
+_ZEROS = 1 << 24
+
+
+def reserve_bytes(fd: int, offset: int, nbytes: int) -> None:
+    """Give the file ``fd`` real disk blocks for ``[offset, offset + nbytes)`` before it is
+    mapped, so that a full disk is an OSError here rather than a bus error on a later write
+    through the map: ``posix_fallocate``, or where the system or file system lacks it, zeros
+    written over the range (bytes already there are overwritten: only for new space)."""
+    if nbytes <= 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, nbytes)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    zeros = bytes(min(nbytes, _ZEROS))
+    done = 0
+    while done < nbytes:
+        done += os.pwrite(fd, zeros[: min(len(zeros), nbytes - done)], offset + done)
+
+
 class FileWriter:
     """Write a store file one section at a time (bounded memory).
 
@@ -287,11 +312,7 @@ class FileWriter:
         try:
             if nbytes:
                 self._file.flush()
-                fd = self._file.fileno()
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(fd, self._offset, nbytes)
-                elif os.fstat(fd).st_size < self._offset + nbytes:
-                    os.ftruncate(fd, self._offset + nbytes)
+                reserve_bytes(self._file.fileno(), self._offset, nbytes)
                 array = np.asarray(np.memmap(self._file, dtype=dt, mode="r+",
                                              offset=self._offset, shape=tuple(shape)))
             else:
