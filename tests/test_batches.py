@@ -257,6 +257,54 @@ def test_space_is_reserved_by_writing_zeros_where_fallocate_is_not_supported(tmp
     np.testing.assert_array_equal(StoreFile(tmp_path / "m.bin").array("m"), np.arange(9))
 
 
+def test_a_string_foreign_key_is_matched_in_batches_when_its_parent_is_small(tmp_path,
+                                                                           monkeypatch):
+    """String keys: Arrow rebuilds its hash table for every lookup, so a string foreign key is
+    matched batch by batch only against a parent with few keys per batch row; the graph and
+    the validation warning are the same either way."""
+    from tributary_core import keys as keys_module
+    from tributary_core.preprocess import pipeline
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(pa.table({"code": ["aa", "bb", "cc"], "name": ["A", "B", "C"]}),
+                   raw / "carriers.parquet")
+    codes = [["aa", "bb", "cc", "zz", None][i % 5] for i in range(N)]  # zz dangles
+    pq.write_table(pa.table({"id": np.arange(N), "carrier": codes,
+                             "x": np.arange(N) * 0.5}), raw / "flights.parquet",
+                   row_group_size=6)
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({"name": "s", "tables": {
+        "carriers": {"primary_key": "code", "columns": {
+            "code": {"stype": "identifier"}, "name": {"stype": "categorical"}}},
+        "flights": {"primary_key": "id", "columns": {
+            "id": {"stype": "identifier"}, "x": {"stype": "numerical"},
+            "carrier": {"stype": "identifier", "foreign_key": "carriers.code"}}}}}))
+    hashing = get_registry().create_embedder("hashing")
+    whole: list[str] = []
+    read = pipeline._read
+
+    def spy(path, columns):
+        whole.extend(f"{path.stem}.{c}" for c in columns)
+        return read(path, columns)
+
+    monkeypatch.setattr(pipeline, "_read", spy)
+    graphs, warnings = {}, {}
+    for per_row, rows in ((0.0, 4), (1.0, 4), (1.0, 1)):  # never; 3 keys <= 4 rows; 3 > 1
+        monkeypatch.setattr(keys_module, "STRING_KEYS_PER_ROW", per_row)
+        whole.clear()
+        result = preprocess(md, raw, tmp_path / f"s{per_row}-{rows}", embedder=hashing,
+                            batch_rows=rows)
+        graphs[(per_row, rows)] = (result.path / "graph.bin").read_bytes()
+        warnings[(per_row, rows)] = [w for w in result.warnings if "carrier" in w]
+        batched = per_row * rows >= 3
+        assert ("flights.carrier" in whole) is not batched, (per_row, rows, whole)
+    assert len(set(graphs.values())) == 1
+    assert len({tuple(w) for w in warnings.values()}) == 1
+    assert "have no row in carriers.code" in warnings[(1.0, 4)][0]
+    assert result.dangling["flights.carrier"] == 8 and result.null_keys["flights.carrier"] == 8
+
+
 def test_a_warning_from_a_batch_names_its_rows(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

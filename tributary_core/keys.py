@@ -67,6 +67,10 @@ def match_keys(values: pa.ChunkedArray | pa.Array, keys: pa.ChunkedArray | pa.Ar
 _DENSE_SPAN = 4
 
 
+#: A string key index is looked up batch by batch only if it has at most this many keys per
+#: batch row: rebuilding Arrow's hash table for each batch then adds at most about a quarter.
+STRING_KEYS_PER_ROW = 0.25
+
 #: Keys put in a table this many at a time (bounds the temporary arrays of a build).
 _PIECE = 1 << 20
 
@@ -108,6 +112,13 @@ class KeyIndex:
         else:
             order = np.argsort(values, kind="stable")
             self._sorted, self._order = values[order], rows[order]
+
+    def batched(self, batch_rows: int) -> bool:
+        """Whether a column is best looked up in batches of ``batch_rows`` values: always for
+        integer keys; for string keys, whose hash table Arrow builds anew for every lookup,
+        only while that table is small beside a batch (at most :data:`STRING_KEYS_PER_ROW`
+        keys a batch row), as a dimension table's codes are."""
+        return self.kind == "integer" or len(self._keys) <= batch_rows * STRING_KEYS_PER_ROW
 
     def repeats(self) -> tuple[int, object]:
         """How many distinct non-null keys occur more than once, and the one whose first row

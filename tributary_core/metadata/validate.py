@@ -488,7 +488,7 @@ class _DataChecks:
         parent = self.parent_keys(ptable, pcol)
         if parent is None:
             return
-        if parent.kind == "integer":  # the child column batch by batch
+        if parent.batched(CHECK_BATCH_ROWS):  # the child column batch by batch
             batches: Any = column_batches(self.paths[tname], cname)
         else:
             batches = [self.column(tname, cname)]

@@ -665,7 +665,7 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
                 indexes[ptable] = KeyIndex(keys.primary_keys[ptable])
             index = indexes[ptable]
             path = db.paths[tname]
-            if index.kind == "integer":
+            if index.batched(batch_rows):
                 batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
             else:
                 batches = [_read(path, [cname]).column(cname)]
