@@ -49,7 +49,7 @@ from tributary_core.embed_cache import EmbeddingCache, EmbedStats, default_cache
 from tributary_core.embedder import Embedder
 from tributary_core.errors import TributaryError
 from tributary_core.folders import is_protected
-from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind, match_keys
+from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
 from tributary_core.metadata.validate import column_batches
@@ -407,10 +407,17 @@ def _checked(stype: SemanticType, stats: dict[str, Any], windowed: bool, any_val
 
 
 def _match_parents(db: _Database, primary_keys: dict[str, pa.Array], tname: str, cname: str,
-                   values: pa.ChunkedArray) -> KeyMatch:
-    """Foreign-key column ``tname.cname`` (``values``) matched to its parent table's rows."""
+                   n: int, batch_rows: int, spill: _Spill) -> KeyMatch:
+    """Foreign-key column ``tname.cname`` (``n`` rows) matched to its parent table's rows, read
+    in row batches where the parent's key index allows, the rows kept in ``spill``."""
     ptable, _ = split_ref(db.md.tables[tname].columns[cname].foreign_key)  # type: ignore[arg-type,misc]
-    return match_keys(values, primary_keys[ptable])
+    index = KeyIndex(primary_keys[ptable])
+    path = db.paths[tname]
+    if index.batched(batch_rows):
+        batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
+    else:
+        batches = [_read(path, [cname]).column(cname)]
+    return index.match(batches, n, out=spill.empty(n, np.int32))
 
 
 # -- stage 2: keys -------------------------------------------------------------------------
@@ -490,15 +497,12 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
     primary_keys: dict[str, pa.Array] = {}
     times: dict[str, np.ndarray] = {}
     links: dict[tuple[str, str], KeyMatch] = {}
-    via: dict[str, pa.ChunkedArray] = {}  # table -> its temporal_from key column
     for i, (tname, table) in enumerate(md.tables.items()):
         progress("keys", i, len(md.tables))
         rows[tname] = pq.ParquetFile(db.paths[tname]).metadata.num_rows
         if table.primary_key:
             primary_keys[tname] = _primary_key(db.paths[tname], table.primary_key,
                                                rows[tname], batch_rows, spill)
-        if table.temporal_from:
-            via[tname] = _read(db.paths[tname], [table.temporal_from]).column(0)
         if table.temporal_column:  # converted batch by batch into the kept array
             times[tname] = _row_times(db.paths[tname], table.temporal_column, rows[tname],
                                       batch_rows, spill)
@@ -513,7 +517,8 @@ def load_keys(db: _Database, cutoff: int | None, progress: Progress, *,
         ptime = time_of(ptable)
         key = (tname, table.temporal_from)
         if key not in links:
-            links[key] = _match_parents(db, primary_keys, tname, table.temporal_from, via[tname])
+            links[key] = _match_parents(db, primary_keys, tname, table.temporal_from,
+                                        rows[tname], batch_rows, spill)
         parent = links[key].rows
         assert ptime is not None
         out = spill.empty(len(parent), np.int64)
@@ -641,10 +646,9 @@ class Graph:
 def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progress, *,
                 batch_rows: int = DEFAULT_BATCH_ROWS) -> Graph:
     """A CSR both ways per foreign-key column: the column matched to its parent's rows (in row
-    batches against a :class:`KeyIndex` of the parent's keys where the keys are integers; a
-    string key column is read whole; the ``temporal_from`` columns ``keys`` matched already),
-    the CSR built and written, and the match let go before the next, so one foreign key's
-    arrays are in memory at a time, not every foreign key's."""
+    batches against a :class:`KeyIndex` of the parent's keys where :meth:`KeyIndex.batched`
+    allows, else whole; the ``temporal_from`` columns ``keys`` matched already), written with
+    the CSR in place into mapped sections of ``graph.bin``, one foreign key after another."""
     fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
            for c, col in table.columns.items() if col.foreign_key]
     file = writer.open("graph.bin", "graph")
