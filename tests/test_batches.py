@@ -520,10 +520,6 @@ def test_the_cli_takes_batch_rows(database, tmp_path):
     bad = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "c"), "--batch-rows", "0"])
     assert bad.exit_code == 2 and "--batch-rows" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "c").exists()
-    corpus = CliRunner().invoke(cli, ["run", "preprocess", "--corpus", str(tmp_path), "--out",
-                                      str(tmp_path / "d"), "--embedder", "hashing",
-                                      "--batch-rows", "5"])
-    assert corpus.exit_code != 0 and "--batch-rows apply to one database" in corpus.output
 
 
 @pytest.mark.parametrize("layout", ["dense", "sparse", "strings", "empty", "negative"])

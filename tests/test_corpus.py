@@ -299,6 +299,32 @@ def test_preprocess_corpus_passes_the_query_timeout(corpus, tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
+def test_a_corpus_takes_query_memory_and_batch_rows(corpus, tmp_path):
+    """--query-memory and --batch-rows apply to each database of a corpus; the stores are the
+    stores made without them. A bad value is one line before anything is written."""
+    runner = CliRunner()
+    out = tmp_path / "stores"
+    base = ["run", "preprocess", "--corpus", str(corpus / "raw"), "--embedder", "hashing",
+            "--dimension", "8"]
+    done = runner.invoke(cli, [*base, "--out", str(out), "--batch-rows", "3",
+                               "--query-memory", "64MB"])
+    assert done.exit_code == 0, done.output
+    assert "3 stores (3 made, 0 already current)" in done.output
+    for name in ("shop0", "shop1", "shop2"):
+        made = {p.relative_to(out / name): p.read_bytes()
+                for p in sorted((out / name).rglob("*.bin"))}
+        plain = {p.relative_to(corpus / "stores" / name): p.read_bytes()
+                 for p in sorted((corpus / "stores" / name).rglob("*.bin"))}
+        assert made.keys() == plain.keys() and made and all(
+            made[k] == plain[k] for k in made), name
+    bad = runner.invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--query-memory", "lots"])
+    assert "--query-memory" in one_error(bad) and not (tmp_path / "bad").exists()
+    with pytest.raises(TributaryError, match="--batch-rows: must be a whole number"):
+        preprocess_corpus(corpus / "raw", tmp_path / "bad", get_registry().create_embedder(
+            "hashing", dimension=8), batch_rows=0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_foundation_trains_on_exactly_the_databases_asked_for(corpus, tmp_path, monkeypatch):
     """Its corpus folders may hold more: databases of an earlier, larger --count and stores of
     the user's. Only the --count generated databases are preprocessed and trained on."""

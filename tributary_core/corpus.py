@@ -143,16 +143,22 @@ def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
                       log: Callable[[str], None] | None = None,
                       cache_dir: str | Path | None = None,
                       databases: list[Path] | None = None,
-                      query_timeout_s: float | None = None) -> dict[str, Any]:
+                      query_timeout_s: float | None = None,
+                      query_memory: str | None = None,
+                      batch_rows: int | None = None) -> dict[str, Any]:
     """Preprocess every database of the raw corpus ``raw`` (or just ``databases``, folders of
     it) into ``out/<database folder>``.
 
     Every metadata.json is read first (an unreadable one, or two databases of one name, fail
     before anything is written). A store that is already current (same source metadata, same
     embedder identity) is kept, so an interrupted run picks up where it stopped; any other
-    existing store is replaced (never a folder that is not a store). Returns ``{"stores":
-    [paths], "made": n, "kept": n, "seconds": s}``."""
+    existing store is replaced (never a folder that is not a store). ``query_memory`` and
+    ``batch_rows`` apply to each database as :func:`~tributary_core.preprocess.preprocess`
+    takes them (they change no store's bytes, so a current store is kept whatever they were).
+    Returns ``{"stores": [paths], "made": n, "kept": n, "seconds": s}``."""
     from tributary_core.preprocess import preprocess
+    from tributary_core.preprocess.pipeline import check_batch_rows
+    from tributary_core.sql import check_memory_limit
 
     raw, out = Path(raw), Path(out)
     databases = find_databases(raw) if databases is None else [Path(d) for d in databases]
@@ -166,7 +172,13 @@ def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
         raise TributaryError(f"--out {out}: is {what} (it holds a metadata.json), not a folder "
                              f"of stores; name another folder")
     _check_names(databases)
-    timeout = {} if query_timeout_s is None else {"query_timeout_s": query_timeout_s}
+    check_memory_limit(query_memory)  # before anything is written
+    options: dict[str, Any] = {"query_memory": query_memory}
+    if query_timeout_s is not None:
+        options["query_timeout_s"] = query_timeout_s
+    if batch_rows is not None:
+        check_batch_rows(batch_rows)
+        options["batch_rows"] = batch_rows
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _text: None)
@@ -181,7 +193,7 @@ def preprocess_corpus(raw: str | Path, out: str | Path, embedder: Any, *,
                 began = time.perf_counter()
                 try:
                     preprocess(db / "metadata.json", db, target, embedder=embedder, force=True,
-                               cache_dir=cache_dir, **timeout)
+                               cache_dir=cache_dir, **options)
                 except TributaryError as exc:
                     text = str(exc)  # name the database unless the message already does
                     raise TributaryError(text if str(db) in text or str(target) in text

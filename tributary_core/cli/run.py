@@ -85,15 +85,13 @@ def preprocess(name: str | None, corpus: Path | None, raw_dir: Path | None,
                                  "--raw, --metadata, --stats-cutoff and --no-cache do not apply")
         if out_dir is None:
             raise TributaryError("--corpus needs --out, the folder of stores to write")
-        if query_memory is not None or batch_rows is not None:
-            raise TributaryError("--query-memory and --batch-rows apply to one database (--db), "
-                                 "not --corpus")
         from tributary_core.corpus import preprocess_corpus
 
         backend = make_embedder(embedder, model, dimension, embedder_options)
         try:
             done = preprocess_corpus(corpus, out_dir, backend, log=click.echo, cache_dir=cache_dir,
-                                     query_timeout_s=query_timeout)
+                                     query_timeout_s=query_timeout, query_memory=query_memory,
+                                     batch_rows=batch_rows)
         finally:
             backend.close()
         click.echo(f"wrote {out_dir}: {len(done['stores'])} stores ({done['made']} made, "

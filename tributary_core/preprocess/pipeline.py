@@ -179,9 +179,7 @@ def preprocess(
         if problem is not None:
             raise TributaryError(f"{out_dir}: {problem}")
     check_memory_limit(query_memory)
-    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-        raise TributaryError(f"--batch-rows: must be a whole number of rows >= 1, got "
-                             f"{batch_rows!r}")
+    check_batch_rows(batch_rows)
     # each task query's result, kept by validation (which runs it to the end anyway) for the
     # tasks stage to read back instead of running it again
     with scratch_folder("tributary-task-results") as kept:
@@ -242,6 +240,13 @@ def preprocess(
                 store_bytes=sum(f["bytes"] for f in writer.files.values()),
                 warnings=[str(p) for p in report.warnings] + warnings, embedding=embedding)
     return result
+
+
+def check_batch_rows(batch_rows: Any) -> None:
+    """Refuse a batch size that is not a whole number of rows >= 1 (one line)."""
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise TributaryError(f"--batch-rows: must be a whole number of rows >= 1, got "
+                             f"{batch_rows!r}")
 
 
 class _Clock:
