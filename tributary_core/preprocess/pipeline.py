@@ -1053,7 +1053,8 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     del rows
     obs = obs_all[order]
     del obs_all
-    label_rank = label_rank[order]
+    repeats = _check_repeats(name, anchor, obs, label_rank[order])  # a warning, if any
+    del label_rank
     if matched is not None:
         order = matched[order]  # among the query's rows
         del matched
@@ -1074,10 +1075,11 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
         ids = vocab.add(*values)
     encoded = stype.encode(prepared, stats, ids)
     warnings = [w for w in (_check_labels(name, task, stype, target, encoded, reason),
-                            _check_repeats(name, anchor, obs, label_rank)) if w is not None]
+                            repeats) if w is not None]
+    del prepared, target  # the encoded target is what is written
     sections: dict[str, np.ndarray] = {
-        "anchor_row": anchor.astype(np.int32),
-        "observation_time": obs.astype(np.int64),
+        "anchor_row": anchor.astype(np.int32, copy=False),
+        "observation_time": obs.astype(np.int64, copy=False),
         "target_valid": encoded.valid,
     }
     fields = {}
