@@ -506,8 +506,10 @@ class _DataChecks:
                                "they load as missing parents")
 
     def check_tasks(self) -> None:
-        # under a memory limit, scans that do not decode ahead (the limit does not count them)
-        tables = {name: parquet_dataset(path, sequential=self.query_memory is not None)
+        # scans that do not decode ahead on Arrow's threads, under a memory limit (it does
+        # not count them) or for one DuckDB thread (which they cannot outrun)
+        sequential = self.query_memory is not None or self.query_threads == 1
+        tables = {name: parquet_dataset(path, sequential=sequential)
                   for name, path in self.paths.items()}
         with sandboxed(tables, threads=self.query_threads, memory_limit=self.query_memory) as con:
             for i, (name, task) in enumerate(self.md.tasks.items()):

@@ -968,8 +968,10 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     unfitted: list[str] = []
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
-    # under a memory limit, scans that do not decode ahead (the limit does not count them)
-    datasets = {name: parquet_dataset(path, sequential=query_memory is not None)
+    # scans that do not decode ahead on Arrow's threads, under a memory limit (it does not
+    # count them) or for one DuckDB thread (which they cannot outrun)
+    sequential = query_memory is not None or query_threads == 1
+    datasets = {name: parquet_dataset(path, sequential=sequential)
                 for name, path in db.paths.items()}
     with sandboxed(datasets, threads=query_threads, memory_limit=query_memory) as con:
         for i, (name, task) in enumerate(db.md.tasks.items()):
