@@ -166,3 +166,24 @@ def test_gather_ids_matches_reference(codes, data):
     out = np.empty(len(codes), np.uint32)
     gather_ids(codes, valid, ids, out)
     assert out.tolist() == [int(ids[c]) if v else 0 for c, v in zip(codes, valid, strict=True)]
+
+
+@given(st.integers(0, 40), st.data())
+def test_seed_order_is_the_lexsort(n_anchor, data):
+    """Seeds ordered by anchor row, time, label: one pass when each row has one seed at most,
+    else the sort; both give np.lexsort's order."""
+    from tributary_core.preprocess.pipeline import _seed_order
+
+    unique = data.draw(st.booleans())
+    if unique and n_anchor:
+        rows = np.asarray(data.draw(st.permutations(range(n_anchor))), dtype=np.int32)
+        rows = rows[: data.draw(st.integers(0, n_anchor))]
+    else:
+        rows = data.draw(hnp.arrays(np.int32, st.integers(0, 60),
+                                    elements=st.integers(0, max(n_anchor - 1, 0))))
+        if not n_anchor:
+            rows = rows[:0]
+    obs = data.draw(hnp.arrays(np.int64, len(rows), elements=st.integers(-3, 3)))
+    label = data.draw(hnp.arrays(np.int64, len(rows), elements=st.integers(0, 3)))
+    got = _seed_order(rows, obs, label, n_anchor)
+    np.testing.assert_array_equal(got, np.lexsort((label, obs, rows)))
