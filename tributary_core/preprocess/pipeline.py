@@ -1045,18 +1045,23 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     # Seeds in a fixed order whatever order DuckDB returned the rows in: by anchor row,
     # then observation time, then label (ties are identical seeds). Each array is let go as
     # soon as the next is made: a task's seeds are the tasks stage's memory.
-    label_rank = _rank(result.column(task.target_column))
     matched = None if n_unmatched == 0 else np.flatnonzero(keep)
     del keep
     if matched is not None:
-        rows, obs_all, label_rank = rows[matched], obs_all[matched], label_rank[matched]
-    order = _seed_order(rows, obs_all, label_rank, keys.rows[task.anchor_table])
+        rows, obs_all = rows[matched], obs_all[matched]
+    order = _unique_order(rows, keys.rows[task.anchor_table])
+    repeats = None  # the warning about repeated (anchor, time) pairs: none if rows are unique
+    if order is None:  # an anchor row with several seeds: the labels break ties
+        label_rank = _rank(result.column(task.target_column))
+        if matched is not None:
+            label_rank = label_rank[matched]
+        order = np.lexsort((label_rank, obs_all, rows))
+        repeats = _check_repeats(name, rows[order], obs_all[order], label_rank[order])
+        del label_rank
     anchor = rows[order]
     del rows
     obs = obs_all[order]
     del obs_all
-    repeats = _check_repeats(name, anchor, obs, label_rank[order])  # a warning, if any
-    del label_rank
     if matched is not None:
         order = matched[order]  # among the query's rows
         del matched
@@ -1265,19 +1270,16 @@ def _non_finite(stats: Any, path: str = "") -> str | None:
     return None
 
 
-def _seed_order(rows: np.ndarray, obs: np.ndarray, label_rank: np.ndarray,
-                n_anchor_rows: int) -> np.ndarray:
-    """``np.lexsort((label_rank, obs, rows))``: seeds by anchor row, then observation time, then
-    label. Where no anchor row has two seeds (a task asked once per entity), that is the order
-    of the rows alone, found in one pass over a table of the anchor's rows instead of a sort."""
-    if len(rows) <= n_anchor_rows:
-        slot = np.full(n_anchor_rows, -1, dtype=np.int64)
-        slot[rows] = np.arange(len(rows), dtype=np.int64)  # a repeated row keeps one seed
-        order = slot[slot >= 0]
-        if len(order) == len(rows):
-            return order
-        del slot, order
-    return np.lexsort((label_rank, obs, rows))
+def _unique_order(rows: np.ndarray, n_anchor_rows: int) -> np.ndarray | None:
+    """Where no anchor row has two seeds (a task asked once per entity), the seeds' order by
+    anchor row (what ``np.lexsort`` by row, time and label gives, as no tie is left), found in
+    one pass over a table of the anchor's rows instead of a sort; None where a row repeats."""
+    if len(rows) > n_anchor_rows:
+        return None
+    slot = np.full(n_anchor_rows, -1, dtype=np.int64)
+    slot[rows] = np.arange(len(rows), dtype=np.int64)  # a repeated row keeps one seed
+    order = slot[slot >= 0]
+    return order if len(order) == len(rows) else None
 
 
 def _rank(column: pa.ChunkedArray) -> np.ndarray:
