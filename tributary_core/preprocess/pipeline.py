@@ -1276,8 +1276,9 @@ def _unique_order(rows: np.ndarray, n_anchor_rows: int) -> np.ndarray | None:
     one pass over a table of the anchor's rows instead of a sort; None where a row repeats."""
     if len(rows) > n_anchor_rows:
         return None
-    slot = np.full(n_anchor_rows, -1, dtype=np.int64)
-    slot[rows] = np.arange(len(rows), dtype=np.int64)  # a repeated row keeps one seed
+    # int32 indices: no more seeds than anchor rows, which row numbers (int32) count
+    slot = np.full(n_anchor_rows, -1, dtype=np.int32)
+    slot[rows] = np.arange(len(rows), dtype=np.int32)  # a repeated row keeps one seed
     order = slot[slot >= 0]
     return order if len(order) == len(rows) else None
 
