@@ -1050,18 +1050,20 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     if matched is not None:
         rows, obs_all = rows[matched], obs_all[matched]
     order = _unique_order(rows, keys.rows[task.anchor_table])
-    repeats = None  # the warning about repeated (anchor, time) pairs: none if rows are unique
+    label_rank = None
     if order is None:  # an anchor row with several seeds: the labels break ties
         label_rank = _rank(result.column(task.target_column))
         if matched is not None:
             label_rank = label_rank[matched]
         order = np.lexsort((label_rank, obs_all, rows))
-        repeats = _check_repeats(name, rows[order], obs_all[order], label_rank[order])
-        del label_rank
     anchor = rows[order]
     del rows
     obs = obs_all[order]
     del obs_all
+    repeats = None  # the warning about repeated (anchor, time) pairs: none if rows are unique
+    if label_rank is not None:
+        repeats = _check_repeats(name, anchor, obs, label_rank[order])
+        del label_rank
     if matched is not None:
         order = matched[order]  # among the query's rows
         del matched
