@@ -272,6 +272,37 @@ class FileWriter:
         in order: a column encoded in row batches writes each batch's piece of every field, and
         no field is ever whole in memory. Sections added after this one go after its reserved
         bytes; :meth:`close` refuses a file with a section not written to its end."""
+        entry, dt = self._enter_section(name, dtype, shape)
+        return SectionWriter(self, entry, dt)
+
+    def map_section(self, name: str, dtype: Any, shape: tuple[int, ...]) -> MappedSection:
+        """Reserve section ``name`` of ``dtype`` and ``shape`` (not ``bool``) on disk and map
+        it, so a kernel writes the section in place, in any order (a CSR's children land one by
+        one in their parents' slices); the pages are the page cache's, not the process's own
+        memory. The bytes are allocated before the map (a full disk is an OSError now, not a
+        bus error on a later write). :meth:`MappedSection.finish` records the checksum; sections
+        added after this one go after its bytes."""
+        if np.dtype(dtype).hasobject or np.dtype(dtype) == np.bool_:
+            raise ValueError(f"cannot map a section of {np.dtype(dtype)}")
+        entry, dt = self._enter_section(name, dtype, shape)
+        try:
+            if entry["nbytes"]:
+                self._file.flush()
+                reserve_bytes(self._file.fileno(), entry["offset"], entry["nbytes"])
+                array = np.asarray(np.memmap(self._file, dtype=dt, mode="r+",
+                                             offset=entry["offset"], shape=tuple(shape)))
+            else:
+                array = np.zeros(shape, dtype=dt)
+        except BaseException:
+            self.abort()
+            raise
+        return MappedSection(self, entry, array)
+
+    def _enter_section(self, name: str, dtype: Any,
+                       shape: tuple[int, ...]) -> tuple[dict[str, Any], np.dtype]:
+        """Enter section ``name`` of ``dtype`` and ``shape`` at the next offset, begun and not
+        yet written (:meth:`close` refuses it until it is finished); returns its header entry
+        and the dtype its bytes have (a 1-d ``bool`` section is a bitmap)."""
         self._check_new(name)
         dt = np.dtype(dtype)
         if dt.hasobject:
@@ -286,45 +317,11 @@ class FileWriter:
             kind, nbytes = dt.str, dt.itemsize * int(np.prod(shape, dtype=np.int64))
         entry = {"name": name, "dtype": kind, "shape": [int(x) for x in shape],
                  "offset": self._offset, "nbytes": nbytes, "crc32": 0}
-        section = SectionWriter(self, entry, dt)
         self._entries.append(entry)
         self._names.add(name)
         self._open_sections.add(name)
         self._offset = _align(self._offset + nbytes)
-        return section
-
-    def map_section(self, name: str, dtype: Any, shape: tuple[int, ...]) -> MappedSection:
-        """Reserve section ``name`` of ``dtype`` and ``shape`` (not ``bool``) on disk and map
-        it, so a kernel writes the section in place, in any order (a CSR's children land one by
-        one in their parents' slices); the pages are the page cache's, not the process's own
-        memory. The bytes are allocated before the map (a full disk is an OSError now, not a
-        bus error on a later write). :meth:`MappedSection.finish` records the checksum; sections
-        added after this one go after its bytes."""
-        self._check_new(name)
-        dt = np.dtype(dtype)
-        if dt.hasobject or dt == np.bool_:
-            raise ValueError(f"cannot map a section of {dt}")
-        if dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE):
-            dt = dt.newbyteorder("<")
-        nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-        entry = {"name": name, "dtype": dt.str, "shape": [int(x) for x in shape],
-                 "offset": self._offset, "nbytes": nbytes, "crc32": 0}
-        try:
-            if nbytes:
-                self._file.flush()
-                reserve_bytes(self._file.fileno(), self._offset, nbytes)
-                array = np.asarray(np.memmap(self._file, dtype=dt, mode="r+",
-                                             offset=self._offset, shape=tuple(shape)))
-            else:
-                array = np.zeros(shape, dtype=dt)
-        except BaseException:
-            self.abort()
-            raise
-        self._entries.append(entry)
-        self._names.add(name)
-        self._open_sections.add(name)
-        self._offset = _align(self._offset + nbytes)
-        return MappedSection(self, entry, array)
+        return entry, dt
 
     def _check_new(self, name: str) -> None:
         self._check_open()
