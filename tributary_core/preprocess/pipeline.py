@@ -268,8 +268,6 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
-
-
 # -- what the stages share: the database they read and the store they write -------------------
 
 
@@ -416,13 +414,19 @@ def _match_parents(db: _Database, primary_keys: dict[str, pa.Array], tname: str,
     """Foreign-key column ``tname.cname`` (``n`` rows) matched to its parent table's rows, read
     in row batches where the parent's key index allows, the rows kept in ``spill``."""
     ptable, _ = split_ref(db.md.tables[tname].columns[cname].foreign_key)  # type: ignore[arg-type,misc]
-    index = KeyIndex(primary_keys[ptable])
-    path = db.paths[tname]
+    return _match_column(KeyIndex(primary_keys[ptable]), db.paths[tname], cname, n, batch_rows,
+                         spill.empty(n, np.int32))
+
+
+def _match_column(index: KeyIndex, path: Path, cname: str, n: int, batch_rows: int,
+                  out: np.ndarray) -> KeyMatch:
+    """Column ``cname`` of ``path`` (``n`` rows) matched against ``index`` into ``out``: in row
+    batches where :meth:`KeyIndex.batched` allows, else read whole."""
     if index.batched(batch_rows):
         batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
     else:
         batches = [_read(path, [cname]).column(cname)]
-    return index.match(batches, n, out=spill.empty(n, np.int32))
+    return index.match(batches, n, out=out)
 
 
 # -- stage 2: keys -------------------------------------------------------------------------
@@ -583,7 +587,7 @@ def _primary_key(path: Path, column: str, n: int, batch_rows: int,
                  spill: _Spill) -> pa.Array:
     """A table's primary-key column. An integer key without nulls is read in row batches into
     a spilled int64 array (Arrow wraps it without a copy); any other is read whole."""
-    if key_kind(pq.ParquetFile(path).schema_arrow.field(column).type) == "integer":
+    if key_kind(pq.read_schema(path).field(column).type) == "integer":
         out = spill.empty(n, np.int64)
         lo = 0
         for data in column_batches(path, column, batch_rows):
@@ -672,13 +676,8 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
         if link is None:
             if ptable not in indexes:
                 indexes[ptable] = KeyIndex(keys.primary_keys[ptable])
-            index = indexes[ptable]
-            path = db.paths[tname]
-            if index.batched(batch_rows):
-                batches: Iterable[pa.ChunkedArray] = column_batches(path, cname, batch_rows)
-            else:
-                batches = [_read(path, [cname]).column(cname)]
-            link = index.match(batches, n_child, out=parent.array)
+            link = _match_column(indexes[ptable], db.paths[tname], cname, n_child, batch_rows,
+                                 parent.array)
         else:
             parent.array[:] = link.rows
         child_time = keys.times.get(tname)
