@@ -134,6 +134,12 @@ def test_a_sequential_dataset_is_scanned_by_duckdb_through_it_with_the_same_rows
     plain = sql.parquet_dataset(path)
     sequential = sql.parquet_dataset(path, sequential=True)
     assert type(sequential) is sql._SequentialDataset and type(plain) is not type(sequential)
+    # task queries: sequential scans under a memory limit or for one DuckDB thread
+    for threads, limit, kind in ((1, None, sql._SequentialDataset),
+                                 (None, "64MB", sql._SequentialDataset),
+                                 (None, None, type(plain))):
+        got = sql.query_datasets({"t": path}, threads=threads, memory_limit=limit)
+        assert type(got["t"]) is kind, (threads, limit)
     recording = Recording(list(plain.get_fragments()), plain.schema, plain.format,
                           plain.filesystem)
     query = "SELECT s, count(*) AS n, sum(v) AS total FROM t WHERE k >= 100 GROUP BY s ORDER BY s"

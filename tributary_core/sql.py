@@ -104,6 +104,16 @@ def parquet_dataset(path: str | Path, *, sequential: bool = False) -> pads.Datas
                               dataset.filesystem)
 
 
+def query_datasets(paths: Mapping[str, str | Path], *, threads: int | None,
+                   memory_limit: str | None) -> dict[str, pads.Dataset]:
+    """The parquet files ``paths`` (name -> file) as datasets for task queries run with
+    ``threads`` and ``memory_limit`` (as :func:`sandbox_connection` takes them): scanned one
+    batch at a time under a memory limit (which does not count Arrow's read-ahead) or for one
+    DuckDB thread (which cannot outrun it); Arrow's default scan otherwise."""
+    sequential = memory_limit is not None or threads == 1
+    return {name: parquet_dataset(path, sequential=sequential) for name, path in paths.items()}
+
+
 def sandbox_connection(tables: Mapping[str, Any], *, threads: int | None = None,
                        memory_limit: str | None = None,
                        temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:

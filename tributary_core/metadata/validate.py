@@ -29,7 +29,7 @@ from tributary_core.semantic_type import SemanticType
 from tributary_core.sql import (
     DEFAULT_QUERY_TIMEOUT_S,
     QueryTimeout,
-    parquet_dataset,
+    query_datasets,
     run_interruptible,
     sandboxed,
 )
@@ -506,11 +506,8 @@ class _DataChecks:
                                "they load as missing parents")
 
     def check_tasks(self) -> None:
-        # scans that do not decode ahead on Arrow's threads, under a memory limit (it does
-        # not count them) or for one DuckDB thread (which they cannot outrun)
-        sequential = self.query_memory is not None or self.query_threads == 1
-        tables = {name: parquet_dataset(path, sequential=sequential)
-                  for name, path in self.paths.items()}
+        tables = query_datasets(self.paths, threads=self.query_threads,
+                                memory_limit=self.query_memory)
         with sandboxed(tables, threads=self.query_threads, memory_limit=self.query_memory) as con:
             for i, (name, task) in enumerate(self.md.tasks.items()):
                 keep = None if self.keep_results is None else self.keep_results / f"{i}.arrow"

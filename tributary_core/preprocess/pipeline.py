@@ -61,7 +61,7 @@ from tributary_core.sql import (
     DEFAULT_QUERY_TIMEOUT_S,
     QueryTimeout,
     check_memory_limit,
-    parquet_dataset,
+    query_datasets,
     run_query,
     sandboxed,
 )
@@ -967,11 +967,7 @@ def materialize_tasks(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     unfitted: list[str] = []
     if not db.md.tasks:
         return Tasks(meta, report, columns, warnings, unfitted)
-    # scans that do not decode ahead on Arrow's threads, under a memory limit (it does not
-    # count them) or for one DuckDB thread (which they cannot outrun)
-    sequential = query_memory is not None or query_threads == 1
-    datasets = {name: parquet_dataset(path, sequential=sequential)
-                for name, path in db.paths.items()}
+    datasets = query_datasets(db.paths, threads=query_threads, memory_limit=query_memory)
     with sandboxed(datasets, threads=query_threads, memory_limit=query_memory) as con:
         for i, (name, task) in enumerate(db.md.tasks.items()):
             progress("tasks", i, len(db.md.tasks))
