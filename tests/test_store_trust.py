@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -556,25 +557,127 @@ def test_write_file_still_reads_back(tmp_path):
     assert f.sections == {} and info["bytes"] == (tmp_path / "none.bin").stat().st_size
 
 
-def test_file_writer_add_chunks_concatenates_and_checks_length(tmp_path):
-    """A section written from chunks (how sampler.bin concatenates the tables' sections) reads
-    back as their concatenation and verifies; chunks short of its shape remove the file."""
-    from tributary_core.store.format import FileWriter, StoreFile
+@pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "reads and writes"])
+def test_file_writer_add_copy_concatenates_ranges_and_combines_checksums(tmp_path, monkeypatch,
+                                                                         kernel):
+    """A section copied from other files' sections (how sampler.bin concatenates the tables')
+    reads back as their concatenation, and its checksum, combined from the parts', is the
+    CRC-32 of its bytes: the file verifies. Without copy_file_range the same bytes come."""
+    from tributary_core.store.format import FileWriter, StoreFile, write_file
 
+    if not kernel:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
     a = np.arange(12, dtype=np.float32).reshape(4, 3)
     b = np.arange(100, 106, dtype=np.float32).reshape(2, 3)
+    write_file(tmp_path / "a.bin", "t", {"x": a, "empty": np.zeros((0, 3), np.float32)})
+    write_file(tmp_path / "b.bin", "t", {"pad": np.ones(5, np.int8), "y": b})
+    fa, fb = StoreFile(tmp_path / "a.bin"), StoreFile(tmp_path / "b.bin")
+    ranges = [(f.path, f.sections[n]["offset"], f.sections[n]["nbytes"], f.sections[n]["crc32"])
+              for f, n in ((fa, "x"), (fa, "empty"), (fb, "y"))]
     with FileWriter(tmp_path / "x.bin", "test", reserve=64) as w:
-        w.add_chunks("ts", np.float32, (6, 3), iter([a, b]))
+        w.add("before", np.array([1, 2, 3], dtype=np.int16))
+        w.add_copy("ts", np.float32, (6, 3), ranges)
         w.add("after", np.array([7, 8], dtype=np.int64))
         w.close({"k": 1})
     f = StoreFile(tmp_path / "x.bin")
     f.verify()
     np.testing.assert_array_equal(f.array("ts"), np.concatenate([a, b]))
     np.testing.assert_array_equal(f.array("after"), [7, 8])
+    assert f.sections["ts"]["crc32"] == zlib.crc32(np.concatenate([a, b]).tobytes())
+
+
+def test_file_writer_add_copy_refuses_short_parts_and_sources(tmp_path):
+    """Parts short of the section's shape, or a source file that ends inside its range, raise
+    and remove the file being written."""
+    from tributary_core.store.format import FileWriter, StoreFile, write_file
+
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    write_file(tmp_path / "a.bin", "t", {"x": a})
+    s = StoreFile(tmp_path / "a.bin").sections["x"]
+    part = (tmp_path / "a.bin", s["offset"], s["nbytes"], s["crc32"])
     w = FileWriter(tmp_path / "y.bin", "test")
-    with pytest.raises(ValueError, match="needs 72 bytes, its chunks gave 48"):
-        w.add_chunks("ts", np.float32, (6, 3), iter([a]))
+    with pytest.raises(ValueError, match="needs 72 bytes, its parts gave 48"):
+        w.add_copy("ts", np.float32, (6, 3), [part])
     assert not (tmp_path / "y.bin").exists()
+    w = FileWriter(tmp_path / "z.bin", "test")
+    with pytest.raises(ValueError, match=r"a\.bin: ends before byte"):
+        w.add_copy("ts", np.float32, (6, 3), [(part[0], s["offset"], 72, 0)])
+    assert not (tmp_path / "z.bin").exists()
+
+
+def test_file_writer_add_copy_of_a_damaged_source_fails_verification(tmp_path):
+    """The copied section's checksum comes from the source's header, not from the bytes
+    copied: a source damaged after it was written gives a section that verify refuses."""
+    from tributary_core.store.format import FileWriter, StoreFile, StoreFileError, write_file
+
+    write_file(tmp_path / "a.bin", "t", {"x": np.arange(64, dtype=np.int64)})
+    s = StoreFile(tmp_path / "a.bin").sections["x"]
+    with open(tmp_path / "a.bin", "r+b") as f:
+        f.seek(s["offset"] + 9)
+        f.write(b"\xff")
+    with FileWriter(tmp_path / "x.bin", "test") as w:
+        w.add_copy("x", np.int64, (64,), [(tmp_path / "a.bin", s["offset"], s["nbytes"],
+                                           s["crc32"])])
+        w.close()
+    with pytest.raises(StoreFileError, match="x"):
+        StoreFile(tmp_path / "x.bin").verify()
+
+
+def test_crc32_combine_matches_zlib():
+    """zlib's crc32_combine, which Python's zlib lacks: the CRC of A + B from A's and B's."""
+    from tributary_core.store.format import crc32_combine
+
+    rng = np.random.default_rng(5)
+    for n_a, n_b in [(0, 0), (0, 5), (5, 0), (1, 1), (17, 1000), (4096, 333), (3, 1 << 20)]:
+        a = rng.integers(0, 256, n_a, dtype=np.uint8).tobytes()
+        b = rng.integers(0, 256, n_b, dtype=np.uint8).tobytes()
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_syncer_closes_files_in_order_and_reports_the_first_failure(tmp_path):
+    """A FileWriter with a syncer hands its flushes, fsync and close to the syncer's thread:
+    after wait() the file is closed and reads back whole. A file that cannot be fsynced (a
+    pipe) makes wait() raise an OSError naming that file; the syncer then takes no more."""
+    from tributary_core.store.format import FLUSH_BYTES, FileWriter, StoreFile, Syncer
+
+    syncer = Syncer()
+    big = np.arange(FLUSH_BYTES // 8 + 10, dtype=np.int64)  # past one flush
+    with FileWriter(tmp_path / "x.bin", "test", syncer=syncer) as w:
+        w.add("big", big)
+        w.add("small", np.arange(3, dtype=np.int32))
+        w.close()
+        handed = w._file
+    r, wfd = os.pipe()
+    os.close(wfd)
+    pipe = open(r, "rb")  # noqa: SIM115 - the syncer closes it
+    syncer.close(pipe, tmp_path / "pipe")
+    with pytest.raises(OSError) as info:
+        syncer.wait()
+    assert info.value.filename == str(tmp_path / "pipe")
+    assert handed.closed and pipe.closed
+    f = StoreFile(tmp_path / "x.bin")
+    f.verify()
+    np.testing.assert_array_equal(f.array("big"), big)
+    with pytest.raises(ValueError, match="stopped"):
+        syncer.flush(handed, tmp_path / "x.bin")
+
+
+def test_syncer_left_by_an_error_closes_without_syncing_and_aborted_files_go(tmp_path):
+    """Leaving a syncer's block with an exception closes every file handed over (no fsync:
+    they are thrown away) and raises only the block's error; a writer aborted meanwhile has
+    its file removed and, once the syncer is done, closed."""
+    from tributary_core.store.format import FileWriter, Syncer
+
+    with pytest.raises(RuntimeError, match="boom"), Syncer() as syncer:
+        done = FileWriter(tmp_path / "done.bin", "test", syncer=syncer)
+        done.add("a", np.arange(5))
+        done.close()
+        aborted = FileWriter(tmp_path / "aborted.bin", "test", syncer=syncer)
+        aborted.add("a", np.arange(5))
+        aborted.abort()
+        raise RuntimeError("boom")
+    assert done._file.closed and aborted._file.closed
+    assert not (tmp_path / "aborted.bin").exists()
 
 
 @pytest.mark.parametrize("huge_from", [0, 1 << 40], ids=["mapped", "plain reads"])

@@ -72,6 +72,7 @@ from tributary_core.store.format import (
     MappedSection,
     SectionWriter,
     StoreFile,
+    Syncer,
     drop_cached,
     dump_store_metadata,
     replace_problem,
@@ -192,12 +193,13 @@ def preprocess(
             md = report.raise_for_errors()
             _release_memory()
             progress("validate", 1, 1)
-        with staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp:
+        with (staged_folder(out_dir, replace=force, may_replace=replace_problem) as tmp,
+              Syncer() as syncer):  # fsyncs the store's files while the stages go on
             cache = None
             if use_cache and embedder.cacheable:
                 cache = EmbeddingCache(cache_dir or default_cache_dir(), embedder.identity)
             db = _Database.of(md, raw_dir, registry)
-            writer = _StoreWriter(tmp, out_dir)
+            writer = _StoreWriter(tmp, out_dir, syncer)
             spill = _Spill(tmp / ".spill", out_dir)  # row times and keys; removed before publishing
             vocab = Vocabulary()  # the shared vocabulary: encode and tasks add to it
             cutoff = stats_cutoff_us  # the statistics window's end (None: all rows)
@@ -225,7 +227,8 @@ def preprocess(
                                    writer.files)
             with clock("sampler"):
                 progress("sampler", 0, 1)
-                write_sampler_file(writer.opened(meta), writer.write_chunked, registry)
+                write_sampler_file(writer.opened(meta), writer.write_copied, registry)
+                writer.durable()  # every file fsynced, sampler.bin included
                 # its pages, cached in small folios by the writes, go: samplers read them back in
                 # huge pages, as random reads across it need (store/format.py, _advise_huge)
                 drop_cached(writer.folder / "sampler.bin")
@@ -301,10 +304,12 @@ class _Database:
 class _StoreWriter:
     """Writes the store's files into the temporary ``folder`` and keeps their table
     (``files``: relative path -> what :func:`write_file` reports) for ``metadata.json``;
-    ``final`` is where the store will be published (for messages)."""
+    ``final`` is where the store will be published (for messages). The files are fsynced by
+    ``syncer``'s thread as the stages go on (:meth:`durable` waits for it)."""
 
-    def __init__(self, folder: Path, final: Path) -> None:
+    def __init__(self, folder: Path, final: Path, syncer: Syncer) -> None:
         self.folder, self.final = folder, final
+        self.syncer = syncer
         self.files: dict[str, dict[str, Any]] = {}
 
     def write(self, rel: str, kind: str, sections: dict[str, np.ndarray],
@@ -312,7 +317,7 @@ class _StoreWriter:
         path = self.folder / rel
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.files[rel] = write_file(path, kind, sections, meta)
+            self.files[rel] = write_file(path, kind, sections, meta, syncer=self.syncer)
         except OSError as exc:
             raise self.error(rel, exc) from None
 
@@ -322,7 +327,7 @@ class _StoreWriter:
         path = self.folder / rel
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return FileWriter(path, kind, reserve=4096)
+            return FileWriter(path, kind, reserve=4096, syncer=self.syncer)
         except OSError as exc:
             raise self.error(rel, exc) from None
 
@@ -351,20 +356,32 @@ class _StoreWriter:
         except OSError as exc:
             raise self.error(rel, exc) from None
 
-    def write_chunked(self, rel: str, kind: str,
-                      sections: dict[str, tuple[Any, tuple[int, ...], Iterable[np.ndarray]]],
-                      meta: dict[str, Any] | None = None) -> None:
-        """Write a file whose sections are each given as ``(dtype, shape, chunks)``: the
-        chunks' bytes in order (e.g. other files' sections, concatenated without a copy of the
-        whole in memory)."""
+    def write_copied(self, rel: str, kind: str,
+                     sections: dict[str, tuple[Any, tuple[int, ...],
+                                               Iterable[tuple[Path, int, int, int]]]],
+                     meta: dict[str, Any] | None = None) -> None:
+        """Write a file whose sections are each given as ``(dtype, shape, ranges)``: byte
+        ranges of the files already written, concatenated (:meth:`FileWriter.add_copy`: copied
+        by the kernel, their checksums combined)."""
         path = self.folder / rel
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with FileWriter(path, kind) as out:
-                for name, (dtype, shape, chunks) in sections.items():
-                    out.add_chunks(name, dtype, shape, chunks)
+            with FileWriter(path, kind, syncer=self.syncer) as out:
+                for name, (dtype, shape, ranges) in sections.items():
+                    out.add_copy(name, dtype, shape, ranges)
                 self.files[rel] = out.close(meta)
         except OSError as exc:
+            raise self.error(rel, exc) from None
+
+    def durable(self) -> None:
+        """Wait until every file written is fsynced and closed (a failed fsync: the error
+        naming its file)."""
+        try:
+            self.syncer.wait()
+        except OSError as exc:
+            rel = exc.filename or ""
+            with contextlib.suppress(ValueError):
+                rel = Path(rel).relative_to(self.folder).as_posix()
             raise self.error(rel, exc) from None
 
     def opened(self, meta: dict[str, Any]) -> Store:

@@ -4,8 +4,9 @@ and column tables, and per-task views (seeds, targets, hidden columns)."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,10 +65,11 @@ class _Flat:
     def shape(self) -> tuple[int, ...]:
         return (self.size, *self.row_shape)
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """The parts' bytes, in order, as read-only views of their memory maps."""
-        for file, section, n in self.parts:
-            yield file.raw(section).reshape((n, *self.row_shape))
+    def ranges(self) -> list[tuple[Path, int, int, int]]:
+        """The parts as byte ranges of their files, in order: ``(path, offset, nbytes, crc32)``
+        (what :meth:`FileWriter.add_copy` copies)."""
+        return [(file.path, s["offset"], s["nbytes"], s["crc32"])
+                for file, section, _ in self.parts for s in (file.sections[section],)]
 
     def build(self, mapped: StoreFile | None, name: str, store: Store) -> np.ndarray:
         """The concatenation: section ``name`` of the store's ``sampler.bin`` (``mapped``) when
@@ -282,7 +284,8 @@ class SamplerGraph:
 def write_sampler_file(store: Store, write: Callable[..., Any],
                        registry: Registry | None = None) -> None:
     """Write ``sampler.bin`` for ``store`` (opened from its folder, before or after its
-    metadata is final) through ``write(name, kind, chunked_sections, meta)``: each of the
+    metadata is final) through ``write(name, kind, sections, meta)``, ``sections`` mapping a
+    name to ``(dtype, shape, ranges)`` as :meth:`FileWriter.add_copy` takes them: each of the
     sampler's flat arrays (:data:`SAMPLER_SECTIONS`) as one section, the store's sections of
     that kind concatenated in the order the sampler reads them, and in the file's meta the parts
     of each (``{"parts": {name: [[file, section], ...]}}``) so that a reader maps a section only
@@ -291,7 +294,7 @@ def write_sampler_file(store: Store, write: Callable[..., Any],
     plan = SamplerGraph(store, registry, build=False)
     flats = {name: plan.flats[name] for name in SAMPLER_SECTIONS}
     write(SAMPLER_FILE, "sampler",
-          {name: (f.dtype, f.shape, f.chunks()) for name, f in flats.items()},
+          {name: (f.dtype, f.shape, f.ranges()) for name, f in flats.items()},
           {"parts": {name: f.names(store) for name, f in flats.items()}})
 
 

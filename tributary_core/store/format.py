@@ -30,6 +30,7 @@ import hashlib
 import json
 import mmap
 import os
+import queue
 import struct
 import threading
 import zlib
@@ -42,7 +43,7 @@ import numpy as np
 from tributary_core.errors import TributaryError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "METADATA", "StoreFileError", "write_file", "FileWriter",
-           "StoreFile", "SectionWriter",
+           "StoreFile", "SectionWriter", "Syncer", "crc32_combine",
            "pack_bits", "unpack_bits", "dump_store_metadata", "load_store_metadata",
            "replace_problem", "drop_cached"]
 
@@ -141,14 +142,16 @@ _LITTLE = np.little_endian
 
 
 def write_file(path: str | Path, kind: str, sections: Mapping[str, np.ndarray],
-               meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               meta: Mapping[str, Any] | None = None, *,
+               syncer: Syncer | None = None) -> dict[str, Any]:
     """Write ``sections`` (name -> array) to ``path``; returns ``{"bytes", "crc32"}`` of the file's
     header, which the store's metadata.json records per file.
 
     A :class:`FileWriter` with a 4096-byte reserve: every array is checked before the file is
-    opened, so an unstorable array leaves ``path`` untouched."""
+    opened, so an unstorable array leaves ``path`` untouched. With a ``syncer`` the fsync runs
+    on its thread (:class:`Syncer`)."""
     prepared = [(name, *_as_section(arr)) for name, arr in sections.items()]
-    with FileWriter(path, kind, reserve=_WRITE_FILE_RESERVE) as writer:
+    with FileWriter(path, kind, reserve=_WRITE_FILE_RESERVE, syncer=syncer) as writer:
         for name, dtype, shape, payload in prepared:
             writer._check_new(name)
             writer._add_section(name, dtype, shape, payload)
@@ -184,6 +187,182 @@ def reserve_bytes(fd: int, offset: int, nbytes: int) -> None:
         done += os.pwrite(fd, zeros[: min(len(zeros), nbytes - done)], offset + done)
 
 
+
+#: Bytes a copy moves at a time where the kernel cannot copy (:func:`_copy_range`).
+_COPY_BLOCK = 1 << 24
+
+
+def _copy_range(path: str | Path, offset: int, nbytes: int, out_fd: int, out_offset: int) -> None:
+    """Copy ``nbytes`` of file ``path`` from ``offset`` to ``out_fd`` at ``out_offset``:
+    ``os.copy_file_range`` (in the kernel, page cache to page cache) where it works, else
+    reads and writes; a source that ends early raises ValueError."""
+    with open(path, "rb", buffering=0) as src:
+        fd, done = src.fileno(), 0
+        kernel = hasattr(os, "copy_file_range")
+        while done < nbytes:
+            n = None
+            if kernel:
+                try:
+                    n = os.copy_file_range(fd, out_fd, nbytes - done, offset + done,
+                                           out_offset + done)
+                except OSError as exc:  # not across these file systems, or not at all
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                         errno.EPERM, errno.ETXTBSY):
+                        raise
+                    kernel = False
+            if n is None:
+                block = os.pread(fd, min(_COPY_BLOCK, nbytes - done), offset + done)
+                n = len(block)
+                view = memoryview(block)
+                while view.nbytes:
+                    view = view[os.pwrite(out_fd, view, out_offset + done + n - view.nbytes):]
+            if n == 0:
+                raise ValueError(f"{path}: ends before byte {offset + nbytes} (copying "
+                                 f"{nbytes} bytes from {offset})")
+            done += n
+
+
+_CRC_POLY = 0xEDB88320  # CRC-32 (zlib's), bits reflected
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (reflected: bit 31 is x^0)."""
+    m, p = 1 << 31, 0
+    while a:
+        if a & m:
+            p ^= b
+            a ^= m
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return p
+
+
+def _x2n_table() -> list[int]:
+    table, p = [], 1 << 30  # x^1
+    for _ in range(32):
+        table.append(p)
+        p = _multmodp(p, p)
+    return table
+
+
+_X2N = _x2n_table()  # x^(2^k) modulo the polynomial, k = 0..31
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of ``A + B`` from ``crc1`` (of A), ``crc2`` (of B) and ``len2`` (B's length in
+    bytes), as zlib's ``crc32_combine`` (which Python's zlib does not offer): A's CRC is
+    moved past B's ``8 * len2`` bits by multiplying it by x^(8 len2) modulo the polynomial,
+    a few dozen multiplications whatever the lengths."""
+    p, n, k = 1 << 31, len2, 3  # p = x^0; x^(8 len2) = product of x^(2^k) over len2's bits << 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+#: Bytes written to a file between two background flushes (:meth:`Syncer.flush`).
+FLUSH_BYTES = 64 << 20
+
+
+class Syncer:
+    """Makes written store files durable on one background thread, while the caller goes on
+    computing.
+
+    A store's files are fsynced before it is published. Fsyncing each file as it closes made
+    the writer wait for the disk at every file, and the kernel starts writing dirty pages back
+    on its own only past a share of memory (10% by default: gigabytes), so nearly all of a
+    store's bytes reached the disk inside those waits. With a syncer, a :class:`FileWriter`
+    hands the thread a flush of every :data:`FLUSH_BYTES` it writes (``fdatasync``: the disk
+    works while the next bytes are computed) and, on close, the final fsync and the close
+    itself. :meth:`wait` returns once every file handed over is durable and closed, and raises
+    the first error any of it met (an ``OSError`` naming the file): call it before publishing.
+
+    Every operation on a handed-over file runs on the thread, in order, so a file is never
+    closed while a flush of it is pending. Used as a context manager: leaving the block
+    normally waits (and raises); leaving it with an exception closes what is left without
+    syncing it (the files are being thrown away)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[str, Any, Path] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._discard = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="tributary-fsync", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Syncer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.wait()
+        else:
+            self._discard = True
+            self._stop()
+
+    def flush(self, file: Any, path: Path) -> None:
+        """Start writing ``file``'s dirty pages to disk, in the background."""
+        self._put(("flush", file, path))
+
+    def close(self, file: Any, path: Path) -> None:
+        """Fsync and close ``file`` in the background; the file belongs to the syncer from now
+        on."""
+        self._put(("close", file, path))
+
+    def discard(self, file: Any, path: Path) -> None:
+        """Close ``file`` in the background without syncing it (an aborted file)."""
+        self._put(("discard", file, path))
+
+    def _put(self, job: tuple[str, Any, Path]) -> None:
+        if self._stopped:
+            raise ValueError("the syncer has stopped: no file can be handed to it now")
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        """Block until everything handed over is done; raise the first error met. The syncer
+        takes no more files after it."""
+        self._stop()
+        if self._error is not None:
+            raise self._error
+
+    def _stop(self) -> None:
+        self._stopped = True
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            op, file, path = job
+            try:
+                if op == "flush":
+                    if not self._discard and self._error is None and not file.closed:
+                        _datasync(file.fileno())
+                elif op == "close":
+                    try:
+                        if not self._discard and self._error is None:
+                            os.fsync(file.fileno())
+                    finally:
+                        file.close()
+                else:
+                    file.close()
+            except Exception as exc:  # kept for wait(), which raises it in the writer's thread
+                if isinstance(exc, OSError) and not exc.filename:
+                    exc = OSError(exc.errno, exc.strerror, str(path))
+                with self._lock:
+                    if self._error is None:
+                        self._error = exc
+
+
+def _datasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
 class FileWriter:
     """Write a store file one section at a time (bounded memory).
 
@@ -195,12 +374,14 @@ class FileWriter:
     backwards). With ``reserve=4096`` the file is byte-identical to :func:`write_file`'s.
 
     Like :func:`write_file`, the file is written in place at ``path`` and fsynced on close (a
-    store is built in a temporary folder and published whole). :meth:`abort` closes and removes
+    store is built in a temporary folder and published whole); with a ``syncer``, the flushes
+    and the final fsync and close run on its thread (:class:`Syncer`). :meth:`abort` closes and removes
     the partial file; used as a context manager, an exception inside the block aborts, a block
     left normally closes the file (without meta) unless :meth:`close` was already called.
     """
 
-    def __init__(self, path: str | Path, kind: str, *, reserve: int = 65536) -> None:
+    def __init__(self, path: str | Path, kind: str, *, reserve: int = 65536,
+                 syncer: Syncer | None = None) -> None:
         if reserve < 0:
             raise ValueError(f"reserve must be >= 0, not {reserve}")
         self.path = Path(path)
@@ -212,6 +393,8 @@ class FileWriter:
         self._names: set[str] = set()
         self._closed = False
         self._open_sections: set[str] = set()  # begun with begin_section, not yet finished
+        self._syncer = syncer
+        self._unflushed = 0  # bytes written since the syncer last flushed the file
         self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close() / abort()
 
     def __enter__(self) -> FileWriter:
@@ -227,6 +410,17 @@ class FileWriter:
         if self._closed:
             raise ValueError(f"{self.path}: the store file writer is closed")
 
+    def _wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` written; past :data:`FLUSH_BYTES` the syncer starts writing them
+        back (no syncer: nothing, the close fsyncs)."""
+        if self._syncer is None:
+            return
+        self._unflushed += nbytes
+        if self._unflushed >= FLUSH_BYTES:
+            self._file.flush()
+            self._syncer.flush(self._file, self.path)
+            self._unflushed = 0
+
     def add(self, name: str, array: np.ndarray) -> None:
         """Write section ``name`` now: a 1-d bool array as a bitmap, any other array as its
         little-endian C-order bytes (an empty array takes no bytes). A name already added, or an
@@ -235,11 +429,19 @@ class FileWriter:
         self._check_new(name)
         self._add_section(name, *_as_section(array))
 
-    def add_chunks(self, name: str, dtype: Any, shape: tuple[int, ...],
-                   chunks: Iterable[np.ndarray]) -> None:
-        """Write section ``name`` of ``dtype`` and ``shape`` from ``chunks``, arrays whose bytes,
-        in order, are the section's (e.g. other files' sections concatenated, never all in
-        memory at once). Chunks that do not add up to the shape's bytes raise ValueError."""
+    def add_copy(self, name: str, dtype: Any, shape: tuple[int, ...],
+                 parts: Iterable[tuple[str | Path, int, int, int]]) -> None:
+        """Write section ``name`` of ``dtype`` and ``shape`` as the concatenation of byte ranges
+        of other files, ``parts`` of ``(path, offset, nbytes, crc32)``, each range's CRC-32
+        known (e.g. whole sections of store files, whose headers hold theirs).
+
+        The bytes are copied by the kernel (``os.copy_file_range``) where the system allows,
+        never passing through this process, else read and written in 16 MiB blocks; the
+        section's checksum is combined from the parts' (:func:`crc32_combine`), not computed
+        over its bytes again. A part whose bytes differ from its CRC (a source damaged
+        after it was written) thus gives a section that fails verification, not a silently
+        wrong one. Parts that do not add up to the shape's bytes, or a source shorter than its
+        range, raise ValueError and remove the file."""
         self._check_new(name)
         dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
         if dt.hasobject:
@@ -247,20 +449,19 @@ class FileWriter:
         expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
         crc, nbytes = 0, 0
         try:
-            self._file.seek(self._offset)
-            for chunk in chunks:
-                view = memoryview(np.ascontiguousarray(chunk)).cast("B")
-                if view.nbytes:
-                    self._file.write(view)
-                    crc = zlib.crc32(view, crc)
-                    nbytes += view.nbytes
+            self._file.flush()  # the copies write through the descriptor, at explicit offsets
+            for path, offset, size, part_crc in parts:
+                _copy_range(path, offset, size, self._file.fileno(), self._offset + nbytes)
+                crc = crc32_combine(crc, part_crc, size)
+                nbytes += size
+                self._wrote(size)
         except BaseException:
             self.abort()
             raise
         if nbytes != expected:
             self.abort()
             raise ValueError(f"{self.path}: section {name!r} of shape {tuple(shape)} needs "
-                             f"{expected} bytes, its chunks gave {nbytes}")
+                             f"{expected} bytes, its parts gave {nbytes}")
         self._entries.append({"name": name, "dtype": dt.str, "shape": [int(x) for x in shape],
                               "offset": self._offset, "nbytes": nbytes, "crc32": crc})
         self._names.add(name)
@@ -335,6 +536,7 @@ class FileWriter:
             try:
                 self._file.seek(self._offset)
                 self._file.write(memoryview(payload).cast("B"))
+                self._wrote(nbytes)
             except BaseException:
                 self.abort()
                 raise
@@ -384,9 +586,13 @@ class FileWriter:
         f.write(header)
         f.truncate(end)
         f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        self._closed = True
+        if self._syncer is not None:  # fsync and close on the syncer's thread
+            self._closed = True
+            self._syncer.close(f, self.path)
+        else:
+            os.fsync(f.fileno())
+            f.close()
+            self._closed = True
         return {"bytes": end, "crc32": header_crc}
 
     def _move(self, old_end: int, shift: int) -> None:
@@ -427,7 +633,10 @@ class FileWriter:
             return
         self._closed = True
         try:
-            self._file.close()
+            if self._syncer is not None:  # a flush of it may be pending on the syncer's thread
+                self._syncer.discard(self._file, self.path)
+            else:
+                self._file.close()
         finally:
             self.path.unlink(missing_ok=True)
 
@@ -478,6 +687,7 @@ class SectionWriter:
             raise
         self._crc = zlib.crc32(view, self._crc)
         self._written += view.nbytes
+        self._file._wrote(view.nbytes)
 
     def finish(self) -> None:
         """Check that the section is whole and record its checksum."""
@@ -510,6 +720,7 @@ class MappedSection:
         self._file._check_open()
         self._entry["crc32"] = _crc(memoryview(np.ascontiguousarray(self.array)))
         self.array = np.zeros(0, dtype=self.array.dtype)
+        self._file._wrote(self._entry["nbytes"])
         self._file._open_sections.discard(self._entry["name"])
 
 
