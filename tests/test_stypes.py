@@ -204,3 +204,51 @@ def test_distinct_values_of_a_chunked_column_equal_the_combined_columns(name):
     np.testing.assert_array_equal(as_dict.values, got.values)
     empty = st.prepare(pa.chunked_array([], type=pa.string()))
     assert empty.extra["uniques"] == [] and len(empty.values) == 0
+
+
+def _coded(indices, dictionary):
+    return pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()),
+                                          pa.array(dictionary, type=pa.string()))
+
+
+@pytest.mark.parametrize("name", ["categorical", "text"])
+def test_distinct_of_dictionary_batches_numbers_the_values_not_the_dictionary(name):
+    """A batch read with the parquet file's dictionary pages is numbered through its codes,
+    with the result the decoded strings give: only the values used, in order of first use,
+    whatever the dictionaries' order, unused entries, repeated values or per-chunk
+    dictionaries; null cells are null, also where a dictionary entry is null."""
+    st = get_registry().semantic_type(name)
+    column = pa.chunked_array([
+        _coded([2, None, 0, 3], ["a", "zz-unused", "b", "b"]),  # "b" twice, both used
+        _coded([], ["q"]),
+        _coded([1, 0, 1], ["c", "a"]),
+    ])
+    decoded = pa.chunked_array([column.cast(pa.string()).combine_chunks()])
+    got, plain = st.prepare(column), st.prepare(decoded)
+    assert got.extra["uniques"] == plain.extra["uniques"] == ["b", "a", "c"]
+    assert got.values.tolist() == plain.values.tolist() == [0, 0, 1, 0, 1, 2, 1]
+    assert got.valid.tolist() == plain.valid.tolist() == [True, False, True, True, True, True,
+                                                          True]
+    null_entry = pa.chunked_array([_coded([0, 1, 0], ["x", None])])
+    got = st.prepare(null_entry)
+    assert got.extra["uniques"] == ["x"] and got.valid.tolist() == [True, False, True]
+    assert got.values.tolist() == [0, 0, 0]
+
+
+def test_column_batches_keep_the_dictionary_of_string_columns_only(tmp_path):
+    """column_batches(dictionary=True) gives a string column as dictionary batches (the file's
+    dictionary pages), any other column as stored; the values are the same."""
+    import pyarrow.parquet as pq
+
+    from tributary_core.metadata.validate import column_batches
+
+    table = pa.table({"s": pa.array(["x", "y", None, "x"] * 50), "n": pa.array(range(200))})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=64)
+    coded = list(column_batches(tmp_path / "t.parquet", "s", 80, dictionary=True))
+    assert all(pa.types.is_dictionary(b.type) for b in coded)
+    assert pa.chunked_array([c for b in coded for c in b.cast(pa.string()).chunks]).to_pylist() \
+        == table.column("s").to_pylist()
+    numbers = list(column_batches(tmp_path / "t.parquet", "n", 80, dictionary=True))
+    assert all(pa.types.is_integer(b.type) for b in numbers)
+    assert not any(pa.types.is_dictionary(b.type)
+                   for b in column_batches(tmp_path / "t.parquet", "s", 80))

@@ -186,6 +186,11 @@ class SemanticType:
             (field ``index``, a vocabulary id) or ``"none"`` (presence only, as identifiers).
         tabular_feature: whether the LightGBM baseline uses this type's cells as features
             (False for free text, whose vocabulary ids are not categories).
+        reads_dictionary: True if the batches a :meth:`column_encoder` gets of a string column
+            may come dictionary-encoded (``pa.DictionaryArray``, a batch's dictionary possibly
+            holding values it does not use), as parquet files mostly store strings: preprocessing
+            then reads them so, sparing the decoding of every string. False (the default): plain
+            strings, unless the file's own schema says dictionary.
 
     A type that can be a target may override :meth:`decode_prediction`; every type may override
     :meth:`label_values`. The defaults read plain numbers.
@@ -197,6 +202,7 @@ class SemanticType:
     is_ignored: ClassVar[bool] = False
     batch_slot: ClassVar[str] = "none"
     tabular_feature: ClassVar[bool] = True
+    reads_dictionary: ClassVar[bool] = False
 
     # -- checking (metadata validate) ------------------------------------------------------
 

@@ -3,6 +3,7 @@
 Call them from your own tests (the built-in plugins and the ``tributary-counts`` example do)::
 
     import pyarrow as pa
+import pyarrow.compute as pc
     from tributary_core.testing import check_loss_head, check_semantic_type
 
     def test_count_contract():
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tributary_core.loss import LossHead
 from tributary_core.semantic_type import (
@@ -179,11 +181,18 @@ def check_semantic_type(stype: SemanticType | type[SemanticType], column: pa.Arr
 def _check_column_encoder(st: SemanticType, who: str, column: pa.ChunkedArray, prepared: Prepared,
                           stats: dict[str, Any], encoded: Any, vocab: Vocabulary) -> None:
     """A type's :class:`ColumnEncoder`, given batches of 1, 2 and 3 rows, must give the
-    statistics, vocabulary and cells that the whole-column methods give."""
+    statistics, vocabulary and cells that the whole-column methods give; a type that
+    ``reads_dictionary`` must give them from dictionary-encoded batches of a string column
+    too."""
     n = len(column)
     rows = np.zeros(n, dtype=np.bool_)
     rows[::2] = True
-    for size in (1, 2, 3):
+    t = column.type
+    coded = [False]
+    if st.reads_dictionary and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                                or pa.types.is_string_view(t)):
+        coded.append(True)  # batches as preprocessing reads them from parquet: dictionary-encoded
+    for size, dictionary in ((size, d) for size in (1, 2, 3) for d in coded):
         for window in (None, rows):
             encoder = st.column_encoder("sample")
             if encoder is None:
@@ -195,7 +204,8 @@ def _check_column_encoder(st: SemanticType, who: str, column: pa.ChunkedArray, p
                  "preprocessing never calls its check_encoded(); make it two-pass")
             own = Vocabulary()
             pieces: list[Any] = []
-            batches = [st.prepare(column.slice(lo, size)) for lo in range(0, n, size)]
+            batches = [st.prepare(_coded(column.slice(lo, size)) if dictionary
+                                  else column.slice(lo, size)) for lo in range(0, n, size)]
             for lo, batch in zip(range(0, n, size), batches, strict=True):
                 encoder.fit(batch, None if window is None else window[lo:lo + len(batch)])
                 if encoder.one_pass:
@@ -224,6 +234,26 @@ def _check_column_encoder(st: SemanticType, who: str, column: pa.ChunkedArray, p
                 joined = np.concatenate([p.arrays[field] for p in pieces])
                 assert joined.dtype == array.dtype and _same(joined, array), \
                     f"{who}: column_encoder() in batches of {size} encoded {field!r} otherwise"
+
+
+def _coded(batch: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``batch`` dictionary-encoded as a parquet reader may give it: a dictionary holding the
+    batch's values in another order than their first use, its first value twice (every other
+    cell of it pointing at the second copy) and a value no cell uses."""
+    plain = batch.cast(pa.string()) if pa.types.is_string_view(batch.type) else batch
+    values = pc.unique(plain).drop_null()
+    k = len(values)
+    dictionary = pa.concat_arrays([values[::-1], values[:1],
+                                   pa.array(["(unused)"], values.type)])
+    chunks = []
+    for chunk in plain.chunks:
+        index = pc.index_in(chunk, value_set=values[::-1], skip_nulls=True)
+        codes = index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
+        first = np.flatnonzero(codes == k - 1)[::2] if k else codes[:0]
+        codes[first] = k  # the second copy of the first value
+        chunks.append(pa.DictionaryArray.from_arrays(
+            pa.array(codes, mask=~pc.is_valid(chunk).to_numpy(zero_copy_only=False)), dictionary))
+    return pa.chunked_array(chunks, type=pa.dictionary(pa.int32(), values.type))
 
 
 def _check_label_values(st: SemanticType, who: str, raw: list[Any], prepared: Prepared) -> None:

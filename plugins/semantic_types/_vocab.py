@@ -9,6 +9,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow.types import is_dictionary
 
 from tributary_core.semantic_type import (
     ColumnEncoder,
@@ -18,7 +19,7 @@ from tributary_core.semantic_type import (
     Vocabulary,
 )
 
-from ._arrow import distinct, plain, validity
+from ._arrow import distinct, has_null_entries, plain, validity
 
 
 @numba.njit(cache=True, nogil=True)
@@ -30,8 +31,9 @@ def gather_ids(codes: np.ndarray, valid: np.ndarray, ids: np.ndarray, out: np.nd
 
 def prepare_distinct(column: pa.ChunkedArray, *, max_chars: int | None = None) -> Prepared:
     """Distinct values as strings (``extra["uniques"]``), per-cell codes as ``values``."""
-    # a dictionary-typed column is decoded first; a plain one stays in its chunks
-    arr = plain(column) if pa.types.is_dictionary(column.type) else column
+    # a dictionary-typed column is numbered through its codes, unless a dictionary holds a
+    # null (then decoded first); a plain one stays in its chunks
+    arr = plain(column) if is_dictionary(column.type) and has_null_entries(column) else column
     if pa.types.is_null(arr.type):
         n = len(arr)
         return Prepared(np.zeros(n, np.int64), np.zeros(n, np.bool_),
@@ -54,6 +56,8 @@ class EmbeddedType(SemanticType):
 
     #: Values are cut to this many characters before embedding (None: no cap).
     max_chars: ClassVar[int | None] = None
+    #: Batches of string columns may come dictionary-encoded: numbered through their codes.
+    reads_dictionary: ClassVar[bool] = True
 
     def text_for(self, column_name: str, value: str) -> str:
         """The string embedded for ``value`` of column ``column_name``."""

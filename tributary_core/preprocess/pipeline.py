@@ -879,8 +879,9 @@ def _encode_batches(db: _Database, keys: Keys, vocab: Vocabulary, stype: Semanti
             if note:
                 notes.append((lo, hi, note))
 
+    dictionary = stype.reads_dictionary  # string columns as the file's dictionary pages
     lo = 0
-    for data in column_batches(path, cname, batch_rows):
+    for data in column_batches(path, cname, batch_rows, dictionary=dictionary):
         prepared = stype.prepare(data)
         encoder.fit(prepared, window(lo, lo + len(prepared)))
         any_valid = any_valid or bool(prepared.valid.any())
@@ -896,7 +897,7 @@ def _encode_batches(db: _Database, keys: Keys, vocab: Vocabulary, stype: Semanti
         stats["database"] = keys.database_stats[stype.name]
     if not encoder.one_pass:
         lo = 0
-        for data in column_batches(path, cname, batch_rows):
+        for data in column_batches(path, cname, batch_rows, dictionary=dictionary):
             prepared = stype.prepare(data)
             put(prepared, stats, lo)
             lo += len(prepared)
