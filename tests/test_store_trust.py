@@ -662,6 +662,23 @@ def test_syncer_closes_files_in_order_and_reports_the_first_failure(tmp_path):
         syncer.flush(handed, tmp_path / "x.bin")
 
 
+def test_writers_of_a_stopped_syncer_sync_and_close_themselves(tmp_path):
+    """A writer whose syncer has stopped (waited on) fsyncs and closes its own file, and an
+    aborted one closes and removes it: nothing is handed to a thread that is gone."""
+    from tributary_core.store.format import FileWriter, StoreFile, Syncer
+
+    syncer = Syncer()
+    kept = FileWriter(tmp_path / "kept.bin", "test", syncer=syncer)
+    kept.add("a", np.arange(4))
+    dropped = FileWriter(tmp_path / "dropped.bin", "test", syncer=syncer)
+    syncer.wait()
+    kept.close()
+    dropped.abort()
+    assert kept._file.closed and dropped._file.closed
+    StoreFile(tmp_path / "kept.bin").verify()
+    assert not (tmp_path / "dropped.bin").exists()
+
+
 def test_syncer_left_by_an_error_closes_without_syncing_and_aborted_files_go(tmp_path):
     """Leaving a syncer's block with an exception closes every file handed over (no fsync:
     they are thrown away) and raises only the block's error; a writer aborted meanwhile has

@@ -233,11 +233,15 @@ def test_distinct_of_dictionary_batches_numbers_the_values_not_the_dictionary(na
     got = st.prepare(null_entry)
     assert got.extra["uniques"] == ["x"] and got.valid.tolist() == [True, False, True]
     assert got.values.tolist() == [0, 0, 0]
+    all_null = st.prepare(pa.chunked_array([_coded([None, None], [])]))  # an all-null row group
+    assert all_null.extra["uniques"] == [] and all_null.valid.tolist() == [False, False]
+    assert all_null.values.tolist() == [0, 0]
 
 
 def test_column_batches_keep_the_dictionary_of_string_columns_only(tmp_path):
     """column_batches(dictionary=True) gives a string column as dictionary batches (the file's
-    dictionary pages), any other column as stored; the values are the same."""
+    dictionary pages), any other column as stored; the values are the same. Only categorical
+    asks for it (free text rarely repeats)."""
     import pyarrow.parquet as pq
 
     from tributary_core.metadata.validate import column_batches
@@ -252,3 +256,6 @@ def test_column_batches_keep_the_dictionary_of_string_columns_only(tmp_path):
     assert all(pa.types.is_integer(b.type) for b in numbers)
     assert not any(pa.types.is_dictionary(b.type)
                    for b in column_batches(tmp_path / "t.parquet", "s", 80))
+    registry = get_registry()
+    assert registry.semantic_type("categorical").reads_dictionary
+    assert not registry.semantic_type("text").reads_dictionary

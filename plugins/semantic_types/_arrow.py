@@ -102,6 +102,8 @@ def _distinct_coded(arr: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarr
         return pa.array([], type=column.type.value_type), np.zeros(len(column), dtype=np.int64)
     dictionary = chunks[0].dictionary
     used = pc.unique(pa.chunked_array([c.indices for c in chunks])).drop_null()
+    if not len(used):  # every cell null (a row group all null comes with an empty dictionary)
+        return dictionary[:0], np.zeros(len(column), dtype=np.int64)
     uniques, renumber = distinct(dictionary.take(used))  # entries in order of first use
     code_of = np.zeros(len(dictionary), dtype=np.int64)
     code_of[used.to_numpy(zero_copy_only=False)] = renumber

@@ -56,8 +56,6 @@ class EmbeddedType(SemanticType):
 
     #: Values are cut to this many characters before embedding (None: no cap).
     max_chars: ClassVar[int | None] = None
-    #: Batches of string columns may come dictionary-encoded: numbered through their codes.
-    reads_dictionary: ClassVar[bool] = True
 
     def text_for(self, column_name: str, value: str) -> str:
         """The string embedded for ``value`` of column ``column_name``."""

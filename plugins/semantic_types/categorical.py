@@ -14,6 +14,10 @@ class Categorical(EmbeddedType):
     batch_slot = "vocab"
     description = "one of a set of values: u32 vocab index + validity"
     target_losses = ("infonce",)
+    # A set's values repeat: a string column is read with its parquet dictionary pages and
+    # numbered through the codes. (Not text: free text rarely repeats, its writer falls back
+    # from a dictionary, and reading it as one would make Arrow hash every value.)
+    reads_dictionary = True
 
     def check_arrow_type(self, arrow_type: pa.DataType) -> str | None:
         if is_nested(arrow_type):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -370,7 +371,7 @@ class _StoreWriter:
                 for name, (dtype, shape, ranges) in sections.items():
                     out.add_copy(name, dtype, shape, ranges)
                 self.files[rel] = out.close(meta)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a file that changed under the copy
             raise self.error(rel, exc) from None
 
     def durable(self) -> None:
@@ -390,8 +391,12 @@ class _StoreWriter:
         return Store(self.folder, meta, {rel: StoreFile(self.folder / rel) for rel in self.files})
 
     def write_metadata(self, meta: dict[str, Any]) -> None:
+        """Write ``metadata.json``, fsynced like the store's other files."""
         try:
-            (self.folder / METADATA).write_bytes(dump_store_metadata(meta))
+            with open(self.folder / METADATA, "wb") as f:
+                f.write(dump_store_metadata(meta))
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as exc:
             raise self.error(METADATA, exc) from None
 

@@ -315,6 +315,11 @@ class Syncer:
         """Close ``file`` in the background without syncing it (an aborted file)."""
         self._put(("discard", file, path))
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`wait` (or leaving the block) has stopped the thread."""
+        return self._stopped
+
     def _put(self, job: tuple[str, Any, Path]) -> None:
         if self._stopped:
             raise ValueError("the syncer has stopped: no file can be handed to it now")
@@ -410,10 +415,15 @@ class FileWriter:
         if self._closed:
             raise ValueError(f"{self.path}: the store file writer is closed")
 
+    def _syncing(self) -> bool:
+        """Whether the file's flushes, fsync and close go to a syncer's thread (a syncer that
+        has stopped takes none: the writer then does them itself)."""
+        return self._syncer is not None and not self._syncer.stopped
+
     def _wrote(self, nbytes: int) -> None:
         """Count ``nbytes`` written; past :data:`FLUSH_BYTES` the syncer starts writing them
         back (no syncer: nothing, the close fsyncs)."""
-        if self._syncer is None:
+        if not self._syncing():
             return
         self._unflushed += nbytes
         if self._unflushed >= FLUSH_BYTES:
@@ -586,9 +596,9 @@ class FileWriter:
         f.write(header)
         f.truncate(end)
         f.flush()
-        if self._syncer is not None:  # fsync and close on the syncer's thread
+        if self._syncing():  # fsync and close on the syncer's thread
+            self._syncer.close(f, self.path)  # type: ignore[union-attr]
             self._closed = True
-            self._syncer.close(f, self.path)
         else:
             os.fsync(f.fileno())
             f.close()
@@ -633,8 +643,8 @@ class FileWriter:
             return
         self._closed = True
         try:
-            if self._syncer is not None:  # a flush of it may be pending on the syncer's thread
-                self._syncer.discard(self._file, self.path)
+            if self._syncing():  # a flush of it may be pending on the syncer's thread
+                self._syncer.discard(self._file, self.path)  # type: ignore[union-attr]
             else:
                 self._file.close()
         finally:
