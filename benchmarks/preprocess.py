@@ -1,7 +1,7 @@
 """Preprocessing speed on TPC-H (issue 3's figures). Prints medians of several runs, measured in
 one process run so the ratios compare like with like.
 
-    python benchmarks/preprocess.py --scale 1 [--repeats 3] [--raw DIR]
+    python benchmarks/preprocess.py --scale 1 [--repeats 3] [--raw DIR] [--against CHECKOUT]
 
 Figures:
 - read: pyarrow reads every stored (non-ignored) column of every table into numpy;
@@ -88,6 +88,18 @@ def read_numpy(raw: Path) -> None:
             col.to_numpy()
 
 
+def code_env(code: Path, scratch: Path) -> dict[str, str]:
+    """The environment that makes a child import Tributary from checkout ``code``: its
+    ``tributary_core`` (the child runs there) and its ``plugins`` as ``tributary_plugins``
+    (the editable install maps that name to this checkout's folder; a link in ``scratch``
+    comes first on the path)."""
+    links = scratch / f"path-{abs(hash(str(code)))}"
+    links.mkdir(exist_ok=True)
+    if not (links / "tributary_plugins").exists():
+        (links / "tributary_plugins").symlink_to(Path(code).resolve() / "plugins")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(links), str(code)]))
+
+
 def write_floor(n_bytes: int) -> None:
     """Write and fsync ``n_bytes`` of zeros: the disk's floor for writing the store."""
     block = np.zeros(1 << 24, dtype=np.uint8)
@@ -105,11 +117,14 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, help="TPC-H parquet folder [default: generate one]")
     parser.add_argument("--batch-rows", type=int, default=None,
                         help="preprocess's rows per batch [default: preprocess's own]")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another checkout of Tributary (e.g. a git worktree of an older "
+                             "commit): its preprocessing runs alternate with this one's")
     args = parser.parse_args()
 
     from tributary_core.datasets import fetch_dataset
 
-    raw = args.raw or Path(tempfile.gettempdir()) / f"tributary-bench-tpch-{args.scale:g}"
+    raw = (args.raw or Path(tempfile.gettempdir()) / f"tributary-bench-tpch-{args.scale:g}").resolve()
     if not raw.exists():
         fetch_dataset("tpch", raw, scale=args.scale)
     print(f"TPC-H scale {args.scale:g} at {raw}; {os.cpu_count()} CPUs, "
@@ -118,18 +133,34 @@ def main() -> None:
     read_numpy(raw)  # warm the page cache, as preprocessing will find it
     t_read = median_time(lambda: read_numpy(raw), args.repeats)
 
-    runs = []
+    runs, others = [], []
     with tempfile.TemporaryDirectory() as out:
         # One warm-up run compiles (or loads from cache) the Numba kernels. Each run writes a
         # new store, the previous one removed before it starts: replacing a store (--force)
-        # also deletes the old one's gigabytes, which is not preprocessing's own work.
+        # also deletes the old one's gigabytes, which is not preprocessing's own work. With
+        # --against, runs of the other code alternate with this code's.
         for i in range(args.repeats + 1):
-            shutil.rmtree(Path(out) / "tpch", ignore_errors=True)
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(METADATA), str(raw),
-                                   str(Path(out) / "tpch"), "", str(args.batch_rows or "")],
-                                  capture_output=True, text=True, check=True)
-            if i:
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            pairs = [(REPO, runs), *([(args.against.resolve(), others)] if args.against else [])]
+            for code, into in pairs[:: 1 if i % 2 else -1]:  # each side goes first in turn
+                shutil.rmtree(Path(out) / "tpch", ignore_errors=True)
+                proc = subprocess.run([sys.executable, "-c", CHILD, str(METADATA), str(raw),
+                                       str(Path(out) / "tpch"), "", str(args.batch_rows or "")],
+                                      capture_output=True, text=True, check=True, cwd=code,
+                                      env=code_env(code, Path(out)))
+                if i:
+                    into.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if others:
+        def no_embed_of(r: dict) -> float:
+            return r["total"] - r["seconds"]["embed"]
+        ratios = [no_embed_of(a) / no_embed_of(b) for a, b in zip(runs, others, strict=True)]
+        print(f"against {args.against}: preprocess (no embedding) "
+              f"{statistics.median(no_embed_of(r) for r in others):.2f} s there, "
+              f"{statistics.median(no_embed_of(r) for r in runs):.2f} s here; per pair here / "
+              f"there {', '.join(f'{x:.3f}' for x in ratios)} (median "
+              f"{statistics.median(ratios):.3f})")
+        print("  stages there: " + ", ".join(
+            f"{k} {statistics.median(r['seconds'][k] for r in others):.2f}s"
+            for k in others[0]["seconds"]))
     no_embed = statistics.median(r["total"] - r["seconds"]["embed"] for r in runs)
     stages = {k: statistics.median(r["seconds"][k] for r in runs) for k in runs[0]["seconds"]}
     rss = statistics.median(r["max_rss_bytes"] for r in runs)
