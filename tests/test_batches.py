@@ -152,8 +152,8 @@ def test_no_column_is_read_whole(database, tmp_path, monkeypatch):
     batch_lengths: list[int] = []
     batches = pipeline.column_batches
 
-    def counted(path, column, batch_rows):
-        for data in batches(path, column, batch_rows):
+    def counted(path, column, batch_rows, **options):
+        for data in batches(path, column, batch_rows, **options):
             batch_lengths.append(len(data))
             yield data
 
