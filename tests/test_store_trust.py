@@ -679,6 +679,24 @@ def test_writers_of_a_stopped_syncer_sync_and_close_themselves(tmp_path):
     assert not (tmp_path / "dropped.bin").exists()
 
 
+def test_a_failed_fsync_stops_preprocessing_with_one_line_naming_the_file(tmp_path):
+    """The pipeline's writer turns a syncer's failure into one line naming the store and the
+    file (in the temporary folder) that could not be made durable."""
+    from tributary_core.preprocess.pipeline import _StoreWriter
+    from tributary_core.store.format import Syncer
+
+    syncer = Syncer()
+    writer = _StoreWriter(tmp_path, tmp_path / "final", syncer)
+    r, w = os.pipe()
+    os.close(w)
+    syncer.close(open(r, "rb"), tmp_path / "tables" / "t.bin")  # noqa: SIM115 - a pipe: no fsync
+    with pytest.raises(TributaryError) as info:
+        writer.durable()
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'final'}: cannot write "
+                                                      "tables/t.bin")
+
+
 def test_syncer_left_by_an_error_closes_without_syncing_and_aborted_files_go(tmp_path):
     """Leaving a syncer's block with an exception closes every file handed over (no fsync:
     they are thrown away) and raises only the block's error; a writer aborted meanwhile has
