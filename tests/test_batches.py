@@ -159,14 +159,16 @@ def test_no_column_is_read_whole(database, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "_read", spy)
     monkeypatch.setattr(pipeline, "column_batches", counted)
-    preprocess(md, raw, tmp_path / "s", embedder=get_registry().create_embedder("hashing"),
-               batch_rows=4)
+    result = preprocess(md, raw, tmp_path / "s",
+                        embedder=get_registry().create_embedder("hashing"), batch_rows=4)
     assert whole == []
     assert batch_lengths and max(batch_lengths) <= 4
     # encode: one pass for every type but numerical, which reads its column twice; keys: the
     # primary keys, the time columns twice (row times, and the database-wide timestamp
-    # statistics); graph: the foreign key
-    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3) + 2 * (N + 3) + N
+    # statistics); graph: the foreign key, and again for the warning about its values with no
+    # parent row (validation left that to the graph stage)
+    assert result.dangling == {"sales.shop_id": 10}
+    assert sum(batch_lengths) == N * (9 + 2) + 3 * 3 + (N + 3) + 2 * (N + 3) + N + N
 
 
 def test_row_times_and_keys_are_kept_in_scratch_files(database, tmp_path):
@@ -629,3 +631,9 @@ def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
     assert warnings[5] == warnings[1] == warnings[1 << 20]
     assert len(warnings[1]) == 1
     assert "3 value(s) (2 distinct) of c.ref have no row in p.id, e.g. 99" in warnings[1][0]
+    # preprocessing's validation leaves the values to the graph stage, which warns alike
+    assert validate_metadata(md, raw_dir=raw, foreign_key_values=False).warnings == []
+    for rows in (1 << 20, 5, 1):
+        result = preprocess(md, raw, tmp_path / f"s{rows}", batch_rows=rows,
+                            embedder=get_registry().create_embedder("hashing", dimension=8))
+        assert [w for w in result.warnings if "no row in" in w] == warnings[1], rows

@@ -85,6 +85,7 @@ def validate_metadata(
     query_memory: str | None = None,
     query_threads: int | None = None,
     keep_results: str | Path | None = None,
+    foreign_key_values: bool = True,
 ) -> ValidationReport:
     """Check a metadata file (or loaded :class:`Metadata`) and, with ``raw_dir``, its data.
 
@@ -101,7 +102,10 @@ def validate_metadata(
     spilling to a temporary folder past it. ``query_threads``: DuckDB's threads for them
     (None: all cores). ``keep_results``: a folder where each query's result is written as it
     streams by (an Arrow IPC file, listed in ``report.task_results``), so that preprocessing
-    reads it back instead of running the query a second time.
+    reads it back instead of running the query a second time. ``foreign_key_values=False``
+    leaves out looking every foreign-key value up among its parent's keys (the warnings about
+    values with no parent row): preprocessing matches them anyway in its graph stage and warns
+    there, with the same words (:func:`dangling_warning`).
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -117,7 +121,8 @@ def validate_metadata(
         _DataChecks(report.metadata, Path(raw_dir), registry, report,
                     query_timeout_s=query_timeout_s, query_memory=query_memory,
                     query_threads=query_threads,
-                    keep_results=Path(keep_results) if keep_results is not None else None).run()
+                    keep_results=Path(keep_results) if keep_results is not None else None,
+                    foreign_key_values=foreign_key_values).run()
     return report
 
 
@@ -327,6 +332,19 @@ def column_batches(path: Path, column: str, batch_rows: int | None = None, *,
             yield pa.chunked_array([batch.column(0)])
 
 
+def dangling_warning(tname: str, cname: str, ptable: str, pcol: str,
+                     parts: list[pa.ChunkedArray]) -> Problem:
+    """The warning about foreign key ``tname.cname``'s values that have no row in
+    ``ptable.pcol``: ``parts`` holds each such value, in row order (validation and
+    preprocessing's graph stage both word it so)."""
+    dangling = pa.chunked_array([c for p in parts for c in p.chunks])
+    distinct = pc.count_distinct(dangling).as_py()
+    return Problem(jpath("tables", tname, "columns", cname, "foreign_key"),
+                   f"{len(dangling)} value(s) ({distinct} distinct) of {tname}.{cname} have no "
+                   f"row in {ptable}.{pcol}, e.g. {dangling[0].as_py()!r}; they load as missing "
+                   "parents", severity="warning")
+
+
 def _overrides(stype: SemanticType, method: str) -> bool:
     return getattr(type(stype), method) is not getattr(SemanticType, method)
 
@@ -337,8 +355,9 @@ class _DataChecks:
     def __init__(self, md: Metadata, raw: Path, registry: Registry, report: ValidationReport, *,
                  query_timeout_s: float | None = DEFAULT_QUERY_TIMEOUT_S,
                  query_memory: str | None = None, query_threads: int | None = None,
-                 keep_results: Path | None = None):
+                 keep_results: Path | None = None, foreign_key_values: bool = True):
         self.query_timeout_s = query_timeout_s
+        self.foreign_key_values = foreign_key_values
         self.query_memory = query_memory
         self.query_threads = query_threads
         self.keep_results = keep_results
@@ -476,7 +495,8 @@ class _DataChecks:
                 self.error(jpath("tables", tname, "primary_key"),
                            f"primary key {pk!r} of {fname} is not unique: {n_repeated} value(s) "
                            f"repeat, e.g. {example!r}")
-            if index is not None and index.kind == "integer" and (tname, pk) in self._referenced:
+            if (self.foreign_key_values and index is not None and index.kind == "integer"
+                    and (tname, pk) in self._referenced):
                 self._parent_keys.setdefault((tname, pk), index)  # for the foreign keys
             del index
         for cname, col in table.columns.items():
@@ -495,6 +515,8 @@ class _DataChecks:
             self.error(path, f"{tname}.{cname} is {child_t} but {ptable}.{pcol} is {parent_t}: "
                              "keys must both be integers or both strings")
             return
+        if not self.foreign_key_values:
+            return
         parent = self.parent_keys(ptable, pcol)
         if parent is None:
             return
@@ -509,11 +531,7 @@ class _DataChecks:
             if missing.any():
                 parts.append(as_key(batch.filter(pa.array(missing))))
         if parts:
-            dangling = pa.chunked_array([c for p in parts for c in p.chunks])
-            distinct = pc.count_distinct(dangling).as_py()
-            self.warning(path, f"{len(dangling)} value(s) ({distinct} distinct) of {tname}.{cname} "
-                               f"have no row in {ptable}.{pcol}, e.g. {dangling[0].as_py()!r}; "
-                               "they load as missing parents")
+            self.report.problems.append(dangling_warning(tname, cname, ptable, pcol, parts))
 
     def check_tasks(self) -> None:
         tables = query_datasets(self.paths, threads=self.query_threads,

@@ -53,7 +53,7 @@ from tributary_core.folders import is_protected
 from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
-from tributary_core.metadata.validate import column_batches
+from tributary_core.metadata.validate import column_batches, dangling_warning
 from tributary_core.preprocess.graph import NO_TIME, csr_fill, csr_offsets
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
@@ -190,7 +190,8 @@ def preprocess(
             progress("validate", 0, 1)
             report = validate_metadata(metadata, raw_dir=raw_dir, registry=registry,
                                        query_timeout_s=query_timeout_s, query_memory=query_memory,
-                                       query_threads=query_threads, keep_results=kept)
+                                       query_threads=query_threads, keep_results=kept,
+                                       foreign_key_values=False)  # the graph stage matches them
             md = report.raise_for_errors()
             _release_memory()
             progress("validate", 1, 1)
@@ -222,7 +223,7 @@ def preprocess(
             columns = tables.columns + tasks.columns  # the column-embedding table
             with clock("embed"):
                 embedding = embed(embedder, cache, columns, vocab, writer, progress)
-            warnings = (keys.warnings + tables.warnings + tasks.warnings
+            warnings = (graph.warnings + keys.warnings + tables.warnings + tasks.warnings
                         + _unfitted_warning(tables.unfitted + tasks.unfitted))
             meta = _store_metadata(db, embedder, cutoff, keys, tables, graph, tasks, columns, vocab,
                                    writer.files)
@@ -672,6 +673,7 @@ class Graph:
     foreign_keys: list[dict[str, Any]]  # their entries in metadata.json
     edges: int
     links: dict[tuple[str, str], KeyMatch]  # per foreign key its counts (its rows let go)
+    warnings: list[str]  # foreign keys with values that have no parent row
 
 
 def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progress, *,
@@ -679,7 +681,9 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
     """A CSR both ways per foreign-key column: the column matched to its parent's rows (in row
     batches against a :class:`KeyIndex` of the parent's keys where :meth:`KeyIndex.batched`
     allows, else whole; the ``temporal_from`` columns ``keys`` matched already), written with
-    the CSR in place into mapped sections of ``graph.bin``, one foreign key after another."""
+    the CSR in place into mapped sections of ``graph.bin``, one foreign key after another.
+    A foreign key with values that have no parent row gets validation's warning about them
+    (which preprocessing's validation leaves to this stage: the match is made here anyway)."""
     fks = [(t, c, col.foreign_key) for t, table in db.md.tables.items()
            for c, col in table.columns.items() if col.foreign_key]
     file = writer.open("graph.bin", "graph")
@@ -687,6 +691,7 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
     links: dict[tuple[str, str], KeyMatch] = {}
     indexes: dict[str, KeyIndex] = {}  # parent table -> its keys, indexed once
     edges = 0
+    warnings: list[str] = []
     for i, (tname, cname, ref) in enumerate(fks):
         progress("graph", i, len(fks))
         ptable, pcol = split_ref(ref)  # type: ignore[misc]
@@ -702,6 +707,9 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
                                  parent.array)
         else:
             parent.array[:] = link.rows
+        if link.n_dangling:
+            warnings.append(_dangling_warning(db, tname, cname, ptable, pcol, parent.array,
+                                              batch_rows))
         child_time = keys.times.get(tname)
         if child_time is None:
             child_time = np.full(n_child, NO_TIME, dtype=np.int64)
@@ -726,7 +734,23 @@ def build_graph(db: _Database, keys: Keys, writer: _StoreWriter, progress: Progr
     keys.links.clear()  # the temporal_from matches, in graph.bin now
     progress("graph", len(fks), len(fks))
     writer.close("graph.bin", file, {"foreign_keys": len(fks)})
-    return Graph(out, edges, links)
+    return Graph(out, edges, links, warnings)
+
+
+def _dangling_warning(db: _Database, tname: str, cname: str, ptable: str, pcol: str,
+                      rows: np.ndarray, batch_rows: int) -> str:
+    """Validation's warning (:func:`dangling_warning`) for foreign key ``tname.cname``, whose
+    ``rows`` (the parent row per value, -1 for none) the graph stage matched: the column is
+    read again in batches for the values with no parent row, kept in row order."""
+    parts, lo = [], 0
+    for batch in column_batches(db.paths[tname], cname, batch_rows):
+        hi = lo + len(batch)
+        missing = (rows[lo:hi] < 0) & np.asarray(
+            pc.is_valid(batch).to_numpy(zero_copy_only=False), dtype=bool)
+        if missing.any():
+            parts.append(as_key(batch.filter(pa.array(missing))))
+        lo = hi
+    return str(dangling_warning(tname, cname, ptable, pcol, parts))
 
 
 # -- stage 4: encode -----------------------------------------------------------------------
