@@ -240,8 +240,8 @@ def test_distinct_of_dictionary_batches_numbers_the_values_not_the_dictionary(na
 
 def test_column_batches_keep_the_dictionary_of_string_columns_only(tmp_path):
     """column_batches(dictionary=True) gives a string column as dictionary batches (the file's
-    dictionary pages), any other column as stored; the values are the same. Only categorical
-    asks for it (free text rarely repeats)."""
+    dictionary pages) where every row group fits in a batch, any other column as stored; the
+    values are the same. Only categorical asks for it (free text rarely repeats)."""
     import pyarrow.parquet as pq
 
     from tributary_core.metadata.validate import column_batches
@@ -256,6 +256,10 @@ def test_column_batches_keep_the_dictionary_of_string_columns_only(tmp_path):
     assert all(pa.types.is_integer(b.type) for b in numbers)
     assert not any(pa.types.is_dictionary(b.type)
                    for b in column_batches(tmp_path / "t.parquet", "s", 80))
+    # batches smaller than a row group (64 rows): plain, each batch would carry its group's
+    # whole dictionary
+    assert not any(pa.types.is_dictionary(b.type)
+                   for b in column_batches(tmp_path / "t.parquet", "s", 63, dictionary=True))
     registry = get_registry()
     assert registry.semantic_type("categorical").reads_dictionary
     assert not registry.semantic_type("text").reads_dictionary

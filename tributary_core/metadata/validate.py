@@ -319,13 +319,20 @@ def column_batches(path: Path, column: str, batch_rows: int | None = None, *,
 
     ``dictionary``: a string or binary column comes dictionary-encoded (Arrow keeps the
     file's dictionary pages instead of decoding every value: a tenth of the time or less for a
-    column of few distinct strings); other columns are read as they are."""
+    column of few distinct strings), where every row group fits in a batch; other columns are
+    read as they are. (Each batch carries its row group's whole dictionary, and where a writer
+    fell back from a dictionary Arrow builds one as it goes: with batches smaller than a row
+    group, a column of many distinct values would cost far more than a plain read.)"""
     size = CHECK_BATCH_ROWS if batch_rows is None else batch_rows
     read_dictionary = None
     if dictionary:
-        t = pq.read_schema(path).field(column).type
-        if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-                or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        meta = pq.read_metadata(path)
+        t = meta.schema.to_arrow_schema().field(column).type
+        largest = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
+                      default=0)
+        if largest <= size and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                                or pa.types.is_string_view(t) or pa.types.is_binary(t)
+                                or pa.types.is_large_binary(t)):
             read_dictionary = [column]
     with pq.ParquetFile(path, read_dictionary=read_dictionary) as file:
         for batch in file.iter_batches(batch_size=size, columns=[column], use_threads=False):
