@@ -311,6 +311,22 @@ def test_seed_order_does_not_depend_on_the_query_order(tmp_path):
     assert open_store(asc.path).tasks["order_returned"].anchor_row.tolist() == [0, 1, 2, 3, 4]
 
 
+def test_seeds_repeating_a_pair_are_ordered_by_label_whatever_the_query_order(tmp_path):
+    """Where an (anchor row, time) pair repeats, the labels decide the seeds' order (False
+    before True), so the task's file does not depend on the order the query returns rows in;
+    anchor rows with one seed each stay in row order."""
+    both = ("SELECT order_id, returned FROM orders UNION ALL "
+            "SELECT order_id, NOT returned FROM orders WHERE order_id <= 2")
+    asc = build(tmp_path / "a", with_task_query(f"{both} ORDER BY order_id, returned"))
+    desc = build(tmp_path / "b", with_task_query(f"{both} ORDER BY order_id DESC, returned DESC"))
+    one, two = files_of(asc.path), files_of(desc.path)
+    assert one["tasks/order_returned.bin"] == two["tasks/order_returned.bin"]
+    task = open_store(asc.path).tasks["order_returned"]
+    assert task.anchor_row.tolist() == [0, 0, 1, 1, 2, 3, 4]
+    labels = task.target("value").tolist()
+    assert labels[:4] == [False, True, False, True]
+
+
 # -- 6. statistics window, publishing and --force ---------------------------------------------
 
 

@@ -1092,19 +1092,26 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     if matched is not None:
         rows, obs_all = rows[matched], obs_all[matched]
     order = _unique_order(rows, keys.rows[task.anchor_table])
-    label_rank = None
-    if order is None:  # an anchor row with several seeds: the labels break ties
-        label_rank = _rank(result.column(task.target_column))
-        if matched is not None:
-            label_rank = label_rank[matched]
-        order = np.lexsort((label_rank, obs_all, rows))
+    several = order is None  # an anchor row with several seeds
+    if several:
+        order = np.lexsort((obs_all, rows))
     anchor = rows[order]
     del rows
     obs = obs_all[order]
     del obs_all
     repeats = None  # the warning about repeated (anchor, time) pairs: none if rows are unique
-    if label_rank is not None:
-        repeats = _check_repeats(name, anchor, obs, label_rank[order])
+    if several and len(anchor) > 1 and ((anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])).any():
+        # an (anchor row, time) pair repeats: the labels break its ties. (Ranking every label
+        # only then: where no pair repeats, they never decide the order.)
+        label_rank = _rank(result.column(task.target_column))
+        if matched is not None:
+            label_rank = label_rank[matched]
+        label_rank = label_rank[order]
+        within = np.lexsort((label_rank, obs, anchor))  # stable: as one sort by all three
+        order, anchor, obs, label_rank = (order[within], anchor[within], obs[within],
+                                          label_rank[within])
+        del within
+        repeats = _check_repeats(name, anchor, obs, label_rank)
         del label_rank
     if matched is not None:
         order = matched[order]  # among the query's rows
