@@ -633,6 +633,18 @@ def test_validation_finds_dangling_keys_across_batches(tmp_path, monkeypatch):
     assert "3 value(s) (2 distinct) of c.ref have no row in p.id, e.g. 99" in warnings[1][0]
     # preprocessing's validation leaves the values to the graph stage, which warns alike
     assert validate_metadata(md, raw_dir=raw, foreign_key_values=False).warnings == []
+    # ... but still reads them as keys: a uint64 past int64 is an error either way, and
+    # preprocessing stops with it before anything is written
+    pq.write_table(pa.table({"cid": list(range(3)),
+                             "ref": pa.array([1, 2**64 - 1, 2], pa.uint64())}), raw / "c.parquet")
+    for values in (True, False):
+        report = validate_metadata(md, raw_dir=raw, foreign_key_values=values)
+        assert [p.path for p in report.errors] == ["$.tables.c"], values
+    with pytest.raises(TributaryError, match="18446744073709551615"):
+        preprocess(md, raw, tmp_path / "bad", embedder=get_registry().create_embedder("hashing"))
+    assert not (tmp_path / "bad").exists()
+    pq.write_table(pa.table({"cid": list(range(12)), "ref": pa.array(refs, pa.int64())}),
+                   raw / "c.parquet")
     for rows in (1 << 20, 5, 1):
         result = preprocess(md, raw, tmp_path / f"s{rows}", batch_rows=rows,
                             embedder=get_registry().create_embedder("hashing", dimension=8))

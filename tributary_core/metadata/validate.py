@@ -104,8 +104,9 @@ def validate_metadata(
     streams by (an Arrow IPC file, listed in ``report.task_results``), so that preprocessing
     reads it back instead of running the query a second time. ``foreign_key_values=False``
     leaves out looking every foreign-key value up among its parent's keys (the warnings about
-    values with no parent row): preprocessing matches them anyway in its graph stage and warns
-    there, with the same words (:func:`dangling_warning`).
+    values with no parent row; the values are still read and checked as keys): preprocessing
+    matches them anyway in its graph stage and warns there, with the same words
+    (:func:`dangling_warning`).
     """
     registry = registry or get_registry()
     if isinstance(metadata, Metadata):
@@ -523,6 +524,11 @@ class _DataChecks:
                              "keys must both be integers or both strings")
             return
         if not self.foreign_key_values:
+            # the values are still read and made keys (int64, string), batch by batch, so that
+            # data that does not read, or a uint64 past int64, is this report's error as when
+            # they are looked up; only the lookups are left to the caller
+            for batch in column_batches(self.paths[tname], cname):
+                as_key(batch)
             return
         parent = self.parent_keys(ptable, pcol)
         if parent is None:
