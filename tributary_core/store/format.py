@@ -187,7 +187,6 @@ def reserve_bytes(fd: int, offset: int, nbytes: int) -> None:
         done += os.pwrite(fd, zeros[: min(len(zeros), nbytes - done)], offset + done)
 
 
-
 #: Bytes a copy moves at a time where the kernel cannot copy (:func:`_copy_range`).
 _COPY_BLOCK = 1 << 24
 
@@ -261,6 +260,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
         k += 1
     return _multmodp(p, crc1) ^ crc2
 
+
 #: Bytes written to a file between two background flushes (:meth:`Syncer.flush`).
 FLUSH_BYTES = 64 << 20
 
@@ -285,8 +285,7 @@ class Syncer:
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[tuple[str, Any, Path] | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # set by the thread only, read after join
         self._discard = False
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tributary-fsync", daemon=True)
@@ -359,9 +358,8 @@ class Syncer:
             except Exception as exc:  # kept for wait(), which raises it in the writer's thread
                 if isinstance(exc, OSError) and not exc.filename:
                     exc = OSError(exc.errno, exc.strerror, str(path))
-                with self._lock:
-                    if self._error is None:
-                        self._error = exc
+                if self._error is None:
+                    self._error = exc
 
 
 def _datasync(fd: int) -> None:
@@ -380,8 +378,8 @@ class FileWriter:
 
     Like :func:`write_file`, the file is written in place at ``path`` and fsynced on close (a
     store is built in a temporary folder and published whole); with a ``syncer``, the flushes
-    and the final fsync and close run on its thread (:class:`Syncer`). :meth:`abort` closes and removes
-    the partial file; used as a context manager, an exception inside the block aborts, a block
+    and the final fsync and close run on its thread (:class:`Syncer`). :meth:`abort` closes
+    and removes the partial file; used as a context manager, an exception inside the block aborts, a block
     left normally closes the file (without meta) unless :meth:`close` was already called.
     """
 
@@ -598,11 +596,10 @@ class FileWriter:
         f.flush()
         if self._syncing():  # fsync and close on the syncer's thread
             self._syncer.close(f, self.path)  # type: ignore[union-attr]
-            self._closed = True
         else:
             os.fsync(f.fileno())
             f.close()
-            self._closed = True
+        self._closed = True
         return {"bytes": end, "crc32": header_crc}
 
     def _move(self, old_end: int, shift: int) -> None:
