@@ -340,11 +340,19 @@ def column_batches(path: Path, column: str, batch_rows: int | None = None, *,
             yield pa.chunked_array([batch.column(0)])
 
 
+def dangling_values(batch: pa.ChunkedArray, found: np.ndarray) -> pa.ChunkedArray | None:
+    """The values of a foreign-key ``batch`` with no parent row (``found``: the parent row per
+    value, -1 for none), nulls left out, as keys; None when every value has one."""
+    missing = (found < 0) & np.asarray(pc.is_valid(batch).to_numpy(zero_copy_only=False),
+                                       dtype=bool)
+    return as_key(batch.filter(pa.array(missing))) if missing.any() else None
+
+
 def dangling_warning(tname: str, cname: str, ptable: str, pcol: str,
                      parts: list[pa.ChunkedArray]) -> Problem:
     """The warning about foreign key ``tname.cname``'s values that have no row in
-    ``ptable.pcol``: ``parts`` holds each such value, in row order (validation and
-    preprocessing's graph stage both word it so)."""
+    ``ptable.pcol``: ``parts`` (:func:`dangling_values` of each batch) holds each such value,
+    in row order (validation and preprocessing's graph stage both word it so)."""
     dangling = pa.chunked_array([c for p in parts for c in p.chunks])
     distinct = pc.count_distinct(dangling).as_py()
     return Problem(jpath("tables", tname, "columns", cname, "foreign_key"),
@@ -537,12 +545,8 @@ class _DataChecks:
             batches: Any = column_batches(self.paths[tname], cname)
         else:
             batches = [self.column(tname, cname)]
-        parts = []
-        for batch in batches:
-            missing = (parent.lookup(batch) < 0) & np.asarray(
-                pc.is_valid(batch).to_numpy(zero_copy_only=False), dtype=bool)
-            if missing.any():
-                parts.append(as_key(batch.filter(pa.array(missing))))
+        parts = [part for batch in batches
+                 if (part := dangling_values(batch, parent.lookup(batch))) is not None]
         if parts:
             self.report.problems.append(dangling_warning(tname, cname, ptable, pcol, parts))
 

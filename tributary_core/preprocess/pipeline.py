@@ -53,7 +53,11 @@ from tributary_core.folders import is_protected
 from tributary_core.keys import KeyIndex, KeyMatch, as_key, key_kind
 from tributary_core.metadata import Metadata, dump_metadata, validate_metadata
 from tributary_core.metadata.model import split_ref
-from tributary_core.metadata.validate import column_batches, dangling_warning
+from tributary_core.metadata.validate import (
+    column_batches,
+    dangling_values,
+    dangling_warning,
+)
 from tributary_core.preprocess.graph import NO_TIME, csr_fill, csr_offsets
 from tributary_core.registry import Registry, get_registry
 from tributary_core.sampler.graph import write_sampler_file
@@ -744,12 +748,10 @@ def _dangling_warning(db: _Database, tname: str, cname: str, ptable: str, pcol: 
     read again in batches for the values with no parent row, kept in row order."""
     parts, lo = [], 0
     for batch in column_batches(db.paths[tname], cname, batch_rows):
-        hi = lo + len(batch)
-        missing = (rows[lo:hi] < 0) & np.asarray(
-            pc.is_valid(batch).to_numpy(zero_copy_only=False), dtype=bool)
-        if missing.any():
-            parts.append(as_key(batch.filter(pa.array(missing))))
-        lo = hi
+        part = dangling_values(batch, rows[lo:lo + len(batch)])
+        if part is not None:
+            parts.append(part)
+        lo += len(batch)
     return str(dangling_warning(tname, cname, ptable, pcol, parts))
 
 
