@@ -1102,19 +1102,21 @@ def _materialize_task(db: _Database, keys: Keys, tables: EncodedTables, vocab: V
     obs = obs_all[order]
     del obs_all
     repeats = None  # the warning about repeated (anchor, time) pairs: none if rows are unique
-    if several and len(anchor) > 1 and ((anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])).any():
+    same = (anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1]) if several else None
+    if same is not None and same.any():
         # an (anchor row, time) pair repeats: the labels break its ties. (Ranking every label
-        # only then: where no pair repeats, they never decide the order.)
+        # only then: where no pair repeats, they never decide the order.) The sort moves seeds
+        # only within their pair's run, so anchor, obs and same stay as they are.
         label_rank = _rank(result.column(task.target_column))
         if matched is not None:
             label_rank = label_rank[matched]
         label_rank = label_rank[order]
         within = np.lexsort((label_rank, obs, anchor))  # stable: as one sort by all three
-        order, anchor, obs, label_rank = (order[within], anchor[within], obs[within],
-                                          label_rank[within])
+        order, label_rank = order[within], label_rank[within]
         del within
-        repeats = _check_repeats(name, anchor, obs, label_rank)
+        repeats = _check_repeats(name, same, label_rank)
         del label_rank
+    del same
     if matched is not None:
         order = matched[order]  # among the query's rows
         del matched
@@ -1201,14 +1203,10 @@ def _check_labels(name: str, task: Any, stype: SemanticType, target: pa.ChunkedA
     return f"{where}: {n_null:,} of {n:,} labels are null{extra}; those seeds have no target"
 
 
-def _check_repeats(name: str, anchor: np.ndarray, obs: np.ndarray,
-                   label_rank: np.ndarray) -> str | None:
+def _check_repeats(name: str, same: np.ndarray, label_rank: np.ndarray) -> str | None:
     """The warning when seeds repeat an (anchor row, observation time) pair (with different
-    labels the task asks for two answers to one question), if any. ``anchor``, ``obs`` are
-    sorted."""
-    if len(anchor) < 2:
-        return None
-    same = (anchor[1:] == anchor[:-1]) & (obs[1:] == obs[:-1])
+    labels the task asks for two answers to one question), if any. ``same[i]``: seed i + 1 has
+    seed i's pair (seeds sorted by pair, then label)."""
     if not same.any():
         return None
     group = np.concatenate([[0], np.cumsum(~same)])
